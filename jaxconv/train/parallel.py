@@ -1,0 +1,126 @@
+"""Data parallelism: one mesh axis, ``batch``, over every device of every process.
+
+Two engines share this interface:
+- ``jit`` (default): the train state is replicated with ``NamedSharding(mesh, P())``, batches
+  are sharded with ``P('batch')``; XLA inserts the gradient all-reduce.
+- ``pmap``: ``jax.pmap`` with ``lax.pmean`` over the same axis name; the state carries a leading
+  device axis. (Since JAX 0.8 pmap is itself jit(shard_map), so both engines run the same
+  collectives; pmap stays because users ask for it.)
+Checkpoints always hold the single-copy (unreplicated) state, so either engine on any device
+count can restore them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxconv.config import ParallelConfig
+from jaxconv.errors import ConfigError
+
+AXIS = "batch"
+
+_CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")
+
+
+def maybe_initialize_distributed(config: ParallelConfig) -> None:
+    """Calls ``jax.distributed.initialize`` when the run has (or a cluster says it has) several processes."""
+    if config.distributed == "off" or _distributed_initialized():
+        return
+    explicit = config.num_processes > 1
+    if not explicit and not any(os.environ.get(k) for k in _CLUSTER_ENV):
+        return
+    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs: dict[str, Any] = {}
+    if config.coordinator_address:
+        kwargs["coordinator_address"] = config.coordinator_address
+    if config.num_processes:
+        kwargs["num_processes"] = config.num_processes
+    if config.process_id >= 0:
+        kwargs["process_id"] = config.process_id
+    jax.distributed.initialize(**kwargs)
+
+
+def _distributed_initialized() -> bool:
+    from jax._src import distributed  # no public query exists; initialize() twice is an error
+
+    return distributed.global_state.client is not None
+
+
+class DataParallel:
+    """Places batches and states on the devices for one engine (``jit`` or ``pmap``)."""
+
+    def __init__(self, config: ParallelConfig, global_batch: int, eval_batch: int):
+        self.mode = config.mode
+        local = jax.local_devices()
+        if config.num_devices:
+            if jax.process_count() > 1:
+                raise ConfigError("parallel.num_devices must be 0 (all) in a multi-process run")
+            if config.num_devices > len(local):
+                raise ConfigError(f"parallel.num_devices={config.num_devices} but only {len(local)} devices exist")
+            local = local[:config.num_devices]
+        devices = local if jax.process_count() == 1 else jax.devices()
+        self.num_devices = len(devices)
+        self.num_local_devices = len(local)
+        for name, size in (("data.batch_size", global_batch), ("data.eval_batch_size", eval_batch)):
+            if size % self.num_devices:
+                raise ConfigError(f"{name}={size} does not divide over {self.num_devices} devices; "
+                                  f"use a multiple of {self.num_devices}")
+        self.mesh = Mesh(np.array(devices), (AXIS,))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.sharded = NamedSharding(self.mesh, P(AXIS))
+        self.local_mesh = Mesh(np.array(local), (AXIS,))
+        # XLA:CPU can deadlock when several multi-device programs with collectives are in flight
+        # at once (their rendezvous threads starve each other on a small host thread pool), so on
+        # CPU we keep one step in flight. Accelerators keep fully asynchronous dispatch.
+        self.one_in_flight = jax.default_backend() == "cpu" and self.num_devices > 1
+
+    # -- batches ---------------------------------------------------------------------------------
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This host's slice -> a device array (global for jit, [local_devices, ...] for pmap)."""
+        if self.mode == "pmap":
+            shard = NamedSharding(self.local_mesh, P(AXIS))
+            return {k: jax.device_put(v.reshape(self.num_local_devices, -1, *v.shape[1:]), shard)
+                    for k, v in batch.items()}
+        return {k: jax.make_array_from_process_local_data(self.sharded, v) for k, v in batch.items()}
+
+    def settle(self, outputs: Any) -> Any:
+        """Waits for ``outputs`` only where dispatch must stay serial (see ``one_in_flight``)."""
+        return jax.block_until_ready(outputs) if self.one_in_flight else outputs
+
+    # -- states ----------------------------------------------------------------------------------
+    def place_state(self, state: Any) -> Any:
+        """A single-copy state -> the engine's layout."""
+        state = jax.device_put(state, self.replicated)
+        if self.mode == "pmap":
+            shard = NamedSharding(self.local_mesh, P(AXIS))
+            n = self.num_local_devices
+            state = jax.tree.map(lambda x: jax.device_put(jnp.broadcast_to(x, (n, *x.shape)), shard), state)
+        return state
+
+    def single_copy(self, state: Any) -> Any:
+        """The engine's layout -> a single-copy state (what checkpoints hold)."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: x[0], state)
+        return state
+
+    def compile(self, fn, *, donate: bool):
+        """jit or pmap ``fn(state_or_params, batch) -> outputs``; outputs come back replicated.
+
+        ``fn`` must reduce over ``AXIS`` itself under pmap (see ``axis_name``).
+        """
+        donate_argnums = (0,) if donate else ()
+        if self.mode == "pmap":
+            return jax.pmap(fn, axis_name=AXIS, donate_argnums=donate_argnums)
+        return jax.jit(fn, in_shardings=(self.replicated, self.sharded), out_shardings=self.replicated,
+                       donate_argnums=donate_argnums)
+
+    @property
+    def axis_name(self) -> str | None:
+        return AXIS if self.mode == "pmap" else None

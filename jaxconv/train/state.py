@@ -1,0 +1,63 @@
+"""The train state (one pytree) and the optax optimiser/schedule built from config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxconv.config import OptimConfig, ScheduleConfig
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array  # int32 scalar: number of updates applied
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32[2] raw key data; per-step keys are fold_in(rng, step)
+
+
+def make_schedule(config: ScheduleConfig, peak: float, total_steps: int) -> optax.Schedule:
+    if config.name == "constant":
+        main = optax.constant_schedule(peak)
+    elif config.name == "cosine":
+        main = optax.cosine_decay_schedule(peak, max(1, total_steps - config.warmup_steps), alpha=config.final_factor)
+    else:
+        main = optax.piecewise_constant_schedule(
+            peak, {b - config.warmup_steps: config.decay_factor for b in config.boundaries})
+    if not config.warmup_steps:
+        return main
+    warmup = optax.linear_schedule(0.0, peak, config.warmup_steps)
+    return optax.join_schedules([warmup, main], [config.warmup_steps])
+
+
+def make_optimizer(optim: OptimConfig, schedule: ScheduleConfig, total_steps: int):
+    """Returns (optax transformation, learning-rate schedule)."""
+    lr = make_schedule(schedule, optim.learning_rate, total_steps)
+    parts = []
+    if optim.grad_clip_norm:
+        parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
+    if optim.name == "adamw":
+        parts.append(optax.adamw(lr, optim.b1, optim.b2, optim.eps, weight_decay=optim.weight_decay))
+    else:
+        if optim.weight_decay:  # classic L2: added to the gradient before the optimiser
+            parts.append(optax.add_decayed_weights(optim.weight_decay))
+        if optim.name == "adam":
+            parts.append(optax.adam(lr, optim.b1, optim.b2, optim.eps))
+        elif optim.name == "momentum":
+            parts.append(optax.sgd(lr, momentum=optim.momentum, nesterov=optim.nesterov))
+        else:
+            parts.append(optax.sgd(lr))
+    return optax.chain(*parts), lr
+
+
+def init_state(model, tx: optax.GradientTransformation, input_shape: tuple[int, ...], seed: int,
+               input_dtype=jnp.float32) -> TrainState:
+    """A fresh single-copy state; call under jit (see loop.py) so nothing is built twice."""
+    init_key, state_key = jax.random.split(jax.random.key(seed))
+    variables = model.init({"params": init_key, "dropout": init_key}, jnp.zeros(input_shape, input_dtype), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(state_key))

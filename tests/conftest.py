@@ -1,0 +1,34 @@
+"""Tests run on 8 fake CPU devices (set before JAX is imported anywhere)."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One compilation cache for the session: the many short subprocess runs (kill/resume, SIGTERM,
+# CLI errors) then compile each program once instead of once per process.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="jaxconv-jit-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Runs ``python -m jaxconv ARGS`` in a fresh process (same 8-device environment)."""
+    return subprocess.run([sys.executable, "-m", "jaxconv", *args], cwd=kwargs.pop("cwd", REPO),
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def start_cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jaxconv", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
