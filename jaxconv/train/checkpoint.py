@@ -60,7 +60,7 @@ class Checkpoints:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         try:
             return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        except Exception as e:  # orbax/tensorstore raise many types for damaged or foreign files
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CheckpointError(f"checkpoint {step} in {self.manager.directory} does not fit this model "
                                   f"or is corrupt: {message[:300]}") from None
