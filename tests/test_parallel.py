@@ -38,3 +38,19 @@ def test_a_batch_that_does_not_divide_over_the_devices_is_an_error(mode):
                           ["data.batch_size=36", f"parallel.mode={mode}"])
     with pytest.raises(ConfigError, match="data.batch_size=36 does not divide over 8 devices; use a multiple of 8"):
         build_run(cfg)
+
+
+def test_multi_process_runs_initialize_jax_distributed(monkeypatch):
+    from jaxconv.config import ParallelConfig
+    from jaxconv.train import parallel
+
+    calls = []
+    monkeypatch.setattr(parallel, "_distributed_initialized", lambda: False)
+    monkeypatch.setattr(parallel.jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(parallel.jax.config, "update", lambda *a: calls.append(a))
+    parallel.maybe_initialize_distributed(ParallelConfig())  # single process, no cluster: nothing
+    assert calls == []
+    parallel.maybe_initialize_distributed(
+        ParallelConfig(coordinator_address="127.0.0.1:12345", num_processes=2, process_id=1))
+    assert calls == [("jax_cpu_collectives_implementation", "gloo"),
+                     {"coordinator_address": "127.0.0.1:12345", "num_processes": 2, "process_id": 1}]

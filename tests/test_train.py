@@ -140,3 +140,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
     saved = Checkpoints(tmp_path / "checkpoints", CheckpointConfig(), read_only=True).latest_step()
     last_logged = max(r["step"] for r in read_metrics(tmp_path))
     assert saved is not None and saved >= 12 and saved >= last_logged
+
+
+def test_bfloat16_compute_trains_with_float32_master_weights(tmp_path):
+    result = loop.train(smoke("train.dtype=bfloat16", "train.steps=10", "checkpoint.every=0"), tmp_path)
+    assert np.isfinite(result["train"]["loss"]) and result["val"]["accuracy"] > 0.2
+    state = final_params(tmp_path)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
