@@ -1,0 +1,480 @@
+"""PixelCNN (van den Oord et al. 2016a) and Gated PixelCNN (van den Oord et al. 2016b), three heads.
+
+Shapes: B batch, H/W height/width, C image channels (1 or 3), F hidden channels, K mixture
+components, P the head's raw channels per pixel (``head_channels``), Q per-variable distribution
+parameters, V values a variable can take (2 for "bernoulli", 256 otherwise).
+
+Variables and values: the image's H*W*C variables are ordered raster-wise, then R, G, B. A variable's
+*value* is 0/1 for "bernoulli" (uint8 pixel > 127, the threshold of ``jaxconv.data``) and 0..255
+otherwise; ``to_images`` maps values back to uint8 pixels (bernoulli: 0 or 255).
+Model input (``scale_values``): the values as floats in {0, 1} for "bernoulli", v / 255 * 2 - 1 in
+[-1, 1] for "softmax" and "logistic_mixture".
+
+Call: ``model.apply({'params': p}, x_scaled [B,H,W,C], labels=None|[B] int, train=False)`` -> the
+head's raw output [B, H, W, P] (float32):
+- "bernoulli": P = 1, the logit of the pixel being 1 (C must be 1);
+- "softmax": P = C * 256, 256 logits per channel, channel c in block c (the network's colour
+  grouping makes channel c's logits depend on the pixel's channels < c);
+- "logistic_mixture" (PixelCNN++, Salimans et al. 2017): P = K mixture logits, C*K means, C*K
+  log-scales and, for RGB, 3*K coefficients (tanh) of the linear R->G->B dependency of the means;
+  the network is causal per pixel (it never sees the current pixel) and the head adds
+  coeff * (earlier channels of the pixel) to the means.
+``variable_params`` turns the raw output into per-variable parameters [B,H,W,C,Q]: each variable's
+conditional distribution given all earlier ones. Likelihoods are computed in float32.
+
+pixelcnn: a 7x7 mask-A layer (2h channels), residual blocks 2h -> ReLU -> 1x1 (h) -> ReLU -> 3x3
+mask B (h) -> ReLU -> 1x1 (2h) -> +input (the paper's Figure 5), then ReLU -> 1x1 (output_features)
+-> ReLU -> 1x1 (P), all mask B. It has the blind spot (``jaxconv.models.causality``).
+
+gated_pixelcnn: a first layer of a shifted vertical conv (rows i-1-r .. i-1) and a horizontal conv
+with mask A at the centre tap (F channels each), then ``num_layers`` gated layers: vertical
+(r+1) x k conv -> 2F, gate tanh(a) * sigmoid(b); horizontal 1 x (r+1) conv (mask B) -> 2F, plus a
+1x1 link from the vertical pre-activation (vertical -> horizontal only), gate, 1x1 (F), residual
+on the horizontal stack. The 1x1 outputs of all layers are summed as skip connections and feed
+ReLU -> 1x1 (output_features) -> ReLU -> 1x1 (P). Class conditioning: one learned [num_classes, 2F]
+bias per layer added to both stacks' gate pre-activations. Dilation: layer l uses
+``dilations[l % len(dilations)]``. No blind spot.
+
+Presets (parameter counts checked by tests/test_pixelcnn.py):
+
+| preset | data, head | size | params |
+|---|---|---|---|
+| pixelcnn_mnist | 28x28x1, bernoulli | h=16 (32 ch), 5 blocks, 7x7 first, 3x3, output 64 | 20,737 |
+| pixelcnn_cifar | 32x32x3, softmax | h=128 (256 ch), 12 blocks (15 layers as the paper), output 1024 | 3,650,304 |
+| gated_pixelcnn_mnist | 28x28x1, bernoulli | F=32, 5 gated layers, 3x3, dilations 1,2,1,4, output 64 | 111,137 |
+| gated_pixelcnn_cifar | 32x32x3, logistic mixture K=5 | F=60, 8 gated layers, 3x3, dilations 1,2,4,8, output 120 | 623,090 |
+| gated_pixelcnn_imagenet32 | 32x32x3, softmax | F=384, 20 gated layers, 5x5, no dilation, output 1024 | 122,170,624 |
+
+The paper-size presets follow the papers' stated sizes (PixelRNN paper: 15-layer PixelCNN, h=128;
+conditional PixelCNN paper: 20 layers, 384 channels, 5x5 for ImageNet32); the output widths (1024)
+are our choice. The small presets are ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxconv.errors import ConfigError
+from jaxconv.models.masked import HorizontalConv, MaskedConv2D, VerticalConv
+
+HEADS = ("bernoulli", "softmax", "logistic_mixture")
+Head = Literal["bernoulli", "softmax", "logistic_mixture"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _AutoregressiveConfig:
+    channels: int = 1  # C: 1 (grey/binary) or 3 (RGB)
+    head: Head = "bernoulli"
+    mixtures: int = 5  # K, logistic_mixture only
+    output_features: int = 64
+    num_classes: int = 0  # > 0: class-conditional (labels [B] in 0..num_classes-1)
+
+    @property
+    def colours(self) -> int:
+        """Channel groups of the network's masks (see jaxconv.models.masked)."""
+        return self.channels if self.head == "softmax" else 1
+
+    @property
+    def num_values(self) -> int:
+        return 2 if self.head == "bernoulli" else 256
+
+    @property
+    def head_channels(self) -> int:
+        if self.head == "bernoulli":
+            return 1
+        if self.head == "softmax":
+            return 256 * self.channels
+        coeffs = 3 if self.channels == 3 else 0
+        return self.mixtures * (1 + 2 * self.channels + coeffs)
+
+    def _validate_common(self, widths: dict[str, int], kernels: dict[str, int], dilations: tuple) -> None:
+        if self.channels not in (1, 3):
+            raise ConfigError(f"model.channels must be 1 or 3, got {self.channels}")
+        if self.head not in HEADS:
+            raise ConfigError(f"model.head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.head == "bernoulli" and self.channels != 1:
+            raise ConfigError("model.head=bernoulli needs model.channels=1 (binary images)")
+        if self.mixtures < 1 or self.num_classes < 0:
+            raise ConfigError("model.mixtures must be >= 1 and model.num_classes >= 0")
+        for name, width in {**widths, "output_features": self.output_features}.items():
+            if width < self.colours:
+                raise ConfigError(f"model.{name} must be >= {self.colours} (one channel per colour group)")
+        for name, k in kernels.items():
+            if k < 3 or k % 2 == 0:
+                raise ConfigError(f"model.{name} must be odd and >= 3, got {k}")
+        if not dilations or any(d < 1 for d in dilations):
+            raise ConfigError(f"model.dilations must be a non-empty tuple of positive ints, got {dilations}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelCNNConfig(_AutoregressiveConfig):
+    family: ClassVar[str] = "pixelcnn"
+    hidden: int = 16  # h: blocks carry 2h channels, h inside
+    num_blocks: int = 5
+    first_kernel: int = 7
+    kernel: int = 3
+    dilations: tuple[int, ...] = (1,)  # of the blocks' kxk convs, cycled
+    conv_form: Literal["masked", "cropped"] = "masked"
+
+    def validate(self) -> None:
+        self._validate_common({"hidden": self.hidden}, {"first_kernel": self.first_kernel, "kernel": self.kernel},
+                              self.dilations)
+        if self.num_blocks < 0 or self.num_classes:
+            raise ConfigError("model.num_blocks must be >= 0; pixelcnn is unconditional (num_classes=0)")
+        if self.conv_form not in ("masked", "cropped"):
+            raise ConfigError(f"model.conv_form must be masked or cropped, got {self.conv_form!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GatedPixelCNNConfig(_AutoregressiveConfig):
+    family: ClassVar[str] = "gated_pixelcnn"
+    features: int = 32  # F
+    num_layers: int = 5  # gated layers after the first layer
+    kernel: int = 3
+    dilations: tuple[int, ...] = (1, 2, 1, 4)  # layer l uses dilations[l % len], the first layer 1
+
+    def validate(self) -> None:
+        self._validate_common({"features": self.features}, {"kernel": self.kernel}, self.dilations)
+        if self.num_layers < 1:
+            raise ConfigError(f"model.num_layers must be >= 1, got {self.num_layers}")
+
+
+AUTOREGRESSIVE_CONFIGS = (PixelCNNConfig, GatedPixelCNNConfig)  # families trained by likelihood
+
+PIXELCNN_PRESETS: dict[str, _AutoregressiveConfig] = {
+    "pixelcnn_mnist": PixelCNNConfig(channels=1, head="bernoulli", hidden=16, num_blocks=5, output_features=64),
+    "pixelcnn_cifar": PixelCNNConfig(channels=3, head="softmax", hidden=128, num_blocks=12, output_features=1024),
+    "gated_pixelcnn_mnist": GatedPixelCNNConfig(channels=1, head="bernoulli", features=32, num_layers=5,
+                                                dilations=(1, 2, 1, 4), output_features=64),
+    "gated_pixelcnn_cifar": GatedPixelCNNConfig(channels=3, head="logistic_mixture", mixtures=5, features=60,
+                                                num_layers=8, dilations=(1, 2, 4, 8), output_features=120),
+    "gated_pixelcnn_imagenet32": GatedPixelCNNConfig(channels=3, head="softmax", features=384, num_layers=20,
+                                                     kernel=5, dilations=(1,), output_features=1024),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Heads: values, scaling, per-variable distributions, likelihood and one-variable sampling.
+
+
+def to_values(config: _AutoregressiveConfig, images: jax.Array) -> jax.Array:
+    """uint8 images [..., C] -> int32 variable values (bernoulli: pixel > 127)."""
+    images = jnp.asarray(images)
+    return (images > 127).astype(jnp.int32) if config.head == "bernoulli" else images.astype(jnp.int32)
+
+
+def to_images(config: _AutoregressiveConfig, values: jax.Array) -> jax.Array:
+    return (values * (255 if config.head == "bernoulli" else 1)).astype(jnp.uint8)
+
+
+def scale_values(config: _AutoregressiveConfig, values: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """Variable values -> model input ({0,1} for bernoulli, [-1, 1] otherwise)."""
+    values = values.astype(jnp.float32)
+    return (values if config.head == "bernoulli" else values / 255.0 * 2.0 - 1.0).astype(dtype)
+
+
+def variable_params(config: _AutoregressiveConfig, raw: jax.Array, x_scaled: jax.Array) -> jax.Array:
+    """raw [..., P], model input [..., C] -> per-variable parameters [..., C, Q] (float32)."""
+    raw = raw.astype(jnp.float32)
+    if config.head == "bernoulli":
+        return raw[..., None, :]
+    if config.head == "softmax":
+        return raw.reshape(*raw.shape[:-1], config.channels, 256)
+    return _mixture_params(config, raw, x_scaled.astype(jnp.float32))
+
+
+def _mixture_params(config: _AutoregressiveConfig, raw: jax.Array, x: jax.Array) -> jax.Array:
+    k, c = config.mixtures, config.channels
+    lead = raw.shape[:-1]
+    logits = raw[..., :k]
+    means = raw[..., k:k + c * k].reshape(*lead, c, k)
+    log_scales = raw[..., k + c * k:k + 2 * c * k].reshape(*lead, c, k)
+    if c == 3:  # PixelCNN++: mean_G += a * R, mean_B += b * R + g * G, with the pixel's actual values
+        a, b, g = jnp.split(jnp.tanh(raw[..., k + 2 * c * k:]), 3, axis=-1)  # [..., K] each
+        r_val, g_val = x[..., 0:1], x[..., 1:2]
+        means = jnp.stack([means[..., 0, :], means[..., 1, :] + a * r_val,
+                           means[..., 2, :] + b * r_val + g * g_val], axis=-2)
+    logits = jnp.broadcast_to(logits[..., None, :], (*lead, c, k))
+    return jnp.concatenate([logits, means, log_scales], axis=-1)  # [..., C, 3K]
+
+
+def variable_log_prob(config: _AutoregressiveConfig, params: jax.Array, values: jax.Array) -> jax.Array:
+    """params [..., Q], values [..., n] int -> log p(value) [..., n] in float32."""
+    params = params.astype(jnp.float32)
+    if config.head == "bernoulli":
+        return jax.nn.log_sigmoid(jnp.where(values == 1, params, -params))
+    if config.head == "softmax":
+        return jnp.take_along_axis(jax.nn.log_softmax(params, axis=-1), values, axis=-1)
+    return _mixture_log_prob(params, values)
+
+
+def _mixture_log_prob(params: jax.Array, values: jax.Array) -> jax.Array:
+    logits, means, log_scales = jnp.split(params, 3, axis=-1)  # [..., K]
+    inv_scale = jnp.exp(-jnp.maximum(log_scales, -7.0))[..., None, :]
+    centred = (values.astype(jnp.float32) / 255.0 * 2.0 - 1.0)[..., None] - means[..., None, :]  # [..., n, K]
+    upper, lower = inv_scale * (centred + 1.0 / 255.0), inv_scale * (centred - 1.0 / 255.0)
+    v = values[..., None]
+    # The bins at 0 and 255 extend to -inf and +inf: the edges are one-sided CDFs.
+    log_bin = jnp.where(v == 0, jax.nn.log_sigmoid(upper),
+                        jnp.where(v == 255, jax.nn.log_sigmoid(-lower), _log_sigmoid_difference(upper, lower)))
+    log_weights = jax.nn.log_softmax(logits, axis=-1)[..., None, :]
+    return jax.nn.logsumexp(log_weights + log_bin, axis=-1)
+
+
+def _log_sigmoid_difference(a: jax.Array, b: jax.Array) -> jax.Array:
+    """log(sigmoid(a) - sigmoid(b)) for a > b, accurate in float32 in both tails and for a ~ b."""
+    # sigmoid(a) - sigmoid(b) = sigmoid(-b) - sigmoid(-a): use the side where both lie in the lower
+    # tail, so the log-sigmoids are not rounded to 0.
+    flip = a + b > 0
+    hi, lo = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
+    width = a - b
+    narrow = width < 1e-2  # midpoint rule: relative error ~ width^2 / 24
+    log_hi = jax.nn.log_sigmoid(hi)
+    delta = jnp.where(narrow, -1.0, jax.nn.log_sigmoid(lo) - log_hi)  # keeps the unused branch finite
+    exact = log_hi + jnp.log(-jnp.expm1(delta))
+    mid = 0.5 * (a + b)
+    approx = jnp.log(jnp.maximum(width, 1e-30)) + jax.nn.log_sigmoid(mid) + jax.nn.log_sigmoid(-mid)
+    return jnp.where(narrow, approx, exact)
+
+
+def log_likelihoods(config: _AutoregressiveConfig, raw: jax.Array, images: jax.Array) -> jax.Array:
+    """raw [B,H,W,P], uint8 images [B,H,W,C] -> log p of each variable given the earlier ones [B,H,W,C]."""
+    values = to_values(config, images)
+    params = variable_params(config, raw, scale_values(config, values))
+    return variable_log_prob(config, params, values[..., None])[..., 0]
+
+
+def nll(config: _AutoregressiveConfig, raw: jax.Array, images: jax.Array) -> jax.Array:
+    """Per-example negative log-likelihood in nats [B] (bits/dim: jaxconv.losses.bits_per_dim)."""
+    return -jnp.sum(log_likelihoods(config, raw, images), axis=(1, 2, 3))
+
+
+def sample_variable(config: _AutoregressiveConfig, raw_pos: jax.Array, pixel_scaled: jax.Array, channel: int | jax.Array,
+                    key: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:
+    """Draws one variable: raw output at its position [B,P], its pixel's model input [B,C] -> value [B].
+
+    Gumbel-max over log p(v) / temperature for all V values: exact for every head (the logistic
+    mixture is sampled from its discretised form), and two samplers with the same key and
+    near-equal logits draw the same value.
+    """
+    params = variable_params(config, raw_pos, pixel_scaled)  # [B, C, Q]
+    params = jnp.take(params, channel, axis=1)  # [B, Q]
+    candidates = jnp.broadcast_to(jnp.arange(config.num_values), (params.shape[0], config.num_values))
+    log_p = variable_log_prob(config, params, candidates)  # [B, V]
+    gumbel = jax.random.gumbel(key, log_p.shape, jnp.float32)
+    return jnp.argmax(log_p / temperature + gumbel, axis=-1).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules. Each keeps a whole-image ``__call__`` and the per-row / per-position methods the cached
+# sampler uses (jaxconv.sampling); both run the same submodules.
+
+
+class OutputHead(nn.Module):
+    features: int
+    out_channels: int
+    colours: int
+    form: str = "masked"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        conv = lambda n, name: MaskedConv2D(n, 1, "B", self.colours, form=self.form, dtype=self.dtype, name=name)
+        x = nn.relu(conv(self.features, "hidden")(nn.relu(x)))
+        return conv(self.out_channels, "logits")(x).astype(jnp.float32)
+
+
+class ResidualBlock(nn.Module):
+    """PixelRNN paper Fig. 5: 2h -> ReLU -> 1x1 h -> ReLU -> kxk mask B h -> ReLU -> 1x1 2h, + input."""
+
+    hidden: int
+    kernel: int
+    dilation: int
+    colours: int
+    form: str = "masked"
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        conv = lambda n, k, d=1: MaskedConv2D(n, k, "B", self.colours, d, form=self.form, dtype=self.dtype)
+        self.reduce = conv(self.hidden, 1)
+        self.spatial = conv(self.hidden, self.kernel, self.dilation)
+        self.expand = conv(2 * self.hidden, 1)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.finish(x, self.start(x), padded=False)
+
+    def start(self, x: jax.Array) -> jax.Array:
+        """The spatial conv's input (computable position by position)."""
+        return nn.relu(self.reduce(nn.relu(x)))
+
+    def finish(self, x: jax.Array, spatial_in: jax.Array, padded: bool) -> jax.Array:
+        return x + self.expand(nn.relu(self.spatial(spatial_in, padded=padded)))
+
+
+class PixelCNN(nn.Module):
+    config: PixelCNNConfig
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.first = MaskedConv2D(2 * c.hidden, c.first_kernel, "A", c.colours, form=c.conv_form, dtype=self.dtype)
+        self.blocks = [ResidualBlock(c.hidden, c.kernel, d, c.colours, c.conv_form, self.dtype)
+                       for d in _cycle(c.dilations, c.num_blocks)]
+        self.head = OutputHead(c.output_features, c.head_channels, c.colours, c.conv_form, self.dtype)
+
+    def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = False) -> jax.Array:
+        del train  # no dropout or batch statistics
+        if labels is not None:
+            raise ValueError("pixelcnn is unconditional: call it with labels=None")
+        h = self.first(x)  # [B, H, W, 2h]
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)  # [B, H, W, P]
+
+    def position(self, x_pad: jax.Array, caches: tuple, i: jax.Array, j: jax.Array) -> tuple[jax.Array, tuple]:
+        """The raw output at (i, j) only.
+
+        x_pad: model input padded by first_kernel // 2 [B, H+2p, W+2p, C]; caches: per block its
+        spatial conv's input padded by dilation * (kernel // 2). Taps after (i, j) in a window are
+        masked, so what the caches hold there (zeros, stale values) does not matter.
+        """
+        h = self.first(_window(x_pad, i, j, self.config.first_kernel, self.config.first_kernel), padded=True)
+        new_caches = []
+        for block, cache, d in zip(self.blocks, caches, _cycle(self.config.dilations, self.config.num_blocks)):
+            p = d * (self.config.kernel // 2)
+            cache = jax.lax.dynamic_update_slice(cache, block.start(h), (0, i + p, j + p, 0))
+            h = block.finish(h, _window(cache, i, j, 2 * p + 1, 2 * p + 1), padded=True)
+            new_caches.append(cache)
+        return self.head(h)[:, 0, 0], tuple(new_caches)
+
+
+class GatedLayer(nn.Module):
+    features: int
+    kernel: int
+    dilation: int
+    colours: int
+    num_classes: int = 0
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        f = self.features
+        self.vertical_conv = VerticalConv(2 * f, self.kernel, self.dilation, dtype=self.dtype)
+        self.horizontal_conv = HorizontalConv(2 * f, self.kernel, "B", self.colours, self.dilation, out_tiles=2,
+                                              dtype=self.dtype)
+        # The vertical stack sees only rows above, so the link needs no channel mask.
+        self.link = MaskedConv2D(2 * f, 1, "B", colours=1, dtype=self.dtype)
+        self.residual = MaskedConv2D(f, 1, "B", self.colours, dtype=self.dtype)
+        if self.num_classes:
+            self.class_bias = nn.Embed(self.num_classes, 2 * f)
+
+    def condition(self, labels: jax.Array | None) -> jax.Array | float:
+        if not self.num_classes:
+            if labels is not None:
+                raise ValueError("this model is unconditional: call it with labels=None")
+            return 0.0
+        if labels is None:
+            raise ValueError("this model is class-conditional: pass labels [B]")
+        return self.class_bias(labels).astype(self.dtype)[:, None, None, :]  # [B, 1, 1, 2F]
+
+    def vertical(self, v: jax.Array, cond: Any, padded: bool = False) -> tuple[jax.Array, jax.Array]:
+        pre = self.vertical_conv(v, padded=padded)
+        return _gate(pre + cond), self.link(pre)
+
+    def horizontal(self, h: jax.Array, link: jax.Array, cond: Any, padded: bool = False) -> tuple[jax.Array, jax.Array]:
+        """-> (new horizontal stack, residual branch = skip contribution)."""
+        out = self.residual(_gate(self.horizontal_conv(h, padded=padded) + link + cond))
+        centre = h[:, :, -1:] if padded else h  # a window's last column is the output position
+        return centre + out, out
+
+
+class GatedPixelCNN(nn.Module):
+    config: GatedPixelCNNConfig
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.vertical_first = VerticalConv(c.features, c.kernel, 1, shifted=True, dtype=self.dtype)
+        self.horizontal_first = HorizontalConv(c.features, c.kernel, "A", c.colours, 1, dtype=self.dtype)
+        self.layers = [GatedLayer(c.features, c.kernel, d, c.colours, c.num_classes, self.dtype)
+                       for d in _cycle(c.dilations, c.num_layers)]
+        self.head = OutputHead(c.output_features, c.head_channels, c.colours, dtype=self.dtype)
+
+    def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = False) -> jax.Array:
+        del train
+        v, h = self.vertical_first(x), self.horizontal_first(x)  # [B, H, W, F] each
+        skip = 0.0
+        for layer in self.layers:
+            cond = layer.condition(labels)
+            v, link = layer.vertical(v, cond)
+            h, out = layer.horizontal(h, link, cond)
+            skip = skip + out
+        return self.head(skip)  # [B, H, W, P]
+
+    def vertical_row(self, x_pad: jax.Array, caches: tuple, i: jax.Array,
+                     labels: jax.Array | None) -> tuple[tuple, tuple]:
+        """The vertical stack on row i (from rows above only) -> (updated caches, links [B,1,W,2F] per layer).
+
+        x_pad: model input padded r+1 rows on top and r columns each side; caches: per layer its
+        vertical input padded d*r on top and each side.
+        """
+        r = self.config.kernel // 2
+        v = self.vertical_first(jax.lax.dynamic_slice_in_dim(x_pad, i, r + 1, axis=1), padded=True)
+        new_caches, links = [], []
+        for layer, cache, d in zip(self.layers, caches, _cycle(self.config.dilations, self.config.num_layers)):
+            cache = jax.lax.dynamic_update_slice(cache, v, (0, i + d * r, d * r, 0))
+            v, link = layer.vertical(jax.lax.dynamic_slice_in_dim(cache, i, d * r + 1, axis=1),
+                                     layer.condition(labels), padded=True)
+            new_caches.append(cache)
+            links.append(link)
+        return tuple(new_caches), tuple(links)
+
+    def horizontal_position(self, x_row_pad: jax.Array, caches: tuple, links: tuple, j: jax.Array,
+                            labels: jax.Array | None) -> tuple[jax.Array, tuple]:
+        """The raw output at column j of the current row [B, P].
+
+        x_row_pad: the row's model input padded r columns on the left [B, 1, W+r, C]; caches: per
+        layer its horizontal input on this row padded d*r on the left.
+        """
+        r = self.config.kernel // 2
+        h = self.horizontal_first(jax.lax.dynamic_slice_in_dim(x_row_pad, j, r + 1, axis=2), padded=True)
+        skip, new_caches = 0.0, []
+        for layer, cache, link, d in zip(self.layers, caches, links,
+                                         _cycle(self.config.dilations, self.config.num_layers)):
+            cache = jax.lax.dynamic_update_slice(cache, h, (0, 0, j + d * r, 0))
+            h, out = layer.horizontal(jax.lax.dynamic_slice_in_dim(cache, j, d * r + 1, axis=2),
+                                      jax.lax.dynamic_slice_in_dim(link, j, 1, axis=2), layer.condition(labels),
+                                      padded=True)
+            skip = skip + out
+            new_caches.append(cache)
+        return self.head(skip)[:, 0, 0], tuple(new_caches)
+
+
+def _gate(x: jax.Array) -> jax.Array:
+    a, b = jnp.split(x, 2, axis=-1)
+    return jnp.tanh(a) * jax.nn.sigmoid(b)
+
+
+def _cycle(values: tuple[int, ...], n: int) -> list[int]:
+    return [values[i % len(values)] for i in range(n)]
+
+
+def _window(x: jax.Array, i: jax.Array, j: jax.Array, height: int, width: int) -> jax.Array:
+    return jax.lax.dynamic_slice(x, (0, i, j, 0), (x.shape[0], height, width, x.shape[3]))
+
+
+def layer_dilations(config: PixelCNNConfig | GatedPixelCNNConfig) -> list[int]:
+    """Dilation of each block (pixelcnn) or gated layer (gated_pixelcnn), in order."""
+    count = config.num_blocks if isinstance(config, PixelCNNConfig) else config.num_layers
+    return _cycle(config.dilations, count)
+
+
+def build(config: PixelCNNConfig | GatedPixelCNNConfig, dtype: Any = jnp.float32) -> nn.Module:
+    """The module for a validated config; ``dtype`` is the compute dtype (params stay float32)."""
+    config.validate()
+    return PixelCNN(config, dtype) if isinstance(config, PixelCNNConfig) else GatedPixelCNN(config, dtype)
