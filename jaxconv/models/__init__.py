@@ -10,13 +10,15 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxconv.errors import ConfigError
+from jaxconv.models import pixelcnn
 from jaxconv.models.lenet import LeNet5, LeNetConfig
 
-MODEL_CONFIGS: dict[str, type] = {LeNetConfig.family: LeNetConfig}
+MODEL_CONFIGS: dict[str, type] = {cls.family: cls for cls in (LeNetConfig, *pixelcnn.AUTOREGRESSIVE_CONFIGS)}
 
 PRESETS: dict[str, object] = {
     "lenet5": LeNetConfig(variant="faithful"),
     "lenet5_modern": LeNetConfig(variant="modern"),
+    **pixelcnn.PIXELCNN_PRESETS,
 }
 
 
@@ -30,4 +32,6 @@ def build_model(config, dtype: jnp.dtype = jnp.float32) -> nn.Module:
     """The Flax module for a model config; ``dtype`` is the compute dtype (params stay float32)."""
     if isinstance(config, LeNetConfig):
         return LeNet5(config, dtype=dtype)
+    if isinstance(config, pixelcnn.AUTOREGRESSIVE_CONFIGS):
+        return pixelcnn.build(config, dtype)
     raise ConfigError(f"no model builder for {type(config).__name__}")

@@ -28,7 +28,7 @@ from jaxconv.data.pipeline import eval_batches, prefetch, train_batches
 from jaxconv.data.sources import Split, load_split
 from jaxconv.errors import CheckpointError, ConfigError, NonFiniteError
 from jaxconv.models import build_model
-from jaxconv.tasks import classification
+from jaxconv import tasks
 from jaxconv.train.checkpoint import Checkpoints
 from jaxconv.train.metrics import MetricsWriter
 from jaxconv.train.parallel import DataParallel, maybe_initialize_distributed
@@ -59,10 +59,13 @@ def build_run(config: Config) -> Run:
     if len(train_data) < config.data.batch_size:
         raise ConfigError(f"data.batch_size={config.data.batch_size} exceeds the {len(train_data)} training examples")
     num_classes = getattr(config.model, "num_classes", None)
-    if num_classes is not None and num_classes != train_data.num_classes:
+    if num_classes and num_classes != train_data.num_classes:
         raise ConfigError(f"model.num_classes={num_classes} but the data has {train_data.num_classes} classes")
+    channels = getattr(config.model, "channels", train_data.images.shape[-1])
+    if channels != train_data.images.shape[-1]:
+        raise ConfigError(f"model.channels={channels} but the data has {train_data.images.shape[-1]} channels")
     model = build_model(config.model, jnp.dtype(config.train.dtype))
-    forward, sums = classification(model, config)
+    forward, sums = tasks.for_model(model, config)
     tx, schedule = make_optimizer(config.optim, config.schedule, config.train.steps)
     step = make_train_step(forward, sums, tx, schedule, skip_nonfinite=config.train.nonfinite == "skip",
                            axis_name=par.axis_name)
