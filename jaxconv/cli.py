@@ -1,4 +1,4 @@
-"""``jaxconv train|eval|list``: parsing only; each command calls one library function."""
+"""``jaxconv train|eval|sample|list``: parsing only; each command calls one library function."""
 
 from __future__ import annotations
 
@@ -21,6 +21,18 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("workdir", type=Path)
     evaluate.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
     evaluate.add_argument("--split", default="val", choices=("val", "train"))
+
+    sample = commands.add_parser("sample", help="draw images from a PixelCNN run and write a PNG grid")
+    sample.add_argument("workdir", type=Path)
+    sample.add_argument("--num", type=int, default=16)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--sampler", default="cached", help="cached (fast) or naive; same samples for a seed")
+    sample.add_argument("--complete", type=int, default=0, metavar="ROWS",
+                        help="complete validation images from their top ROWS rows")
+    sample.add_argument("--label", type=int, help="class to condition on (default: cycle through classes)")
+    sample.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
+    sample.add_argument("--out", type=Path, help="default: WORKDIR/samples.png")
 
     commands.add_parser("list", help="list experiments and model presets")
     return parser
@@ -57,6 +69,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from jaxconv.generate import sample_workdir
+
+    out = args.out or args.workdir / "samples.png"
+    sample_workdir(args.workdir, out, num=args.num, seed=args.seed, temperature=args.temperature,
+                   sampler=args.sampler, complete_rows=args.complete, label=args.label, checkpoint=args.checkpoint)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     import experiments
     from jaxconv.models import PRESETS
@@ -75,7 +97,7 @@ def _table(title: str, metrics: dict[str, float]) -> str:
     return "\n".join([title, *rows])
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,8 +81,8 @@ def test_workdir_of_another_model_is_refused_and_left_intact(trained, tmp_path):
 def test_corrupt_checkpoint_is_a_clear_error(trained, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(trained, workdir)
-    for f in (workdir / "checkpoints" / "20").rglob("*"):
-        if f.is_file() and "ocdbt.process_0" in str(f):
+    for f in (workdir / "checkpoints" / "20" / "default").rglob("*"):
+        if f.is_file():  # every file of the saved state: metadata, manifests and array data
             f.write_bytes(b"\0garbage")
     assert_one_line_error(run_cli("eval", str(workdir), "--checkpoint", "latest"), CheckpointError.exit_code,
                           "checkpoint 20")
@@ -110,3 +110,26 @@ def test_list_and_module_entry_point(tmp_path):
                            "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "lenet_mnist: step 3, validation" in done.stdout
+
+
+def test_sample_writes_a_png_grid_and_completes_images(tmp_path):
+    workdir = tmp_path / "gated"
+    trained = run_cli("train", "gated_pixelcnn_mnist", *SMOKE, "--set", "train.steps=10", "--workdir", str(workdir))
+    assert trained.returncode == 0, trained.stderr
+    done = run_cli("sample", str(workdir), "--num", "4", "--complete", "20", "--out", str(tmp_path / "grid.png"))
+    assert done.returncode == 0, done.stderr
+    from PIL import Image
+    import numpy as np
+
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert grid.shape == (1 * 29 + 1, 8 * 29 + 1) and grid.std() > 0
+    from jaxconv.config import DataConfig
+    from jaxconv.data.sources import load_split
+
+    given = load_split(DataConfig(), "val").images[:4, :20, :, 0] > 127
+    completed = np.stack([grid[1:21, 1 + k * 29:1 + k * 29 + 28] for k in range(4)])
+    np.testing.assert_array_equal(completed == 255, given)  # the given top rows are kept (binarised)
+
+
+def test_sample_needs_a_pixelcnn_run(trained):
+    assert_one_line_error(run_cli("sample", str(trained)), ConfigError.exit_code, "needs a PixelCNN-family model")

@@ -18,7 +18,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 from jaxconv.config import CheckpointConfig
 from jaxconv.errors import CheckpointError
 
-logging.getLogger("absl").setLevel(logging.ERROR)  # orbax warns for every save without metrics
+# orbax warns for every save without metrics and logs restore failures that we report in one line
+logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 
 class Checkpoints:
@@ -61,7 +62,7 @@ class Checkpoints:
         try:
             return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # orbax/tensorstore raise many types for damaged or foreign files
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            message = (str(e).splitlines() or [type(e).__name__])[0].split(" See full TensorStore")[0]
             raise CheckpointError(f"checkpoint {step} in {self.manager.directory} does not fit this model "
                                   f"or is corrupt: {message[:300]}") from None
 

@@ -214,8 +214,8 @@ def _flush(run: Run, pending: list[dict[str, jax.Array]], done: int, nonfinite: 
     return {k: float(np.mean(v)) for k, v in stacked.items()}
 
 
-def evaluate_workdir(workdir: Path, checkpoint: str = "best", split: str = "val") -> tuple[int, dict[str, float]]:
-    """Restores a run's best/latest/numbered checkpoint and evaluates it on ``split``."""
+def restore_workdir(workdir: Path, checkpoint: str = "best") -> tuple[Run, int, TrainState]:
+    """A run's config rebuilt, and its best/latest/numbered checkpoint restored onto this host's devices."""
     workdir = Path(workdir)
     config = config_lib.load(workdir / "config.json")
     run = build_run(config)
@@ -234,6 +234,11 @@ def evaluate_workdir(workdir: Path, checkpoint: str = "best", split: str = "val"
         raise ConfigError(f"bad checkpoint {checkpoint!r}; allowed values: best, latest, a step number")
     if step is None:
         raise CheckpointError(f"{workdir} holds no checkpoint")
-    state = run.par.place_state(checkpoints.restore(step, run.init()))
+    return run, step, checkpoints.restore(step, run.init())
+
+
+def evaluate_workdir(workdir: Path, checkpoint: str = "best", split: str = "val") -> tuple[int, dict[str, float]]:
+    """Restores a run's best/latest/numbered checkpoint and evaluates it on ``split``."""
+    run, step, state = restore_workdir(workdir, checkpoint)
     data = run.val_data if split == "val" else run.train_data
-    return step, evaluate(run, state.params, data)
+    return step, evaluate(run, run.par.place_state(state).params, data)
