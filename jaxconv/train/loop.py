@@ -129,6 +129,7 @@ def sigterm_flag() -> Iterator[threading.Event]:
 def train(config: Config, workdir: Path) -> dict[str, Any]:
     """Trains (resuming from ``workdir`` when it holds checkpoints); returns the last metrics."""
     workdir = Path(workdir)
+    maybe_initialize_distributed(config.parallel)  # before anything (jax.process_index) starts a backend
     prepare_workdir(config, workdir)
     run = build_run(config)
     checkpoints = Checkpoints(workdir / "checkpoints", config.checkpoint)

@@ -35,7 +35,10 @@ def maybe_initialize_distributed(config: ParallelConfig) -> None:
     explicit = config.num_processes > 1
     if not explicit and not any(os.environ.get(k) for k in _CLUSTER_ENV):
         return
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    # Nothing here may touch a backend (jax.default_backend(), jax.devices(), ...): initialize()
+    # refuses to run after one exists. Gloo gives CPU devices cross-process collectives; the flag
+    # only concerns the CPU client, so it is harmless on GPU/TPU hosts. A user's choice (mpi) wins.
+    if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs: dict[str, Any] = {}
     if config.coordinator_address:
