@@ -202,7 +202,8 @@ def _loop(run: Run, state: TrainState, start: int, checkpoints: Checkpoints, wri
 def _flush(run: Run, pending: list[dict[str, jax.Array]], done: int, nonfinite: str,
            checkpoints: Checkpoints) -> dict[str, float]:
     """Brings the pending steps' metrics to the host; stops on NaN/Inf; returns their means."""
-    stacked = jax.device_get(run.par.single_copy(jax.tree.map(lambda *xs: jnp.stack(xs), *pending)))
+    # single_copy per step, then stack: under pmap each step's metrics carry a device axis first
+    stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *map(run.par.single_copy, pending)))
     first = done - len(pending) + 1
     if nonfinite == "stop":
         finite = np.isfinite(stacked["loss"]) & np.isfinite(stacked["grad_norm"])  # [steps]
