@@ -102,16 +102,26 @@ class DataParallel:
         """A single-copy state -> the engine's layout."""
         state = jax.device_put(state, self.replicated)
         if self.mode == "pmap":
+            # pmap takes host-local inputs ([local devices, ...]) even in a multi-process run, so
+            # each host copies its own replica (addressable_data(0)) rather than the global array.
             shard = NamedSharding(self.local_mesh, P(AXIS))
             n = self.num_local_devices
-            state = jax.tree.map(lambda x: jax.device_put(jnp.broadcast_to(x, (n, *x.shape)), shard), state)
+            state = jax.tree.map(
+                lambda x: jax.device_put(jnp.broadcast_to(x.addressable_data(0), (n, *x.shape)), shard), state)
         return state
 
     def single_copy(self, state: Any) -> Any:
-        """The engine's layout -> a single-copy state (what checkpoints hold)."""
-        if self.mode == "pmap":
+        """The engine's layout -> a single-copy state (what checkpoints hold).
+
+        Under pmap in a multi-process run the copy is a global array replicated over every host
+        (made from each host's own device copies), so that orbax and jitted code can use it.
+        """
+        if self.mode != "pmap":
+            return state
+        if jax.process_count() == 1:
             return jax.tree.map(lambda x: x[0], state)
-        return state
+        return jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(
+            x.shape[1:], self.replicated, [s.data[0] for s in x.addressable_shards]), state)
 
     def compile(self, fn, *, donate: bool):
         """jit or pmap ``fn(state_or_params, batch) -> outputs``; outputs come back replicated.
