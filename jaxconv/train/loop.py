@@ -158,15 +158,19 @@ def _loop(run: Run, state: TrainState, start: int, checkpoints: Checkpoints, wri
     pending: list[dict[str, jax.Array]] = []
     last: dict[str, Any] = {"step": start}
     clock = time.perf_counter()
+    # SIGTERM: one process stops at the step that saw the signal. Processes of a multi-process
+    # run would each see it at a different step and then wait forever in each other's collectives,
+    # so they agree at every log step (an all-gather of the flags) and all stop there together.
+    stop = False
     for done in range(start + 1, steps + 1):
-        if terminated.is_set():
-            break
         state, metrics = run.train_step(state, next(batches))
         pending.append(run.par.settle(metrics))
         bar.update(1)
         eval_due = done == steps or bool(cfg.train.eval_every and done % cfg.train.eval_every == 0)
         save_due = done == steps or bool(cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or eval_due
-        if done % cfg.train.log_every and not save_due and not terminated.is_set():
+        if nproc == 1:
+            stop = terminated.is_set()
+        if done % cfg.train.log_every and not save_due and not stop:
             continue
         train_metrics = _flush(run, pending, done, cfg.train.nonfinite, checkpoints)
         elapsed, clock = time.perf_counter() - clock, time.perf_counter()
@@ -181,22 +185,33 @@ def _loop(run: Run, state: TrainState, start: int, checkpoints: Checkpoints, wri
             writer.write(done, "val", val)
             last["val"] = val
             bar.write(f"step {done}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items() if k != "count"))
-        if save_due or terminated.is_set():
+        if nproc > 1:
+            stop = _any_process(terminated.is_set())
+        if save_due or stop:
             if val is not None and cfg.checkpoint.keep_best and cfg.checkpoint.best_metric not in val:
                 raise ConfigError(f"checkpoint.best_metric={cfg.checkpoint.best_metric!r} is not a validation "
                                   f"metric; metrics: {', '.join(val)}")
-            checkpoints.save(done, run.par.single_copy(state), val, force=terminated.is_set())
+            checkpoints.save(done, run.par.single_copy(state), val, force=stop)
+        if stop:
+            break
         clock = time.perf_counter()
     else:
         bar.close()
         return last
-    # SIGTERM: the step that saw the signal has flushed and saved (above); make sure of it.
+    # SIGTERM: the step that saw the signal (or agreed on it) has flushed and saved above.
     step_now = int(jax.device_get(run.par.single_copy(state).step))
     if checkpoints.latest_step() != step_now:
         checkpoints.save(step_now, run.par.single_copy(state), force=True)
     bar.close()
     bar.write(f"SIGTERM: saved step {step_now}, exiting")
     return {**last, "terminated": True, "step": step_now}
+
+
+def _any_process(flag: bool) -> bool:
+    """True on every process when ``flag`` is true on any (call it on all processes at the same step)."""
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def _flush(run: Run, pending: list[dict[str, jax.Array]], done: int, nonfinite: str,
