@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -239,7 +240,14 @@ def _build(cls: type, raw: dict[str, Any], section: str) -> Any:
 
 
 def save(config: Config, path: Path) -> None:
-    path.write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    """Writes atomically (temporary file, then rename): a run killed mid-write, or a second process
+    reading it meanwhile, never sees a half-written config.json."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(to_dict(config), indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load(path: Path) -> Config:
