@@ -134,9 +134,13 @@ def train(config: Config, workdir: Path) -> dict[str, Any]:
     run = build_run(config)
     checkpoints = Checkpoints(workdir / "checkpoints", config.checkpoint)
     writer = MetricsWriter(workdir)
-    state = run.init()
     if (latest := checkpoints.latest_step()) is not None:
-        state = checkpoints.restore(latest, state)
+        # Only shapes, dtypes and shardings are needed to restore: a resume compiles no init.
+        state = checkpoints.restore(latest, jax.eval_shape(run.init))
+        if jax.process_index() == 0:
+            print(f"resuming from checkpoint {latest}", flush=True)
+    else:
+        state = run.init()
     start = int(state.step)
     writer.resume_at(start)
     try:
@@ -251,7 +255,7 @@ def restore_workdir(workdir: Path, checkpoint: str = "best") -> tuple[Run, int, 
         raise ConfigError(f"bad checkpoint {checkpoint!r}; allowed values: best, latest, a step number")
     if step is None:
         raise CheckpointError(f"{workdir} holds no checkpoint")
-    return run, step, checkpoints.restore(step, run.init())
+    return run, step, checkpoints.restore(step, jax.eval_shape(run.init))
 
 
 def evaluate_workdir(workdir: Path, checkpoint: str = "best", split: str = "val") -> tuple[int, dict[str, float]]:
