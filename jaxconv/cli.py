@@ -114,12 +114,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _ignore_closed_event_loop(default_hook):
+    """After a failed checkpoint write (disk full), orbax has closed its event loop while other
+    tensorstore writes of the same save are still finishing; their callbacks then raise
+    'Event loop is closed' as unraisable exceptions, one traceback each, after the one-line error.
+    They say nothing new, so the process entry points drop exactly those."""
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        default_hook(unraisable)
+
+    return hook
+
+
 def run_experiment_module(name: str) -> None:
     """``python -m experiments.NAME [--workdir ...] [--set ...] [--smoke]`` == ``jaxconv train NAME ...``."""
     argv = sys.argv[1:]
     debug = ["--debug"] if "--debug" in argv else []
+    sys.unraisablehook = _ignore_closed_event_loop(sys.unraisablehook)
     sys.exit(main([*debug, "train", name, *[a for a in argv if a != "--debug"]]))
 
 
 def entry() -> None:
+    sys.unraisablehook = _ignore_closed_event_loop(sys.unraisablehook)
     sys.exit(main())

@@ -35,4 +35,11 @@ class NonFiniteError(JaxconvError):
     exit_code = 5
 
 
-EXIT_CODES = {cls.__name__: cls.exit_code for cls in (JaxconvError, ConfigError, DataError, CheckpointError, NonFiniteError)}
+class StorageError(JaxconvError):
+    """The work directory cannot be written: not a directory, permissions, disk full, file-size limit."""
+
+    exit_code = 6
+
+
+EXIT_CODES = {cls.__name__: cls.exit_code
+              for cls in (JaxconvError, ConfigError, DataError, CheckpointError, NonFiniteError, StorageError)}

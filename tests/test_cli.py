@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from conftest import REPO, run_cli
-from jaxconv.errors import CheckpointError, ConfigError, DataError
+from jaxconv.errors import CheckpointError, ConfigError, DataError, StorageError
 
 SMOKE = ["--smoke", "--set", "parallel.num_devices=1"]
 
@@ -93,7 +93,7 @@ def test_corrupt_checkpoint_is_a_clear_error(trained, tmp_path):
 def test_unwritable_workdir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert_one_line_error(run_cli("train", "lenet_mnist", "--workdir", str(blocker / "run")), ConfigError.exit_code,
+    assert_one_line_error(run_cli("train", "lenet_mnist", "--workdir", str(blocker / "run")), StorageError.exit_code,
                           "cannot write to work directory")
 
 

@@ -26,7 +26,7 @@ from jaxconv import losses
 from jaxconv.config import Config
 from jaxconv.data.pipeline import eval_batches, prefetch, train_batches
 from jaxconv.data.sources import Split, load_split
-from jaxconv.errors import CheckpointError, ConfigError, NonFiniteError
+from jaxconv.errors import CheckpointError, ConfigError, NonFiniteError, StorageError
 from jaxconv.models import build_model
 from jaxconv import tasks
 from jaxconv.train.checkpoint import Checkpoints
@@ -109,7 +109,7 @@ def prepare_workdir(config: Config, workdir: Path) -> None:
         if jax.process_index() == 0:
             config_lib.save(config, path)
     except OSError as e:
-        raise ConfigError(f"cannot write to work directory {workdir}: {e.strerror}") from None
+        raise StorageError(f"cannot write to work directory {workdir}: {e.strerror}") from None
 
 
 @contextlib.contextmanager
@@ -134,20 +134,24 @@ def train(config: Config, workdir: Path) -> dict[str, Any]:
     run = build_run(config)
     checkpoints = Checkpoints(workdir / "checkpoints", config.checkpoint)
     writer = MetricsWriter(workdir)
-    if (latest := checkpoints.latest_step()) is not None:
-        # Only shapes, dtypes and shardings are needed to restore: a resume compiles no init.
-        state = checkpoints.restore(latest, jax.eval_shape(run.init))
-        if jax.process_index() == 0:
-            print(f"resuming from checkpoint {latest}", flush=True)
-    else:
-        state = run.init()
-    start = int(state.step)
-    writer.resume_at(start)
     try:
+        if (latest := checkpoints.latest_step()) is not None:
+            # Only shapes, dtypes and shardings are needed to restore: a resume compiles no init.
+            state = checkpoints.restore(latest, jax.eval_shape(run.init))
+            if jax.process_index() == 0:
+                print(f"resuming from checkpoint {latest}", flush=True)
+        else:
+            state = run.init()
+        start = int(state.step)
+        writer.resume_at(start)
         with sigterm_flag() as terminated:
             result = _loop(run, run.par.place_state(state), start, checkpoints, writer, terminated)
+        checkpoints.wait()  # a failed background save is an error of this run
     finally:
-        checkpoints.wait()
+        try:
+            checkpoints.manager.wait_until_finished()
+        except Exception:  # already reported: either raised above or superseded by the error in flight
+            pass
         checkpoints.close()
     return result
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import jax
 
+from jaxconv.errors import StorageError
+
 
 class MetricsWriter:
     def __init__(self, workdir: Path):
@@ -21,15 +23,22 @@ class MetricsWriter:
         kept = [line for line in self.path.read_text().splitlines()
                 if line.strip() and _complete(line) and json.loads(line)["step"] <= step]
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.path)
+        try:
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.path)  # atomic: a kill here leaves the old or the new file, both valid
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {self.path}: {e.strerror}") from None
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         if not self.enabled:
             return
         record = {"step": step, "split": split, **{k: _json_float(v) for k, v in values.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise StorageError(f"cannot write {self.path}: {e.strerror}") from None
 
 
 def read_metrics(workdir: Path) -> list[dict]:
