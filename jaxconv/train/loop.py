@@ -94,7 +94,7 @@ def evaluate(run: Run, params: Any, data: Split | None = None) -> dict[str, floa
 
 
 def prepare_workdir(config: Config, workdir: Path) -> None:
-    """Creates the workdir, refuses one that holds another model's run, writes the effective config."""
+    """Creates the workdir and refuses one that holds another model's run."""
     path = workdir / "config.json"
     if path.exists():
         try:
@@ -106,8 +106,17 @@ def prepare_workdir(config: Config, workdir: Path) -> None:
                                   f"use a new --workdir")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        if jax.process_index() == 0:
-            config_lib.save(config, path)
+    except OSError as e:
+        raise StorageError(f"cannot write to work directory {workdir}: {e.strerror}") from None
+
+
+def write_config(config: Config, workdir: Path) -> None:
+    """Writes the effective config; called once the run has built and restored, so that a start that
+    fails (bad data, corrupt checkpoint) leaves the previous run's config.json as it was."""
+    if jax.process_index() != 0:
+        return
+    try:
+        config_lib.save(config, workdir / "config.json")
     except OSError as e:
         raise StorageError(f"cannot write to work directory {workdir}: {e.strerror}") from None
 
@@ -143,6 +152,7 @@ def train(config: Config, workdir: Path) -> dict[str, Any]:
         else:
             state = run.init()
         start = int(state.step)
+        write_config(config, workdir)
         writer.resume_at(start)
         with sigterm_flag() as terminated:
             result = _loop(run, run.par.place_state(state), start, checkpoints, writer, terminated)
