@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import importlib.util
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -78,10 +79,13 @@ def mnist_file() -> Path:
 def read_mnist_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Parses the CSV (784 pixels then label per row) into [N,28,28,1] uint8 and [N] int32."""
     try:
-        with gzip.open(path, "rt") as f:
-            table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+        with gzip.open(path, "rt") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # loadtxt warns (on stderr) about an empty file; we raise instead
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
     except (OSError, EOFError, ValueError) as e:
         raise DataError(f"{path} is not a readable MNIST csv.gz file ({e})") from None
+    if table.size == 0:
+        raise DataError(f"{path} holds no rows")
     if table.ndim != 2 or table.shape[1] != 785:
         raise DataError(f"{path}: expected rows of 784 pixels + label, got shape {table.shape}")
     if table[:, :784].min() < 0 or table[:, :784].max() > 255:
