@@ -50,6 +50,11 @@ class LeNetConfig:
         if self.num_classes < 2:
             raise ConfigError(f"model.num_classes must be >= 2, got {self.num_classes}")
 
+    def check_input_shape(self, shape: tuple[int, ...]) -> None:
+        """LeNet-5's sizes fit 32x32 inputs (28x28 are padded to 32x32); others fail deep in a layer."""
+        if tuple(shape[:2]) not in ((28, 28), (32, 32)):
+            raise ConfigError(f"lenet5 takes 28x28 or 32x32 images; the data has {'x'.join(map(str, shape))}")
+
 
 def lecun_tanh(x: jnp.ndarray) -> jnp.ndarray:
     return 1.7159 * jnp.tanh(x * (2.0 / 3.0))

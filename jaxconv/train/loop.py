@@ -61,6 +61,9 @@ def build_run(config: Config) -> Run:
     num_classes = getattr(config.model, "num_classes", None)
     if num_classes and num_classes != train_data.num_classes:
         raise ConfigError(f"model.num_classes={num_classes} but the data has {train_data.num_classes} classes")
+    check_input = getattr(config.model, "check_input_shape", None)
+    if check_input is not None:
+        check_input(train_data.images.shape[1:])
     channels = getattr(config.model, "channels", train_data.images.shape[-1])
     if channels != train_data.images.shape[-1]:
         raise ConfigError(f"model.channels={channels} but the data has {train_data.images.shape[-1]} channels")
