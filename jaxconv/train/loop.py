@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import sys
 import threading
 import time
 from functools import partial
@@ -241,14 +242,17 @@ def _flush(run: Run, pending: list[dict[str, jax.Array]], done: int, nonfinite: 
     # single_copy per step, then stack: under pmap each step's metrics carry a device axis first
     stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *map(run.par.single_copy, pending)))
     first = done - len(pending) + 1
-    if nonfinite == "stop":
-        finite = np.isfinite(stacked["loss"]) & np.isfinite(stacked["grad_norm"])  # [steps]
-        if not finite.all():
-            i = int(np.argmin(finite))
-            name = "loss" if not np.isfinite(stacked["loss"][i]) else "grad_norm"
+    finite = np.isfinite(stacked["loss"]) & np.isfinite(stacked["grad_norm"])  # [steps]
+    if not finite.all():
+        i = int(np.argmin(finite))
+        name = "loss" if not np.isfinite(stacked["loss"][i]) else "grad_norm"
+        if nonfinite == "stop":
             checkpoints.wait()
             raise NonFiniteError(f"non-finite {name} ({stacked[name][i]}) at step {first + i}; stopped; "
                                  f"last good checkpoint: step {checkpoints.latest_step()}")
+        skipped = ", ".join(str(first + j) for j in np.flatnonzero(~finite))
+        tqdm.write(f"jaxconv: warning: non-finite {name} ({stacked[name][i]}) at step {first + i}; "
+                   f"skipped the update of step(s) {skipped}", file=sys.stderr)
     return {k: float(np.mean(v)) for k, v in stacked.items()}
 
 
