@@ -1,4 +1,4 @@
-"""``jaxconv train|eval|sample|list``: parsing only; each command calls one library function."""
+"""``jaxconv train|eval|sample|list|viz``: parsing only; each command calls one library function."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jaxconv.errors import JaxconvError
+from jaxconv.errors import ConfigError, JaxconvError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", type=Path, help="default: WORKDIR/samples.png")
 
     commands.add_parser("list", help="list experiments and model presets")
+
+    viz = commands.add_parser("viz", help="pictures that explain the models").add_subparsers(dest="picture", required=True)
+    deps = viz.add_parser("deps", help="which earlier pixels one output pixel sees (blind spot of PixelCNN)")
+    deps.add_argument("--presets", default="pixelcnn_mnist,gated_pixelcnn_mnist", help="comma-separated presets")
+    deps.add_argument("--size", type=int, default=12, help="image height and width")
+    deps.add_argument("--position", help="ROW,COL of the output pixel (default: the centre)")
+    deps.add_argument("--out", type=Path, default=Path("dependency_map.png"))
     return parser
 
 
@@ -92,12 +99,31 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_viz(args: argparse.Namespace) -> int:
+    from jaxconv import viz
+
+    position = _ints(args.position, 2, "--position") if args.position else None
+    out = viz.dependency_picture(args.out, tuple(args.presets.split(",")), size=args.size, position=position)
+    print(f"wrote {out}")
+    return 0
+
+
+def _ints(text: str, count: int, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise ConfigError(f"{flag} takes {count} comma-separated integers, got {text!r}")
+    return values
+
+
 def _table(title: str, metrics: dict[str, float]) -> str:
     rows = [f"  {k:16s} {v:>12.6g}" if isinstance(v, float) else f"  {k:16s} {v:>12}" for k, v in metrics.items()]
     return "\n".join([title, *rows])
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "list": cmd_list, "viz": cmd_viz}
 
 
 def main(argv: list[str] | None = None) -> int:
