@@ -1,4 +1,4 @@
-"""``jaxconv train|eval|sample|list|viz``: parsing only; each command calls one library function."""
+"""``jaxconv train|eval|sample|list|plot|viz``: parsing only; each command calls one library function."""
 
 from __future__ import annotations
 
@@ -36,12 +36,29 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("list", help="list experiments and model presets")
 
+    plot = commands.add_parser("plot", help="training/validation curves of one or more runs (PNG and SVG)")
+    plot.add_argument("workdirs", type=Path, nargs="+")
+    plot.add_argument("--out", type=Path, default=Path("curves.png"), help="written with .png and .svg suffixes")
+
     viz = commands.add_parser("viz", help="pictures that explain the models").add_subparsers(dest="picture", required=True)
     deps = viz.add_parser("deps", help="which earlier pixels one output pixel sees (blind spot of PixelCNN)")
     deps.add_argument("--presets", default="pixelcnn_mnist,gated_pixelcnn_mnist", help="comma-separated presets")
     deps.add_argument("--size", type=int, default=12, help="image height and width")
     deps.add_argument("--position", help="ROW,COL of the output pixel (default: the centre)")
     deps.add_argument("--out", type=Path, default=Path("dependency_map.png"))
+    kernels = viz.add_parser("kernels", help="hand-made edge and blur kernels on an MNIST digit, then pooling")
+    kernels.add_argument("--index", type=int, default=0, help="validation image")
+    kernels.add_argument("--out", type=Path, default=Path("kernels.png"))
+    filters = viz.add_parser("filters", help="first-layer convolution filters of a trained run")
+    filters.add_argument("workdir", type=Path)
+    filters.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
+    filters.add_argument("--out", type=Path, help="default: WORKDIR/filters.png")
+    features = viz.add_parser("features", help="feature maps of a validation image through chosen layers")
+    features.add_argument("workdir", type=Path)
+    features.add_argument("--layers", default="", help="comma-separated layer names (default: every conv layer)")
+    features.add_argument("--index", type=int, default=0, help="validation image")
+    features.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
+    features.add_argument("--out", type=Path, help="default: WORKDIR/features.png")
     return parser
 
 
@@ -99,11 +116,28 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from jaxconv.plots import plot_runs
+
+    for path in plot_runs(args.workdirs, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_viz(args: argparse.Namespace) -> int:
     from jaxconv import viz
 
-    position = _ints(args.position, 2, "--position") if args.position else None
-    out = viz.dependency_picture(args.out, tuple(args.presets.split(",")), size=args.size, position=position)
+    if args.picture == "deps":
+        position = _ints(args.position, 2, "--position") if args.position else None
+        out = viz.dependency_picture(args.out, tuple(args.presets.split(",")), size=args.size, position=position)
+    elif args.picture == "kernels":
+        out = viz.hand_kernels_picture(args.out, args.index)
+    elif args.picture == "filters":
+        out = viz.filters_picture(args.workdir, args.out or args.workdir / "filters.png", args.checkpoint)
+    else:
+        layers = tuple(name for name in args.layers.split(",") if name)
+        out = viz.features_picture(args.workdir, args.out or args.workdir / "features.png", layers, args.index,
+                                   args.checkpoint)
     print(f"wrote {out}")
     return 0
 
@@ -123,7 +157,7 @@ def _table(title: str, metrics: dict[str, float]) -> str:
     return "\n".join([title, *rows])
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "list": cmd_list, "viz": cmd_viz}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "list": cmd_list, "plot": cmd_plot, "viz": cmd_viz}
 
 
 def main(argv: list[str] | None = None) -> int:

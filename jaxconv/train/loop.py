@@ -144,6 +144,7 @@ def train(config: Config, workdir: Path) -> dict[str, Any]:
     finally:
         checkpoints.wait()
         checkpoints.close()
+        writer.close()
     return result
 
 
