@@ -211,3 +211,35 @@ def test_cli_prepare_end_to_end_and_one_line_errors(official, tmp_path):
     assert done.returncode == DataError.exit_code and len(lines) == 1, done.stderr
     assert lines[0].startswith("jaxconv: error: ") and "pickled Python file" in lines[0]
     assert not (tmp_path / "out2").exists()
+
+
+def test_train_step_and_evaluation_on_prepared_imagenet32_with_augmentation(prepared32):
+    """The memory-mapped split through prefetch, the augmenting train step and a masked evaluation."""
+    import jax
+    import jax.numpy as jnp
+
+    import experiments
+    from jaxconv.config import apply_overrides
+    from jaxconv.data.pipeline import prefetch
+    from jaxconv.models import build_model
+    from jaxconv.train import loop
+    from jaxconv.train.state import TrainState
+
+    config = apply_overrides(experiments.load("lenet_modern_mnist", smoke=True), [
+        "data.source=imagenet32", f"data.path={prepared32}", "model.num_classes=1000", "parallel.num_devices=1",
+        "data.batch_size=8", "data.eval_batch_size=3", "data.augment_crop_pad=4", "data.augment_flip=true",
+        "data.subtract_mean=true"])
+    run = loop.build_run(config)
+    # Random parameters from shapes alone: compiling LeNet's init costs more than this whole test.
+    shapes = jax.eval_shape(build_model(config.model).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.05, s.shape), s.dtype), shapes)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=run.tx.init(params),
+                       rng=jax.random.key_data(jax.random.key(0)))
+    state = run.par.place_state(state)
+    batches = prefetch(train_batches(run.train_data, 8, 0, 0), run.par.put_batch)
+    for _ in range(2):
+        state, metrics = run.train_step(state, next(batches))
+    assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
+    result = loop.evaluate(run, state.params)
+    assert result["count"] == 5 and np.isfinite(result["loss"])
