@@ -83,6 +83,8 @@ def test_prepare_round_trip(official, prepared32):
     assert manifest["splits"]["train"]["count"] == 23 and manifest["splits"]["val"]["count"] == 5
     assert manifest["image_shape"] == [32, 32, 3] and manifest["num_classes"] == 1000
     assert manifest["file_mean_max_abs_diff"] < 1e-3
+    labels = expected_labels(0, 23)
+    assert (manifest["splits"]["train"]["label_min"], manifest["splits"]["train"]["label_max"]) == (labels.min(), labels.max())
     assert not list(prepared32.parent.glob(".*partial*"))
     train = load_split(DataConfig(source="imagenet32", path=str(prepared32)), "train")
     val = load_split(DataConfig(source="imagenet32", path=str(prepared32)), "val")

@@ -89,7 +89,8 @@ def write_split(directory: Path, split: str, count: int, image_shape: tuple[int,
     del images
     np.save(directory / f"{split}_labels.npy", labels)
     np.save(directory / f"{split}_mean.npy", (total / max(count, 1)).astype(np.float32))
-    return {"count": count, "label_min": int(labels.min(initial=0)), "label_max": int(labels.max(initial=0))}
+    low, high = (int(labels.min()), int(labels.max())) if count else (0, 0)
+    return {"count": count, "label_min": low, "label_max": high}
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
@@ -113,10 +114,6 @@ def read_manifest(directory: Path, hint: str = "") -> dict[str, Any]:
         raise DataError(f"{path} has format version {manifest.get('version')}, this jaxconv reads version "
                         f"{VERSION}; prepare the dataset again")
     return manifest
-
-
-def read_mean(directory: Path, split: str) -> np.ndarray:
-    return _load(Path(directory) / f"{split}_mean.npy").astype(np.float32, copy=False)
 
 
 def verify(directory: Path, manifest: dict[str, Any]) -> None:
