@@ -1,4 +1,4 @@
-"""``jaxconv train|eval|sample|list|plot|viz``: parsing only; each command calls one library function."""
+"""``jaxconv train|eval|sample|data|list|plot|viz``: parsing only; each command calls one library function."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--label", type=int, help="class to condition on (default: cycle through classes)")
     sample.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
     sample.add_argument("--out", type=Path, help="default: WORKDIR/samples.png")
+
+    data = commands.add_parser("data", help="prepare datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    prepare = data_commands.add_parser(
+        "prepare", help="convert the official ImageNet32/64 npz files into a memory-mappable directory")
+    prepare.add_argument("dataset", choices=("imagenet32", "imagenet64"))
+    prepare.add_argument("--src", type=Path, required=True,
+                         help="directory with train_data_batch_1..10.npz and val_data.npz")
+    prepare.add_argument("--out", type=Path, required=True, help="new directory to write (then: data.path=OUT)")
 
     commands.add_parser("list", help="list experiments and model presets")
 
@@ -103,6 +112,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from jaxconv.data.imagenet import prepare
+
+    manifest = prepare(args.dataset, args.src, args.out)
+    counts = ", ".join(f"{split} {entry['count']:,}" for split, entry in manifest["splits"].items())
+    print(f"{args.dataset}: {counts} images of {'x'.join(map(str, manifest['image_shape']))} -> {args.out}")
+    print(f"train with: --set data.source={args.dataset} --set data.path={args.out}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     import experiments
     from jaxconv.models import PRESETS
@@ -157,7 +176,8 @@ def _table(title: str, metrics: dict[str, float]) -> str:
     return "\n".join([title, *rows])
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "list": cmd_list, "plot": cmd_plot, "viz": cmd_viz}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "data": cmd_data, "list": cmd_list,
+            "plot": cmd_plot, "viz": cmd_viz}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from jaxconv import config as config_lib
 from jaxconv import losses
 from jaxconv.config import Config
 from jaxconv.data.pipeline import eval_batches, prefetch, train_batches
-from jaxconv.data.sources import Split, load_split
+from jaxconv.data.sources import Split, image_mean, load_split
 from jaxconv.errors import CheckpointError, ConfigError, NonFiniteError
 from jaxconv.models import build_model
 from jaxconv import tasks
@@ -65,7 +65,8 @@ def build_run(config: Config) -> Run:
     if channels != train_data.images.shape[-1]:
         raise ConfigError(f"model.channels={channels} but the data has {train_data.images.shape[-1]} channels")
     model = build_model(config.model, jnp.dtype(config.train.dtype))
-    forward, sums = tasks.for_model(model, config)
+    mean = image_mean(train_data) if config.data.subtract_mean else None  # [H, W, C], pixel units
+    forward, sums = tasks.for_model(model, config, mean)
     tx, schedule = make_optimizer(config.optim, config.schedule, config.train.steps)
     step = make_train_step(forward, sums, tx, schedule, skip_nonfinite=config.train.nonfinite == "skip",
                            axis_name=par.axis_name)
@@ -78,10 +79,14 @@ def build_run(config: Config) -> Run:
 
 
 def evaluate(run: Run, params: Any, data: Split | None = None) -> dict[str, float]:
-    """Mean metrics over every example of ``data`` (default: the validation split), each once."""
+    """Mean metrics over every example of ``data`` (default: the validation split), each once.
+
+    Batches hold ``data.eval_batch_size`` examples rounded up to a multiple of the device count;
+    the last one is padded and its padding masked out of every sum.
+    """
     data = run.val_data if data is None else data
     total = None
-    for batch in eval_batches(data, run.config.data.eval_batch_size, jax.process_index(), jax.process_count()):
+    for batch in eval_batches(data, run.par.eval_batch_size, jax.process_index(), jax.process_count()):
         sums = run.par.single_copy(run.par.settle(run.eval_step(params, run.par.put_batch(batch))))
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     total = jax.device_get(total)

@@ -1,0 +1,185 @@
+"""The tfds: source reads a TFDS dataset prepared on disk (array_record), without TensorFlow.
+
+The test datasets are real TFDS datasets: a ``GeneratorBasedBuilder`` with ``file_format="array_record"``
+runs ``download_and_prepare`` into a temp data_dir, which writes what ``tfds build`` writes
+(``NAME/[CONFIG/]VERSION/{dataset_info.json, features.json, NAME-SPLIT.array_record-0000X-of-0000Y}``).
+That needs no TensorFlow as long as the generator yields images already PNG-encoded (bytes): TFDS
+only calls TensorFlow to encode numpy images. The source then locates the dataset from its files
+alone, as it would for `tfds:mnist` in ~/tensorflow_datasets.
+"""
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from jaxconv.config import DataConfig
+from jaxconv.data import tfds_source
+from jaxconv.data.sources import load_split
+from jaxconv.errors import DataError
+
+TRAIN, TEST = 20, 7
+
+
+def png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buf, format="png")
+    return buf.getvalue()
+
+
+def image_of(i: int, shape) -> np.ndarray:
+    """Image i: every pixel of channel c is (i + 50 c) % 256; its label is i % 5."""
+    return np.broadcast_to((i + 50 * np.arange(shape[-1])) % 256, shape).astype(np.uint8)
+
+
+def build_datasets(data_dir):
+    """Prepares two tiny TFDS datasets in ``data_dir`` (in-process, unregistered builder classes)."""
+    import tensorflow_datasets as tfds
+
+    with tfds.core.registered.skip_registration():
+        class JaxconvTestDigits(tfds.core.GeneratorBasedBuilder):
+            """Labelled, with a config (like imagenet_resized/32x32): train and test splits."""
+
+            VERSION = tfds.core.Version("1.0.0")
+            BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="8x6")]
+
+            def _info(self):
+                return tfds.core.DatasetInfo(builder=self, supervised_keys=("image", "label"), features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Image(shape=(8, 6, 3)), "label": tfds.features.ClassLabel(num_classes=5),
+                    "id": tfds.features.Text()}))
+
+            def _split_generators(self, dl_manager):
+                return {"train": self._generate_examples(0, TRAIN), "test": self._generate_examples(100, TEST)}
+
+            def _generate_examples(self, start, n):
+                for i in range(start, start + n):
+                    yield i, {"image": png(image_of(i, (8, 6, 3))), "label": i % 5, "id": f"img{i}"}
+
+        class JaxconvTestUnlabelled(tfds.core.GeneratorBasedBuilder):
+            """Unlabelled grey images (like downsampled_imagenet): train and validation splits."""
+
+            VERSION = tfds.core.Version("2.0.0")
+
+            def _info(self):
+                return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Image(shape=(4, 4, 1))}))
+
+            def _split_generators(self, dl_manager):
+                return {"train": self._generate_examples(0, 6), "validation": self._generate_examples(6, 3)}
+
+            def _generate_examples(self, start, n):
+                for i in range(start, start + n):
+                    yield i, {"image": png(image_of(i, (4, 4, 1)))}
+
+    for cls, kwargs in ((JaxconvTestDigits, {"config": "8x6"}), (JaxconvTestUnlabelled, {})):
+        cls(data_dir=str(data_dir), file_format="array_record", **kwargs).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(verify_ssl=False))
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return build_datasets(tmp_path_factory.mktemp("tfds"))
+
+
+def copy_dir(data_dir, tmp_path):
+    shutil.copytree(data_dir, tmp_path / "tfds", ignore=shutil.ignore_patterns("jaxconv_cache"))
+    return tmp_path / "tfds"
+
+
+def check_digits(data, first, count):
+    assert data.images.shape == (count, 8, 6, 3) and data.images.dtype == np.uint8 and data.num_classes == 5
+    index = data.images[:, 0, 0, 0].astype(int)  # records are shuffled on disk: recover i from the pixels
+    assert sorted(index) == [i % 256 for i in range(first, first + count)]
+    for image, label, i in zip(data.images, data.labels, index):
+        np.testing.assert_array_equal(image, image_of(i, (8, 6, 3)))
+        assert label == i % 5
+
+
+def test_reads_a_locally_built_dataset_without_tensorflow(data_dir):
+    import sys
+
+    assert "tensorflow" not in sys.modules
+    files = sorted(p.name for p in (data_dir / "jaxconv_test_digits" / "8x6" / "1.0.0").iterdir())
+    assert "dataset_info.json" in files and "features.json" in files
+    assert any(".array_record-" in f for f in files)
+    config = DataConfig(source="tfds:jaxconv_test_digits/8x6", path=str(data_dir))
+    train, val = load_split(config, "train"), load_split(config, "val")  # val -> test (no validation split)
+    check_digits(train, 0, TRAIN)
+    check_digits(val, 100, TEST)
+    assert train.labels.dtype == np.int32
+    np.testing.assert_allclose(train.mean, train.images.mean(axis=0), atol=1e-4)
+    assert "tensorflow" not in sys.modules
+    # The decode cache: a second load memory-maps it.
+    again = load_split(config, "train")
+    assert isinstance(again.images, np.memmap)
+    np.testing.assert_array_equal(again.images, train.images)
+
+
+def test_split_options_and_unlabelled_datasets(data_dir):
+    config = DataConfig(source="tfds:jaxconv_test_digits/8x6:train=train[:75%],val=train[75%:]", path=str(data_dir))
+    train, val = load_split(config, "train"), load_split(config, "val")
+    assert len(train) == 15 and len(val) == 5
+    assert sorted(np.concatenate([train.images, val.images])[:, 0, 0, 0]) == list(range(TRAIN))
+    config = DataConfig(source="tfds:jaxconv_test_unlabelled", path=str(data_dir))
+    train, val = load_split(config, "train"), load_split(config, "val")  # val -> validation
+    assert train.images.shape == (6, 4, 4, 1) and val.images.shape == (3, 4, 4, 1)
+    assert train.num_classes == 1 and not train.labels.any() and sorted(val.images[:, 0, 0, 0]) == [6, 7, 8]
+
+
+def test_changed_dataset_rebuilds_the_cache(data_dir, tmp_path):
+    data_dir = copy_dir(data_dir, tmp_path)
+    config = DataConfig(source="tfds:jaxconv_test_unlabelled", path=str(data_dir))
+    assert len(load_split(config, "train")) == 6
+    info = data_dir / "jaxconv_test_unlabelled" / "2.0.0" / "dataset_info.json"
+    caches = list((data_dir / "jaxconv_cache" / "jaxconv_test_unlabelled" / "2.0.0").iterdir())
+    before = json.loads((caches[0] / "manifest.json").read_text())["fingerprint"]
+    info.write_text(info.read_text().replace('"name": "jaxconv_test_unlabelled"', '"name": "jaxconv_test_unlabelled" '))
+    assert len(load_split(config, "train")) == 6
+    assert list((data_dir / "jaxconv_cache" / "jaxconv_test_unlabelled" / "2.0.0").iterdir()) == caches
+    assert json.loads((caches[0] / "manifest.json").read_text())["fingerprint"] != before
+
+
+@pytest.mark.parametrize("source, message", [
+    ("tfds:no_such_dataset", "tfds:no_such_dataset is not prepared in .*needs TensorFlow: pip install tensorflow, "
+                             "then `tfds build no_such_dataset"),
+    ("tfds:jaxconv_test_digits/8x6:version=9.9.9", "version 9.9.9 is not prepared"),
+    ("tfds:jaxconv_test_digits/8x6:val=nosuch", "bad split 'nosuch'"),
+    ("tfds:jaxconv_test_digits/8x6:shuffle=1", "bad option 'shuffle=1'"),
+    ("tfds:", "bad TFDS source"),
+])
+def test_bad_sources_are_clear_errors(data_dir, source, message):
+    with pytest.raises(DataError, match=message):
+        load_split(DataConfig(source=source, path=str(data_dir)), "val")
+
+
+def test_tfrecord_datasets_need_tensorflow(data_dir, tmp_path):
+    """A dataset prepared as tfrecord (what `tfds build` writes by default) is refused with what to do."""
+    data_dir = copy_dir(data_dir, tmp_path)
+    version_dir = data_dir / "jaxconv_test_unlabelled" / "2.0.0"
+    info = json.loads((version_dir / "dataset_info.json").read_text())
+    info["fileFormat"] = "tfrecord"
+    (version_dir / "dataset_info.json").write_text(json.dumps(info))
+    for f in version_dir.glob("*.array_record-*"):
+        f.rename(f.with_name(f.name.replace(".array_record-", ".tfrecord-")))
+    with pytest.raises(DataError, match="stored as tfrecord, which needs TensorFlow to read: pip install tensorflow, "
+                                        "or prepare the dataset in array_record format"):
+        load_split(DataConfig(source="tfds:jaxconv_test_unlabelled", path=str(data_dir)), "train")
+    done = run_cli("train", "pixelcnn_mnist", "--smoke", "--set", "data.source=tfds:jaxconv_test_unlabelled",
+                   "--set", f"data.path={data_dir}", "--workdir", str(tmp_path / "run"))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == DataError.exit_code and len(lines) == 1, done.stderr
+    assert lines[0].startswith("jaxconv: error: tfds:jaxconv_test_unlabelled in ") and "needs TensorFlow" in lines[0]
+
+
+def test_read_only_data_dir_decodes_into_memory(data_dir, tmp_path, monkeypatch):
+    data_dir = copy_dir(data_dir, tmp_path)
+    monkeypatch.setattr(tfds_source.os, "access", lambda *args: False)
+    data = load_split(DataConfig(source="tfds:jaxconv_test_digits/8x6", path=str(data_dir)), "val")
+    check_digits(data, 100, TEST)
+    assert type(data.images) is np.ndarray and data.mean is None
+    assert not any((data_dir / "jaxconv_cache").rglob("manifest.json"))
