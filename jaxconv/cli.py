@@ -85,12 +85,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     from jaxconv.config import apply_overrides
     from jaxconv.train.loop import train
 
-    config = apply_overrides(experiments.load(args.name, args.smoke), args.overrides)
     workdir = args.workdir or Path("runs") / (args.name + ("-smoke" if args.smoke else ""))
+    if experiments.is_study(args.name):
+        return _train_study(args, workdir)
+    config = apply_overrides(experiments.load(args.name, args.smoke), args.overrides)
     result = train(config, workdir)
     if "val" in result:
         print(_table(f"{args.name}: step {result['step']}, validation", result["val"]))
     print(f"workdir: {workdir}")
+    return 0
+
+
+def _train_study(args: argparse.Namespace, workdir: Path) -> int:
+    import experiments
+    from jaxconv.config import apply_overrides
+    from jaxconv.study import markdown_table, run_study
+
+    variants = {name: apply_overrides(config, args.overrides)
+                for name, config in experiments.load_study(args.name, args.smoke).items()}
+    print(markdown_table(run_study(variants, workdir)), end="")
+    print(f"workdir: {workdir} (results.md, results.png, samples.png)")
     return 0
 
 

@@ -65,3 +65,25 @@ def test_first_layer_filters_and_feature_maps(run, tmp_path):
     picture(viz.features_picture(run, tmp_path / "m.png", layers=("C1", "S4"), index=5))
     with pytest.raises(ConfigError, match="layers with feature maps: C1"):
         viz.features_picture(run, tmp_path / "m.png", layers=("conv9",))
+
+
+def test_pixelcnn_variants_study_writes_table_figure_and_samples(tmp_path):
+    from jaxconv.study import run_study
+
+    full = experiments.load_study("pixelcnn_variants")
+    assert list(full) == ["pixelcnn", "gated_no_dilation", "gated_dilated", "gated_dilated_softmax",
+                          "gated_dilated_mixture"]
+    budgets = {(c.train.steps, c.data.batch_size, c.train.seed, c.data.seed, c.optim) for c in full.values()}
+    assert len(budgets) == 1  # same seed, data order, optimiser and budget for every variant
+    # Two of the five smoke variants (both families, binary and 8-bit data) keep the suite fast.
+    smoke = experiments.load_study("pixelcnn_variants", smoke=True)
+    variants = {name: apply_overrides(smoke[name], ["parallel.num_devices=1", "train.steps=4"])
+                for name in ("pixelcnn", "gated_dilated_mixture")}
+    rows = run_study(variants, tmp_path)
+    assert [r["variant"] for r in rows] == list(variants)
+    assert all(np.isfinite(r["bits_per_dim"]) and r["params"] > 0 and r["val_images"] == 1000 for r in rows)
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert len(table) == 2 + len(variants) and "gated_dilated_mixture" in table[-1]
+    picture(tmp_path / "results.png")
+    assert np.asarray(Image.open(tmp_path / "samples.png")).shape[0] > 2 * 28
+    assert run_study(variants, tmp_path) == rows  # finished variants are not retrained
