@@ -76,7 +76,10 @@ def test_cifar32_maps():
 
 
 def test_faithful_convs_2_4_5_are_grouped_and_conv3_is_not():
-    kernels = lambda name: {k: v["kernel"].shape for k, v in abstract_init(build_model(PRESETS[name]), 224)[1]["params"].items()}
+    def kernels(name):
+        params = abstract_init(build_model(PRESETS[name]), 224)[1]["params"]
+        return {layer: p["kernel"].shape for layer, p in params.items()}
+
     faithful, single = kernels("alexnet"), kernels("alexnet_single")
     assert faithful["conv1"] == single["conv1"] == (11, 11, 3, 96)
     assert faithful["conv2"] == (5, 5, 48, 256) and single["conv2"] == (5, 5, 96, 256)
