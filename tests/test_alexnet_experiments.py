@@ -1,7 +1,12 @@
-"""data.crop_size, which AlexNet at 224 needs: random windows in training, the central one in evaluation."""
+"""The AlexNet experiments (alexnet_imagenet32, alexnet_imagenet) and data.crop_size, which the 224 one needs.
+
+The smoke runs use the rbg PRNG (``jax.default_prng_impl``): the same programs, with a generator that
+XLA:CPU compiles in a fraction of threefry's time (AlexNet's init and dropout otherwise dominate).
+"""
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -10,8 +15,9 @@ from jaxconv import config as config_lib
 from jaxconv import tasks
 from jaxconv.config import Config, DataConfig, ParallelConfig, TrainConfig
 from jaxconv.errors import ConfigError
-from jaxconv.models import PRESETS
+from jaxconv.models import PRESETS, build_model
 from jaxconv.train import loop
+from jaxconv.train.state import make_schedule
 
 
 def smoke(name: str, *overrides: str) -> Config:
@@ -77,3 +83,49 @@ def test_crop_size_larger_than_the_stored_images_fails_at_build_time():
         loop.build_run(cfg)
     with pytest.raises(ConfigError, match="data.crop_size apply to classification models only"):
         loop.build_run(smoke("pixelcnn_mnist", "data.crop_size=20"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiments
+
+
+@pytest.mark.parametrize("name", ["alexnet_imagenet32", "alexnet_imagenet"])
+def test_smoke_runs_train_and_evaluate_with_top1_and_top5(name, tmp_path):
+    cfg = smoke(name)
+    with jax.default_prng_impl("rbg"):
+        result = loop.train(cfg, tmp_path)
+        best_step, evaluated = loop.evaluate_workdir(tmp_path, "best")  # what `jaxconv eval WORKDIR` prints
+    assert result["step"] == best_step == cfg.train.steps  # one evaluation, at the end: the best checkpoint
+    assert result["val"]["count"] == evaluated["count"] == cfg.data.num_examples // 4
+    for metrics in (result["train"], result["val"], evaluated):
+        assert all(np.isfinite(v) for v in metrics.values()), metrics
+        assert 0.0 <= metrics["accuracy"] <= metrics["top5_accuracy"] <= 1.0, metrics
+    assert evaluated["loss"] == pytest.approx(result["val"]["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("name, size, steps, boundaries, factor", [
+    # 40 epochs of the flip-doubled set (80 passes of 10,009 steps), x0.2 after epochs 10, 20, 30
+    ("alexnet_imagenet32", 32, 800_720, (200_180, 400_360, 600_540), 0.2),
+    # 90 epochs, /10 at epochs 30, 60 and 80
+    ("alexnet_imagenet", 256, 900_810, (300_270, 600_540, 800_720), 0.1),
+])
+def test_full_configs_follow_the_recipes(name, size, steps, boundaries, factor):
+    cfg = experiments.load(name)
+    config_lib.validate(cfg)
+    assert cfg.model.num_classes == 1000 and cfg.data.batch_size == 128 and cfg.train.steps == steps
+    assert (cfg.optim.name, cfg.optim.learning_rate, cfg.optim.momentum, cfg.optim.weight_decay) == (
+        "momentum", 0.01, 0.9, 5e-4)
+    assert cfg.checkpoint.best_metric == "accuracy" and cfg.checkpoint.best_mode == "max" and cfg.checkpoint.keep_best
+    lr = make_schedule(cfg.schedule, cfg.optim.learning_rate, cfg.train.steps)
+    rates = [float(lr(s)) for b in boundaries for s in (b - 1, b)]
+    np.testing.assert_allclose(rates, [0.01, 0.01 * factor, 0.01 * factor, 0.01 * factor ** 2,
+                                       0.01 * factor ** 2, 0.01 * factor ** 3], rtol=1e-5)
+    # The full-size forward pass on a batch of stored images, as shapes only (never compiled).
+    model = build_model(cfg.model)
+    forward, _ = tasks.for_model(model, cfg)
+    crop = cfg.data.crop_size or size
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, crop, crop, 3))))["params"]
+    batch = {"images": jax.ShapeDtypeStruct((2, size, size, 3), jnp.uint8)}
+    for train in (True, False):
+        logits = jax.eval_shape(lambda p, b: forward(p, b, jax.random.key(0), train), params, batch)
+        assert logits.shape == (2, 1000)
