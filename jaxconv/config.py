@@ -44,6 +44,15 @@ class DataConfig:
     # Subtract the train split's mean image (after scaling to [0, 1]); in training *and* evaluation,
     # since it is normalisation, not augmentation. pixels="unit" only.
     subtract_mean: bool = False
+    # Classification: train on a random crop_size x crop_size window of every image (after any
+    # augment_crop_pad padding) and evaluate on the central one, e.g. AlexNet's 224 of 256; 0 = the
+    # whole image. The model then sees crop_size x crop_size inputs.
+    crop_size: int = 0
+    # tfds: sources only: scale each image's shorter side to N pixels and keep the central N x N
+    # (Pillow, bilinear; once, when a split is decoded into the cache), e.g. 256 for AlexNet; 0 = keep
+    # the stored images, whose shape must then be fixed. Datasets of varying image size (imagenet2012)
+    # need it.
+    image_size: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +198,7 @@ _POSITIVE = {
     "checkpoint": ("keep_latest",),
 }
 _NON_NEGATIVE = {
-    "data": ("augment_crop_pad",),
+    "data": ("augment_crop_pad", "crop_size", "image_size"),
     "train": ("eval_every",),
     "checkpoint": ("every", "keep_best"),
     "schedule": ("warmup_steps",),
@@ -213,9 +222,24 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.subtract_mean needs data.pixels=unit, got {config.data.pixels!r}")
     if any(s <= 0 for s in config.data.image_shape) or len(config.data.image_shape) != 3:
         raise ConfigError(f"data.image_shape must be three positive sizes H,W,C, got {config.data.image_shape}")
+    if config.data.image_size and not config.data.source.startswith("tfds:"):
+        raise ConfigError(f"data.image_size applies to tfds: sources only, got data.source={config.data.source!r}")
+    if config.data.crop_size:  # what is known before the data is opened; build_run checks the rest
+        if config.data.image_size:
+            check_crop_size(config.data, (config.data.image_size, config.data.image_size))
+        elif config.data.source == "synthetic":
+            check_crop_size(config.data, config.data.image_shape[:2])
     validate_model = getattr(config.model, "validate", None)
     if validate_model is not None:
         validate_model()
+
+
+def check_crop_size(data: DataConfig, image_hw: tuple[int, ...]) -> None:
+    """ConfigError unless the data.crop_size window fits in images of height and width ``image_hw``."""
+    h, w = image_hw
+    if data.crop_size > min(h, w):
+        raise ConfigError(f"data.crop_size={data.crop_size} exceeds the {h}x{w} images of data.source="
+                          f"{data.source}; use at most {min(h, w)}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ AUGMENT_STREAM = 1  # fold_in tag: the augmentation key is independent of the dr
 def classification(model: nn.Module, config: Config, mean: np.ndarray | None = None):
     """``mean``: the train split's mean image [H, W, C] in pixel units, needed when data.subtract_mean."""
     data, dtype = config.data, jnp.dtype(config.train.dtype)
-    augmenting = data.augment_crop_pad > 0 or data.augment_flip
+    augmenting = data.augment_crop_pad > 0 or data.augment_flip or data.crop_size > 0
     if data.subtract_mean and mean is None:
         raise ValueError("data.subtract_mean needs the train split's mean image")
     mean_x = jnp.asarray(np.asarray(mean, np.float32) / 255.0) if data.subtract_mean else None  # [H, W, C]
@@ -35,8 +35,10 @@ def classification(model: nn.Module, config: Config, mean: np.ndarray | None = N
         if mean_x is not None:
             x = augment.subtract_mean(x, mean_x)
         if train and augmenting:
-            x = augment.augment(x, jax.random.fold_in(rng, AUGMENT_STREAM),
-                                crop_pad=data.augment_crop_pad, flip=data.augment_flip)
+            x = augment.augment(x, jax.random.fold_in(rng, AUGMENT_STREAM), crop_pad=data.augment_crop_pad,
+                                flip=data.augment_flip, crop_size=data.crop_size)  # [B, S, S, C] with crop_size
+        elif data.crop_size:
+            x = augment.center_crop(x, data.crop_size)  # [B, S, S, C]
         return model.apply({"params": params}, x, train=train, rngs={"dropout": rng})  # [B, classes]
 
     def sums(logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -48,8 +50,8 @@ def classification(model: nn.Module, config: Config, mean: np.ndarray | None = N
 def density(model: nn.Module, config: Config):
     """Autoregressive likelihood: loss is the NLL in nats per dimension; logs nats/image and bits/dim."""
     mcfg, dtype = config.model, jnp.dtype(config.train.dtype)
-    if config.data.augment_crop_pad or config.data.augment_flip or config.data.subtract_mean:
-        raise ConfigError("data.augment_crop_pad, data.augment_flip and data.subtract_mean apply to "
+    if config.data.augment_crop_pad or config.data.augment_flip or config.data.subtract_mean or config.data.crop_size:
+        raise ConfigError("data.augment_crop_pad, data.augment_flip, data.subtract_mean and data.crop_size apply to "
                           "classification models only")
 
     def forward(params: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool) -> jax.Array:

@@ -10,8 +10,8 @@
   memory-mapped; ``train`` = the official train batches, ``val`` = ``val_data`` (see
   :mod:`jaxconv.data.imagenet`).
 - ``tfds:NAME``: a TFDS dataset prepared in array_record format under the data_dir ``data.path``,
-  read without TensorFlow; ``train`` -> ``train``, ``val`` -> ``validation`` or else ``test`` (see
-  :mod:`jaxconv.data.tfds_source`).
+  read without TensorFlow; ``train`` -> ``train``, ``val`` -> ``validation`` or else ``test``;
+  ``data.image_size`` = N resizes every image to N x N (see :mod:`jaxconv.data.tfds_source`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def load_split(config: DataConfig, split: str) -> Split:
         images, labels, mean, num_classes = imagenet.open_prepared(config.source, config.path, split)
         data = Split(images, labels, num_classes, mean)
     elif config.source.startswith(tfds_source.PREFIX):
-        images, labels, mean, num_classes = tfds_source.load(config.source, config.path, split)
+        images, labels, mean, num_classes = tfds_source.load(config.source, config.path, split, config.image_size)
         data = Split(images, labels, num_classes, mean)
     else:
         raise DataError(f"unknown data source {config.source!r}; sources: {', '.join(SOURCES)}")

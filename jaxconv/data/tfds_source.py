@@ -13,13 +13,19 @@ Split mapping (our split -> TFDS split spec):
 Options follow a second colon, comma-separated: ``tfds:mnist:train=train[:90%],val=train[90%:]``
 (any TFDS split spec), ``tfds:mnist:version=3.0.1``.
 
-Images must have a fixed uint8 shape (mnist 28x28x1, cifar10 and the 32x32 ImageNets 32x32x3).
+Images must have a fixed uint8 shape (mnist 28x28x1, cifar10 and the 32x32 ImageNets 32x32x3), unless
+``data.image_size`` = N asks for every image to be resized, as datasets of varying image size need
+(``imagenet2012``): the shorter side is scaled to N and the central N x N kept (:func:`resize_center_crop`,
+the preprocessing of Krizhevsky et al. 2012, section 2, with N = 256). Resizing happens once, when a
+split is decoded into the cache, in threads (Pillow releases the GIL), and only the channel count must
+then be fixed. Mind the disk: at N = 256 the cache holds 196,608 bytes an image, 252 GB for
+imagenet2012's 1,281,167 training images and 9.8 GB for its 50,000 validation images.
 Labels are the dataset's ``ClassLabel`` (its supervised label when it declares one); an unlabelled
 dataset (``downsampled_imagenet``) gets labels of 0 and ``num_classes=1``: fit for density models,
 whose ``model.num_classes`` is 0.
 
-The first use of a split decodes it once (PNG -> uint8) into a memory-mappable cache in the
-prepared format (``DATA_DIR/jaxconv_cache/NAME/VERSION/SPEC/``, rebuilt when the dataset's
+The first use of a split decodes it once (PNG/JPEG -> uint8) into a memory-mappable cache in the
+prepared format (``DATA_DIR/jaxconv_cache/NAME/VERSION/SPEC[-Npx]/``, rebuilt when the dataset's
 ``dataset_info.json`` changes); later runs start in seconds. Where the data_dir is not writable the
 split is decoded into memory instead.
 
@@ -30,8 +36,11 @@ preparing a dataset (``tfds build``), and datasets stored only as tfrecord.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +118,11 @@ def open_builder(name: str, dataset_dir: Path):
     return builder
 
 
-def feature_keys(name: str, builder) -> tuple[str, str | None, tuple[int, int, int], int]:
-    """(image key, label key or None, image shape, num_classes) from the dataset's features."""
+def feature_keys(name: str, builder, image_size: int = 0) -> tuple[str, str | None, tuple[int, int, int], int]:
+    """(image key, label key or None, image shape, num_classes) from the dataset's features.
+
+    With ``image_size`` = N the shape is (N, N, C): only the channel count C must be fixed.
+    """
     tfds = _import_tfds()
     features = builder.info.features
     supervised = builder.info.supervised_keys
@@ -124,15 +136,54 @@ def feature_keys(name: str, builder) -> tuple[str, str | None, tuple[int, int, i
         raise DataError(f"tfds:{name} has no single image feature (features: {', '.join(features)})")
     image = features[image_key]
     shape = tuple(image.shape)
-    if len(shape) != 3 or None in shape or np.dtype(image.np_dtype) != np.uint8:
+    if image_size:
+        if len(shape) != 3 or shape[-1] not in (1, 3) or np.dtype(image.np_dtype) != np.uint8:
+            raise DataError(f"tfds:{name}: images are {image.np_dtype} of shape {shape}; resizing (data.image_size) "
+                            f"needs uint8 images with a fixed 1 or 3 channels")
+        shape = (image_size, image_size, shape[-1])
+    elif len(shape) != 3 or None in shape or np.dtype(image.np_dtype) != np.uint8:
         raise DataError(f"tfds:{name}: images are {image.np_dtype} of shape {shape}; the tfds source needs one fixed "
-                        f"uint8 shape [H, W, C] (e.g. imagenet_resized/32x32, not imagenet2012)")
+                        f"uint8 shape [H, W, C] (e.g. imagenet_resized/32x32), or data.image_size=N to resize "
+                        f"every image to N x N (e.g. 256 for imagenet2012)")
     if label_key is None:
         return image_key, None, shape, 1
     label = features[label_key]
     if not isinstance(label, tfds.features.ClassLabel):
         raise DataError(f"tfds:{name}: label feature {label_key!r} is {type(label).__name__}, not a ClassLabel")
     return image_key, label_key, shape, int(label.num_classes)
+
+
+def resize_center_crop(encoded: bytes, size: int, channels: int = 3) -> np.ndarray:
+    """An encoded image (PNG, JPEG, ...) -> its central square scaled to [size, size, channels] uint8.
+
+    As Krizhevsky et al. 2012 (section 2): the image is rescaled so that its shorter side is ``size``
+    and the central size x size patch is cropped, done here in one step: Pillow resamples the central
+    square of the original (side = the shorter side, top-left corner ((H - S) // 2, (W - S) // 2)),
+    bilinear with antialiasing, so an image whose shorter side is already ``size`` is cropped
+    exactly. A JPEG is first decoded at 1/2, 1/4 or 1/8 scale, the smallest that keeps both sides at
+    least ``size`` (``Image.draft``: the JPEG decoder's DCT scaling, several times faster).
+    Greyscale, palette, CMYK and alpha images are converted to ``channels`` (RGB or L).
+    """
+    from PIL import Image
+
+    mode = "RGB" if channels == 3 else "L"
+    with Image.open(io.BytesIO(encoded)) as image:
+        image.draft(mode, (size, size))  # JPEG only; a no-op for other formats
+        image = image.convert(mode)
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    out = image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+    array = np.asarray(out, np.uint8)
+    return array[..., None] if channels == 1 else array  # [size, size, channels]
+
+
+def _resize(name: str, size: int, channels: int, item: tuple[int, bytes]) -> np.ndarray:
+    index, encoded = item
+    try:
+        return resize_center_crop(encoded, size, channels)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for undecodable or truncated images
+        raise DataError(f"tfds:{name}: record {index} is not a decodable image ({type(e).__name__}: {e})") from None
 
 
 def split_spec(name: str, builder, split: str, options: dict[str, str]) -> str:
@@ -147,40 +198,63 @@ def split_spec(name: str, builder, split: str, options: dict[str, str]) -> str:
                     f"{', '.join(available)}); choose one, e.g. data.source=tfds:{name}:{split}=train[90%:]")
 
 
-def _chunks(name: str, source, image_key: str, label_key: str | None, shape: tuple[int, ...]):
-    for start in range(0, len(source), CHUNK):
-        records = source.__getitems__(list(range(start, min(start + CHUNK, len(source)))))
-        images = np.stack([np.asarray(r[image_key]) for r in records])
-        if images.shape[1:] != shape or images.dtype != np.uint8:
-            raise DataError(f"tfds:{name}: decoded images are {images.dtype} {images.shape[1:]}, features say {shape}")
-        labels = (np.array([r[label_key] for r in records], np.int64) if label_key
-                  else np.zeros(len(records), np.int64))
-        yield images, labels
+def _chunks(name: str, source, image_key: str, label_key: str | None, shape: tuple[int, ...], image_size: int = 0):
+    """([k, H, W, C] uint8 images, [k] int64 labels) of CHUNK records at a time, in record order.
+
+    With ``image_size`` the records hold the encoded images (SkipDecoding), resized in threads.
+    """
+    pool = ThreadPoolExecutor(thread_name_prefix="jaxconv-resize") if image_size else None
+    resize = partial(_resize, name, image_size, shape[-1])
+    try:
+        for start in range(0, len(source), CHUNK):
+            indices = list(range(start, min(start + CHUNK, len(source))))
+            records = source.__getitems__(indices)
+            if pool is not None:
+                images = np.stack(list(pool.map(resize, zip(indices, (r[image_key] for r in records)))))
+            else:
+                images = np.stack([np.asarray(r[image_key]) for r in records])
+            if images.shape[1:] != shape or images.dtype != np.uint8:
+                raise DataError(f"tfds:{name}: decoded images are {images.dtype} {images.shape[1:]}, "
+                                f"features say {shape}")
+            labels = (np.array([r[label_key] for r in records], np.int64) if label_key
+                      else np.zeros(len(records), np.int64))
+            yield images, labels
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
-def load(source: str, data_path: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
-    """(images [N, H, W, C] uint8 (memory-mapped when cached), labels [N] int32, mean or None, num_classes)."""
+def load(source: str, data_path: str, split: str,
+         image_size: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """(images [N, H, W, C] uint8 (memory-mapped when cached), labels [N] int32, mean or None, num_classes).
+
+    ``image_size`` = N > 0: every image resized to N x N (:func:`resize_center_crop`); cached apart.
+    """
     name, options = parse_source(source)
     data_dir = Path(data_path) if data_path else default_data_dir()
     dataset_dir = find_dataset_dir(name, data_dir, options.get("version"))
     builder = open_builder(name, dataset_dir)
-    image_key, label_key, shape, num_classes = feature_keys(name, builder)
+    image_key, label_key, shape, num_classes = feature_keys(name, builder, image_size)
     spec = split_spec(name, builder, split, options)
     fingerprint = hashlib.sha256((dataset_dir / "dataset_info.json").read_bytes()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9_.-]", "_", spec) + "-" + hashlib.sha256(spec.encode()).hexdigest()[:8]
+    slug += f"-{image_size}px" if image_size else ""
     cache = data_dir / "jaxconv_cache" / name / dataset_dir.name / slug
     manifest = _cached(cache, fingerprint)
     if manifest is None:
+        decoders = {image_key: _import_tfds().decode.SkipDecoding()} if image_size else None
         try:
-            source_data = builder.as_data_source(split=spec, file_format="array_record")
+            source_data = builder.as_data_source(split=spec, file_format="array_record", decoders=decoders)
         except (ValueError, KeyError, AssertionError) as e:
             raise DataError(f"tfds:{name}: bad split {spec!r} ({e}); splits: "
                             f"{', '.join(builder.info.splits.keys())}") from None
         if len(source_data) == 0:
             raise DataError(f"tfds:{name} split {spec!r} is empty")
-        chunks = _chunks(name, source_data, image_key, label_key, shape)
+        chunks = _chunks(name, source_data, image_key, label_key, shape, image_size)
         info = {"dataset": f"tfds:{name}", "tfds_version": dataset_dir.name, "tfds_split": spec,
                 "fingerprint": fingerprint, "image_shape": list(shape), "num_classes": num_classes, "splits": {}}
+        if image_size:
+            info["resized"] = f"shorter side to {image_size}, central {image_size}x{image_size} (Pillow bilinear)"
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             writable = os.access(cache.parent, os.W_OK)

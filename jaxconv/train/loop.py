@@ -64,13 +64,18 @@ def build_run(config: Config) -> Run:
     channels = getattr(config.model, "channels", train_data.images.shape[-1])
     if channels != train_data.images.shape[-1]:
         raise ConfigError(f"model.channels={channels} but the data has {train_data.images.shape[-1]} channels")
+    if config.data.crop_size:
+        for data in (train_data, val_data):
+            config_lib.check_crop_size(config.data, data.images.shape[1:3])
     model = build_model(config.model, jnp.dtype(config.train.dtype))
     mean = image_mean(train_data) if config.data.subtract_mean else None  # [H, W, C], pixel units
     forward, sums = tasks.for_model(model, config, mean)
     tx, schedule = make_optimizer(config.optim, config.schedule, config.train.steps)
     step = make_train_step(forward, sums, tx, schedule, skip_nonfinite=config.train.nonfinite == "skip",
                            axis_name=par.axis_name)
-    input_shape = (1, *train_data.images.shape[1:])
+    input_shape = (1, *train_data.images.shape[1:])  # [1, H, W, C]: what the model sees
+    if config.data.crop_size:
+        input_shape = (1, config.data.crop_size, config.data.crop_size, input_shape[-1])
     init = jax.jit(partial(init_state, model, tx, input_shape, config.train.seed), out_shardings=par.replicated)
     return Run(config, par, train_data, val_data, tx, schedule,
                train_step=par.compile(step, donate=True),
