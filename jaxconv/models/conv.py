@@ -15,6 +15,10 @@ Implementations (equal outputs and gradients up to float rounding; tests/test_be
 - ``fft``: float32 only; products of 2-D real FFTs of the padded input and the (dilated) kernel, summed
   over input channels; any stride (computed at stride 1, then subsampled), meant for large kernels.
 
+An implementation name can also be a triple "forward/input_grad/kernel_grad", e.g. "taps/xla/fft":
+the output by ``taps``, and in the backward pass the input gradient as ``xla``'s and the kernel
+gradient as ``fft``'s (a ``jax.custom_vjp``); XLA's backward convs are the slow part on some shapes.
+
 Choice (``choose``), first match wins:
 1. ``JAXCONV_CONV_IMPL=name``: that implementation everywhere (benchmarks, debugging);
 2. ``JAXCONV_CONV_TABLE=file.json``: an autotune table written by ``jaxconv bench conv`` (its
@@ -129,9 +133,46 @@ def conv_fft(x, kernel, strides, padding, dilation, groups):
 IMPLEMENTATIONS: dict[str, Callable] = {"xla": conv_xla, "im2col": conv_im2col, "taps": conv_taps, "fft": conv_fft}
 
 
+def parse_impl(impl: str) -> tuple[str, str, str]:
+    """"name" or "forward/input_grad/kernel_grad" (e.g. "taps/xla/fft") -> the three pass implementations."""
+    parts = impl.split("/")
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or any(p not in IMPLEMENTATIONS for p in parts):
+        raise ValueError(f"conv implementation {impl!r}: expected one of {', '.join(IMPLEMENTATIONS)} "
+                         f"or three of them as forward/input_grad/kernel_grad")
+    return tuple(parts)
+
+
 def supports(impl: str, dtype: Any) -> bool:
     """Whether ``impl`` computes in ``dtype`` (fft: float32 only; jnp.fft has no bfloat16)."""
-    return impl != "fft" or jnp.dtype(dtype) == jnp.float32
+    return "fft" not in parse_impl(impl) or jnp.dtype(dtype) == jnp.float32
+
+
+@functools.lru_cache(maxsize=None)
+def _composite(fwd: str, dx: str, dw: str, strides, padding, dilation, groups):
+    """A conv computing its output, input gradient and kernel gradient with three implementations.
+
+    Each gradient is the VJP of its implementation with respect to one argument; under jit the
+    unused parts (the primal of the VJPs, an input gradient nobody needs) are dead code.
+    """
+    args = (strides, padding, dilation, groups)
+
+    @jax.custom_vjp
+    def f(x, kernel):
+        return IMPLEMENTATIONS[fwd](x, kernel, *args)
+
+    def f_fwd(x, kernel):
+        return f(x, kernel), (x, kernel)
+
+    def f_bwd(res, g):
+        x, kernel = res
+        gx = jax.vjp(lambda v: IMPLEMENTATIONS[dx](v, kernel, *args), x)[1](g)[0]
+        gk = jax.vjp(lambda k: IMPLEMENTATIONS[dw](x, k, *args), kernel)[1](g)[0]
+        return gx, gk
+
+    f.defvjp(f_fwd, f_bwd)
+    return f
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,15 +241,24 @@ RULES: tuple[Rule, ...] = ()
 @functools.lru_cache(maxsize=8)
 def _load_table(path: str) -> dict[str, str]:
     data = json.loads(Path(path).read_text())
-    return {k: v for k, v in data.get("winners", {}).items() if v in IMPLEMENTATIONS}
+    table = {}
+    for key, impl in data.get("winners", {}).items():
+        try:
+            parse_impl(impl)
+        except ValueError:
+            continue
+        table[key] = impl
+    return table
 
 
 def choose(sig: Signature, rules: Sequence[Rule] | None = None) -> str:
     """The implementation for one layer (see the module docstring for the order)."""
     forced = os.environ.get("JAXCONV_CONV_IMPL", "")
     if forced:
-        if forced not in IMPLEMENTATIONS:
-            raise ValueError(f"JAXCONV_CONV_IMPL={forced!r}; implementations: {', '.join(IMPLEMENTATIONS)}")
+        try:
+            parse_impl(forced)
+        except ValueError as e:
+            raise ValueError(f"JAXCONV_CONV_IMPL: {e}") from None
         impl = forced
     else:
         impl = "xla"
@@ -236,7 +286,8 @@ def conv(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int] = 1, padd
          dilation: int | Sequence[int] = 1, groups: int = 1, impl: str | None = None) -> jax.Array:
     """x [B, H, W, Cin], kernel [kh, kw, Cin/groups, Cout] -> [B, Ho, Wo, Cout] by the chosen implementation.
 
-    ``padding``: "VALID" or explicit ((top, bottom), (left, right)). ``impl``: force one implementation.
+    ``padding``: "VALID" or explicit ((top, bottom), (left, right)). ``impl``: force an implementation,
+    a name or "forward/input_grad/kernel_grad".
     """
     if isinstance(padding, str):
         if padding.upper() != "VALID":
@@ -248,7 +299,10 @@ def conv(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int] = 1, padd
         raise ValueError(f"input channels {x.shape[-1]} / kernel {kernel.shape} do not fit groups={groups}")
     if impl is None:
         impl = choose(signature(x.shape, kernel.shape, x.dtype, strides, padding, dilation, groups))
-    return IMPLEMENTATIONS[impl](x, kernel, strides, padding, dilation, groups)
+    fwd, dx, dw = parse_impl(impl)
+    if fwd == dx == dw:
+        return IMPLEMENTATIONS[fwd](x, kernel, strides, padding, dilation, groups)
+    return _composite(fwd, dx, dw, strides, padding, dilation, groups)(x, kernel)
 
 
 class Conv(nn.Module):
