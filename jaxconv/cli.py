@@ -1,4 +1,4 @@
-"""``jaxconv train|eval|sample|data|list|plot|viz``: parsing only; each command calls one library function."""
+"""``jaxconv train|eval|sample|data|bench|list|plot|viz``: parsing only; each command calls one library function."""
 
 from __future__ import annotations
 
@@ -43,6 +43,35 @@ def _parser() -> argparse.ArgumentParser:
                          help="directory with train_data_batch_1..10.npz and val_data.npz")
     prepare.add_argument("--out", type=Path, required=True, help="new directory to write (then: data.path=OUT)")
 
+    bench = commands.add_parser(
+        "bench", help="benchmarks: conv layers, sampling, training (results in benchmarks/results/<device>/)",
+        description="Benchmark suite. conv: every conv layer shape of jaxconv's models, implementation by "
+                    "implementation, vs PyTorch; sample: naive vs cached PixelCNN sampling; train: training "
+                    "throughput and MFU; all: the three; report DIR: rebuild a results directory's markdown and "
+                    "plots and print the README table.")
+    bench.add_argument("what", choices=("conv", "sample", "train", "all", "report"))
+    bench.add_argument("dir", nargs="?", type=Path, help="report: the results directory")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes (tests, CI): checks everything runs")
+    bench.add_argument("--out", type=Path, help="results directory (default: benchmarks/results/<device>)")
+    bench.add_argument("--shape", dest="shapes", action="append", default=[], metavar="N,H,W,Cin,Cout,K,stride,dil",
+                       help="conv: add a layer shape (optionally ,groups; padded dil*(K-1)//2); repeatable")
+    bench.add_argument("--sets", type=_names, help="conv: shape sets, comma-separated, or 'none' "
+                       "(lenet, alexnet224, alexnet32, pixelcnn_mnist, pixelcnn_cifar, pixelcnn_paper; default all)")
+    bench.add_argument("--impls", type=_names, help="conv: only these variants (xla, masked, cropped, im2col, taps, "
+                       "fft, torch)")
+    bench.add_argument("--dtypes", type=_names, help="float32,bfloat16 (default: both for conv; train: float32 "
+                       "on CPU, both on accelerators)")
+    bench.add_argument("--modes", type=_names, help="conv: forward,forward_backward (default both)")
+    bench.add_argument("--layouts", type=_names, help="conv: NHWC,NCHW (default both)")
+    bench.add_argument("--batch-sizes", type=_ints, help="override the batch sizes (conv, sample, train)")
+    bench.add_argument("--presets", type=_names, help="sample/train: model presets (see `jaxconv list`)")
+    bench.add_argument("--devices", type=_ints, help="train: device counts (default 1,2,4,8 fake devices on CPU)")
+    bench.add_argument("--naive-variables", type=int, help="sample: variables timed of the naive sampler (default 8)")
+    bench.add_argument("--repeats", type=int, help="timing repeats (median reported)")
+    bench.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch comparison")
+    bench.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    bench.add_argument("--readme", type=Path, help="report: also write the table into this README's bench markers")
+
     commands.add_parser("list", help="list experiments and model presets")
 
     plot = commands.add_parser("plot", help="training/validation curves of one or more runs (PNG and SVG)")
@@ -69,6 +98,21 @@ def _parser() -> argparse.ArgumentParser:
     features.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
     features.add_argument("--out", type=Path, help="default: WORKDIR/features.png")
     return parser
+
+
+def _names(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    return [] if names == ["none"] else names
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
 def _add_train_args(parser: argparse.ArgumentParser, with_name: bool) -> None:
@@ -133,6 +177,32 @@ def cmd_data(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{split} {entry['count']:,}" for split, entry in manifest["splits"].items())
     print(f"{args.dataset}: {counts} images of {'x'.join(map(str, manifest['image_shape']))} -> {args.out}")
     print(f"train with: --set data.source={args.dataset} --set data.path={args.out}")
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from jaxconv import bench
+    from jaxconv.errors import ConfigError
+
+    if args.what == "report":
+        from jaxconv.bench import report
+
+        if args.dir is None or not args.dir.is_dir():
+            raise ConfigError(f"jaxconv bench report DIR: {args.dir} is not a results directory")
+        for path in report.regenerate(args.dir, plots=args.plots):
+            print(f"wrote {path}", file=sys.stderr)
+        text = report.summary_markdown(args.dir)
+        if args.readme:
+            report.update_readme(args.readme, text)
+            print(f"updated {args.readme}", file=sys.stderr)
+        print(text)
+        return 0
+    if args.dir is not None:
+        raise ConfigError(f"jaxconv bench {args.what} takes no directory (use --out)")
+    options = bench.Options(
+        what=args.what, quick=args.quick, out=args.out, shapes=args.shapes, sets=args.sets,
+        batch_sizes=args.batch_sizes, dtypes=args.dtypes, modes=args.modes, layouts=args.layouts, impls=args.impls,
+        presets=args.presets, devices=args.devices, naive_variables=args.naive_variables, repeats=args.repeats,
+        torch=args.torch, plots=args.plots, command=bench.command_line(sys.argv[1:] if args.argv is None else args.argv))
+    bench.run(options, log=lambda line: print(line, flush=True))
     return 0
 
 
@@ -161,7 +231,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
     from jaxconv import viz
 
     if args.picture == "deps":
-        position = _ints(args.position, 2, "--position") if args.position else None
+        position = _int_tuple(args.position, 2, "--position") if args.position else None
         out = viz.dependency_picture(args.out, tuple(args.presets.split(",")), size=args.size, position=position)
     elif args.picture == "kernels":
         out = viz.hand_kernels_picture(args.out, args.index)
@@ -175,7 +245,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ints(text: str, count: int, flag: str) -> tuple[int, ...]:
+def _int_tuple(text: str, count: int, flag: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
@@ -190,12 +260,13 @@ def _table(title: str, metrics: dict[str, float]) -> str:
     return "\n".join([title, *rows])
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "data": cmd_data, "list": cmd_list,
-            "plot": cmd_plot, "viz": cmd_viz}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "data": cmd_data, "bench": cmd_bench,
+            "list": cmd_list, "plot": cmd_plot, "viz": cmd_viz}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except JaxconvError as e:
