@@ -1,6 +1,7 @@
 """Runnable experiments: one module each, exposing ``CONFIG`` (full size) and ``SMOKE`` (tests, CI).
 
-``jaxconv train NAME`` and ``python -m experiments.NAME`` run the same thing.
+A study module exposes ``VARIANTS`` and ``SMOKE_VARIANTS`` (name -> Config) instead; see
+``jaxconv.study``. ``jaxconv train NAME`` and ``python -m experiments.NAME`` run the same thing.
 """
 
 from __future__ import annotations
@@ -17,10 +18,25 @@ def names() -> list[str]:
 
 
 def load(name: str, smoke: bool = False) -> Config:
+    module = _module(name)
+    if is_study(name):
+        raise ConfigError(f"{name} is a study of several runs; use load_study")
+    return module.SMOKE if smoke else module.CONFIG
+
+
+def is_study(name: str) -> bool:
+    return hasattr(_module(name), "VARIANTS")
+
+
+def load_study(name: str, smoke: bool = False) -> dict[str, Config]:
+    module = _module(name)
+    return module.SMOKE_VARIANTS if smoke else module.VARIANTS
+
+
+def _module(name: str):
     if name not in names():
         raise ConfigError(f"unknown experiment {name!r}; experiments: {', '.join(names())}")
-    module = importlib.import_module(f"{__name__}.{name}")
-    return module.SMOKE if smoke else module.CONFIG
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 def summary(name: str) -> str:

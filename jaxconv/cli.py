@@ -1,4 +1,4 @@
-"""``jaxconv train|eval|sample|list``: parsing only; each command calls one library function."""
+"""``jaxconv train|eval|sample|data|bench|list|plot|viz``: parsing only; each command calls one library function."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jaxconv.errors import JaxconvError
+from jaxconv.errors import ConfigError, JaxconvError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,8 +34,85 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
     sample.add_argument("--out", type=Path, help="default: WORKDIR/samples.png")
 
+    data = commands.add_parser("data", help="prepare datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    prepare = data_commands.add_parser(
+        "prepare", help="convert the official ImageNet32/64 npz files into a memory-mappable directory")
+    prepare.add_argument("dataset", choices=("imagenet32", "imagenet64"))
+    prepare.add_argument("--src", type=Path, required=True,
+                         help="directory with train_data_batch_1..10.npz and val_data.npz")
+    prepare.add_argument("--out", type=Path, required=True, help="new directory to write (then: data.path=OUT)")
+
+    bench = commands.add_parser(
+        "bench", help="benchmarks: conv layers, sampling, training (results in benchmarks/results/<device>/)",
+        description="Benchmark suite. conv: every conv layer shape of jaxconv's models, implementation by "
+                    "implementation, vs PyTorch; sample: naive vs cached PixelCNN sampling; train: training "
+                    "throughput and MFU; all: the three; report DIR: rebuild a results directory's markdown and "
+                    "plots and print the README table.")
+    bench.add_argument("what", choices=("conv", "sample", "train", "all", "report"))
+    bench.add_argument("dir", nargs="?", type=Path, help="report: the results directory")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes (tests, CI): checks everything runs")
+    bench.add_argument("--out", type=Path, help="results directory (default: benchmarks/results/<device>)")
+    bench.add_argument("--shape", dest="shapes", action="append", default=[], metavar="N,H,W,Cin,Cout,K,stride,dil",
+                       help="conv: add a layer shape (optionally ,groups; padded dil*(K-1)//2); repeatable")
+    bench.add_argument("--sets", type=_names, help="conv: shape sets, comma-separated, or 'none' "
+                       "(lenet, alexnet224, alexnet32, pixelcnn_mnist, pixelcnn_cifar, pixelcnn_paper; default all)")
+    bench.add_argument("--impls", type=_names, help="conv: only these variants (xla, masked, cropped, im2col, taps, "
+                       "fft, torch)")
+    bench.add_argument("--dtypes", type=_names, help="float32,bfloat16 (default: both for conv; train: float32 "
+                       "on CPU, both on accelerators)")
+    bench.add_argument("--modes", type=_names, help="conv: forward,forward_backward (default both)")
+    bench.add_argument("--layouts", type=_names, help="conv: NHWC,NCHW (default both)")
+    bench.add_argument("--batch-sizes", type=_ints, help="override the batch sizes (conv, sample, train)")
+    bench.add_argument("--presets", type=_names, help="sample/train: model presets (see `jaxconv list`)")
+    bench.add_argument("--devices", type=_ints, help="train: device counts (default 1,2,4,8 fake devices on CPU)")
+    bench.add_argument("--naive-variables", type=int, help="sample: variables timed of the naive sampler (default 8)")
+    bench.add_argument("--repeats", type=int, help="timing repeats (median reported)")
+    bench.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch comparison")
+    bench.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    bench.add_argument("--readme", type=Path, help="report: also write the table into this README's bench markers")
+
     commands.add_parser("list", help="list experiments and model presets")
+
+    plot = commands.add_parser("plot", help="training/validation curves of one or more runs (PNG and SVG)")
+    plot.add_argument("workdirs", type=Path, nargs="+")
+    plot.add_argument("--out", type=Path, default=Path("curves.png"), help="written with .png and .svg suffixes")
+
+    viz = commands.add_parser("viz", help="pictures that explain the models").add_subparsers(dest="picture", required=True)
+    deps = viz.add_parser("deps", help="which earlier pixels one output pixel sees (blind spot of PixelCNN)")
+    deps.add_argument("--presets", default="pixelcnn_mnist,gated_pixelcnn_mnist", help="comma-separated presets")
+    deps.add_argument("--size", type=int, default=12, help="image height and width")
+    deps.add_argument("--position", help="ROW,COL of the output pixel (default: the centre)")
+    deps.add_argument("--out", type=Path, default=Path("dependency_map.png"))
+    kernels = viz.add_parser("kernels", help="hand-made edge and blur kernels on an MNIST digit, then pooling")
+    kernels.add_argument("--index", type=int, default=0, help="validation image")
+    kernels.add_argument("--out", type=Path, default=Path("kernels.png"))
+    filters = viz.add_parser("filters", help="first-layer convolution filters of a trained run")
+    filters.add_argument("workdir", type=Path)
+    filters.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
+    filters.add_argument("--out", type=Path, help="default: WORKDIR/filters.png")
+    features = viz.add_parser("features", help="feature maps of a validation image through chosen layers")
+    features.add_argument("workdir", type=Path)
+    features.add_argument("--layers", default="", help="comma-separated layer names (default: every conv layer)")
+    features.add_argument("--index", type=int, default=0, help="validation image")
+    features.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
+    features.add_argument("--out", type=Path, help="default: WORKDIR/features.png")
     return parser
+
+
+def _names(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    return [] if names == ["none"] else names
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
 def _add_train_args(parser: argparse.ArgumentParser, with_name: bool) -> None:
@@ -52,12 +129,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     from jaxconv.config import apply_overrides
     from jaxconv.train.loop import train
 
-    config = apply_overrides(experiments.load(args.name, args.smoke), args.overrides)
     workdir = args.workdir or Path("runs") / (args.name + ("-smoke" if args.smoke else ""))
+    if experiments.is_study(args.name):
+        return _train_study(args, workdir)
+    config = apply_overrides(experiments.load(args.name, args.smoke), args.overrides)
     result = train(config, workdir)
     if "val" in result:
         print(_table(f"{args.name}: step {result['step']}, validation", result["val"]))
     print(f"workdir: {workdir}")
+    return 0
+
+
+def _train_study(args: argparse.Namespace, workdir: Path) -> int:
+    import experiments
+    from jaxconv.config import apply_overrides
+    from jaxconv.study import markdown_table, run_study
+
+    variants = {name: apply_overrides(config, args.overrides)
+                for name, config in experiments.load_study(args.name, args.smoke).items()}
+    print(markdown_table(run_study(variants, workdir)), end="")
+    print(f"workdir: {workdir} (results.md, results.png, samples.png)")
     return 0
 
 
@@ -79,6 +170,42 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from jaxconv.data.imagenet import prepare
+
+    manifest = prepare(args.dataset, args.src, args.out)
+    counts = ", ".join(f"{split} {entry['count']:,}" for split, entry in manifest["splits"].items())
+    print(f"{args.dataset}: {counts} images of {'x'.join(map(str, manifest['image_shape']))} -> {args.out}")
+    print(f"train with: --set data.source={args.dataset} --set data.path={args.out}")
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from jaxconv import bench
+    from jaxconv.errors import ConfigError
+
+    if args.what == "report":
+        from jaxconv.bench import report
+
+        if args.dir is None or not args.dir.is_dir():
+            raise ConfigError(f"jaxconv bench report DIR: {args.dir} is not a results directory")
+        for path in report.regenerate(args.dir, plots=args.plots):
+            print(f"wrote {path}", file=sys.stderr)
+        text = report.summary_markdown(args.dir)
+        if args.readme:
+            report.update_readme(args.readme, text)
+            print(f"updated {args.readme}", file=sys.stderr)
+        print(text)
+        return 0
+    if args.dir is not None:
+        raise ConfigError(f"jaxconv bench {args.what} takes no directory (use --out)")
+    options = bench.Options(
+        what=args.what, quick=args.quick, out=args.out, shapes=args.shapes, sets=args.sets,
+        batch_sizes=args.batch_sizes, dtypes=args.dtypes, modes=args.modes, layouts=args.layouts, impls=args.impls,
+        presets=args.presets, devices=args.devices, naive_variables=args.naive_variables, repeats=args.repeats,
+        torch=args.torch, plots=args.plots, command=bench.command_line(sys.argv[1:] if args.argv is None else args.argv))
+    bench.run(options, log=lambda line: print(line, flush=True))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     import experiments
     from jaxconv.models import PRESETS
@@ -92,16 +219,54 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from jaxconv.plots import plot_runs
+
+    for path in plot_runs(args.workdirs, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_viz(args: argparse.Namespace) -> int:
+    from jaxconv import viz
+
+    if args.picture == "deps":
+        position = _int_tuple(args.position, 2, "--position") if args.position else None
+        out = viz.dependency_picture(args.out, tuple(args.presets.split(",")), size=args.size, position=position)
+    elif args.picture == "kernels":
+        out = viz.hand_kernels_picture(args.out, args.index)
+    elif args.picture == "filters":
+        out = viz.filters_picture(args.workdir, args.out or args.workdir / "filters.png", args.checkpoint)
+    else:
+        layers = tuple(name for name in args.layers.split(",") if name)
+        out = viz.features_picture(args.workdir, args.out or args.workdir / "features.png", layers, args.index,
+                                   args.checkpoint)
+    print(f"wrote {out}")
+    return 0
+
+
+def _int_tuple(text: str, count: int, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise ConfigError(f"{flag} takes {count} comma-separated integers, got {text!r}")
+    return values
+
+
 def _table(title: str, metrics: dict[str, float]) -> str:
     rows = [f"  {k:16s} {v:>12.6g}" if isinstance(v, float) else f"  {k:16s} {v:>12}" for k, v in metrics.items()]
     return "\n".join([title, *rows])
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "data": cmd_data, "bench": cmd_bench,
+            "list": cmd_list, "plot": cmd_plot, "viz": cmd_viz}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except JaxconvError as e:

@@ -21,19 +21,39 @@ from jaxconv.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    # "mnist" (embedded 5k MNIST), "synthetic" (random images of `image_shape`).
+    # "mnist" (embedded 5k MNIST), "synthetic" (random images of `image_shape`), "imagenet32" /
+    # "imagenet64" (a directory from `jaxconv data prepare`), "tfds:NAME" (a TFDS dataset prepared in
+    # array_record format; see jaxconv.data.tfds_source for the split mapping and options).
     source: str = "mnist"
-    path: str = ""  # the source's file or directory; empty = its default (mnist: the embedded file)
+    # The source's file or directory; empty = its default (mnist: the embedded file; tfds: the TFDS
+    # data_dir, $TFDS_DATA_DIR or ~/tensorflow_datasets). imagenet32/64: the prepared directory.
+    path: str = ""
     # How pixels reach the model: "unit" = x/255 in [0,1]; "binary" = (x > 127) in {0,1} (fixed
     # threshold, see jaxconv.data.sources); "uint8" = raw 0..255 integers (8-bit density models).
     pixels: Literal["unit", "binary", "uint8"] = "unit"
     batch_size: int = 128  # global batch, divided over all devices of all hosts
-    eval_batch_size: int = 500
+    eval_batch_size: int = 500  # rounded up to a multiple of the device count; the last batch is masked
     seed: int = 0  # batch order is a pure function of (seed, step)
     image_shape: tuple[int, ...] = (28, 28, 1)  # synthetic source only
     num_examples: int = 1024  # synthetic source only
     num_classes: int = 10  # synthetic source only
     prefetch: int = 2  # batches staged on the devices ahead of the step
+    # Augmentation (classification only): on the device inside the jitted train step, random from
+    # (train.seed, step); evaluation never augments. See jaxconv.data.augment.
+    augment_crop_pad: int = 0  # pad each side by P pixels, then crop a random H x W window; 0 = off
+    augment_flip: bool = False  # random horizontal flip, probability 1/2
+    # Subtract the train split's mean image (after scaling to [0, 1]); in training *and* evaluation,
+    # since it is normalisation, not augmentation. pixels="unit" only.
+    subtract_mean: bool = False
+    # Classification: train on a random crop_size x crop_size window of every image (after any
+    # augment_crop_pad padding) and evaluate on the central one, e.g. AlexNet's 224 of 256; 0 = the
+    # whole image. The model then sees crop_size x crop_size inputs.
+    crop_size: int = 0
+    # tfds: sources only: scale each image's shorter side to N pixels and keep the central N x N
+    # (Pillow, bilinear; once, when a split is decoded into the cache), e.g. 256 for AlexNet; 0 = keep
+    # the stored images, whose shape must then be fixed. Datasets of varying image size (imagenet2012)
+    # need it.
+    image_size: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +199,7 @@ _POSITIVE = {
     "checkpoint": ("keep_latest",),
 }
 _NON_NEGATIVE = {
+    "data": ("augment_crop_pad", "crop_size", "image_size"),
     "train": ("eval_every",),
     "checkpoint": ("every", "keep_best"),
     "schedule": ("warmup_steps",),
@@ -198,11 +219,28 @@ def validate(config: Config) -> None:
                 raise ConfigError(f"{section}.{key} must be >= 0, got {getattr(getattr(config, section), key)}")
     if config.optim.learning_rate <= 0:
         raise ConfigError(f"optim.learning_rate must be > 0, got {config.optim.learning_rate}")
+    if config.data.subtract_mean and config.data.pixels != "unit":
+        raise ConfigError(f"data.subtract_mean needs data.pixels=unit, got {config.data.pixels!r}")
     if any(s <= 0 for s in config.data.image_shape) or len(config.data.image_shape) != 3:
         raise ConfigError(f"data.image_shape must be three positive sizes H,W,C, got {config.data.image_shape}")
+    if config.data.image_size and not config.data.source.startswith("tfds:"):
+        raise ConfigError(f"data.image_size applies to tfds: sources only, got data.source={config.data.source!r}")
+    if config.data.crop_size:  # what is known before the data is opened; build_run checks the rest
+        if config.data.image_size:
+            check_crop_size(config.data, (config.data.image_size, config.data.image_size))
+        elif config.data.source == "synthetic":
+            check_crop_size(config.data, config.data.image_shape[:2])
     validate_model = getattr(config.model, "validate", None)
     if validate_model is not None:
         validate_model()
+
+
+def check_crop_size(data: DataConfig, image_hw: tuple[int, ...]) -> None:
+    """ConfigError unless the data.crop_size window fits in images of height and width ``image_hw``."""
+    h, w = image_hw
+    if data.crop_size > min(h, w):
+        raise ConfigError(f"data.crop_size={data.crop_size} exceeds the {h}x{w} images of data.source="
+                          f"{data.source}; use at most {min(h, w)}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -77,19 +77,25 @@ def _report(progress: bool, i: jax.Array, height: int) -> None:
         jax.debug.callback(lambda row: print(f"sampled row {int(row) + 1}/{height}", flush=True), i)
 
 
+def _naive_step(model, params, key, values, labels, temperature, n):
+    """Variable n of the naive sampler: one whole-image forward pass, then its draw."""
+    _, _, w, channels = values.shape
+    i, rest = jnp.divmod(n, w * channels)
+    j, c = jnp.divmod(rest, channels)
+    raw = model.apply({"params": params}, scale_values(model.config, values), labels=labels)
+    raw_pos = jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(raw, i, 1, False), j, 1, False)
+    pixel = scale_values(model.config, jax.lax.dynamic_index_in_dim(
+        jax.lax.dynamic_index_in_dim(values, i, 1, False), j, 1, False))
+    drawn = sample_variable(model.config, raw_pos, pixel, c, jax.random.fold_in(key, n), temperature)
+    return values.at[:, i, j, c].set(drawn)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _naive(model, known_rows, progress, params, key, values, labels, temperature):
     _, h, w, channels = values.shape
 
     def step(n, values):
-        i, rest = jnp.divmod(n, w * channels)
-        j, c = jnp.divmod(rest, channels)
-        raw = model.apply({"params": params}, scale_values(model.config, values), labels=labels)
-        raw_pos = jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(raw, i, 1, False), j, 1, False)
-        pixel = scale_values(model.config, jax.lax.dynamic_index_in_dim(
-            jax.lax.dynamic_index_in_dim(values, i, 1, False), j, 1, False))
-        drawn = sample_variable(model.config, raw_pos, pixel, c, jax.random.fold_in(key, n), temperature)
-        return values.at[:, i, j, c].set(drawn)
+        return _naive_step(model, params, key, values, labels, temperature, n)
 
     def row(i, values):
         values = jax.lax.fori_loop(i * w * channels, (i + 1) * w * channels, step, values)

@@ -3,7 +3,9 @@
 import sys
 import subprocess
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import REPO, run_cli
 
@@ -52,3 +54,19 @@ def test_sample_writes_a_png_grid_and_completes_images(tmp_path):
     completed = np.stack([grid[1:21, 1 + k * 29:1 + k * 29 + 28] for k in range(4)])
     np.testing.assert_array_equal(completed == 255, given)  # the given top rows are kept (binarised)
 
+
+def test_viz_deps_draws_the_blind_spot(tmp_path):
+    out = tmp_path / "deps.png"
+    done = run_cli("viz", "deps", "--size", "6", "--position", "1,0", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    picture = np.asarray(Image.open(out).convert("RGB"))
+    assert picture.shape[0] > 100 and picture.std() > 0
+    # The blind spot is drawn in red: PixelCNN (left half) has one, Gated PixelCNN (right half) none.
+    red = (picture[..., 0] > 180) & (picture[..., 1] < 90) & (picture[..., 2] < 90)
+    half = picture.shape[1] // 2
+    assert red[:, :half].sum() > 0 and red[:, half:].sum() == 0
+
+
+def test_viz_deps_rejects_a_classifier_preset(tmp_path):
+    done = run_cli("viz", "deps", "--presets", "lenet5", "--out", str(tmp_path / "x.png"))
+    assert done.returncode == 2 and "not a PixelCNN-family preset" in done.stderr and "Traceback" not in done.stderr

@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 
 import numpy as np
@@ -76,3 +77,143 @@ def test_bad_mnist_files_are_clear_errors(tmp_path, content, message):
 def test_synthetic_source_has_the_requested_shape():
     data = load_split(DataConfig(source="synthetic", image_shape=(8, 6, 3), num_examples=40, num_classes=7), "train")
     assert data.images.shape == (40, 8, 6, 3) and data.labels.max() < 7
+
+
+@pytest.mark.parametrize("batch_size, process_count", [(304, 1), (304, 2), (8, 4), (1000, 2), (1008, 8)])
+def test_every_host_reads_its_slice_and_the_union_is_every_example_once(batch_size, process_count):
+    data = Split(np.zeros((1000, 1, 1, 1), np.uint8), np.arange(1000, dtype=np.int32), 1000)
+    seen = []
+    for p in range(process_count):
+        for b in eval_batches(data, batch_size, p, process_count):
+            assert len(b["labels"]) == batch_size // process_count
+            seen.append(b["labels"][b["mask"] > 0])
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(1000))
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation over the full validation split, through the jitted/pmapped eval step on 8 devices.
+
+
+@pytest.fixture(scope="module")
+def eval_config():
+    import experiments
+    from jaxconv.config import apply_overrides
+
+    return apply_overrides(experiments.load("lenet_modern_mnist", smoke=True), [
+        "data.source=synthetic", "data.num_examples=4000", "data.image_shape=28,28,1", "data.batch_size=64"])
+
+
+@pytest.mark.parametrize("eval_batch_size, mode", [(300, "jit"), (200, "jit"), (300, "pmap")])
+def test_evaluation_counts_every_validation_example_once(eval_config, eval_batch_size, mode):
+    """1,000 validation images on 8 devices: batch 300 (rounded up to 304, last batch 88 + padding) and 200."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxconv import losses
+    from jaxconv.models import build_model
+    from jaxconv.train import loop
+
+    config = eval_config.replace(data=dataclasses.replace(eval_config.data, eval_batch_size=eval_batch_size),
+                                 parallel=dataclasses.replace(eval_config.parallel, mode=mode))
+    run = loop.build_run(config)
+    assert len(run.val_data) == 1000 and run.par.num_devices == 8
+    assert run.par.eval_batch_size == -(-eval_batch_size // 8) * 8
+    model = build_model(config.model)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    rng = np.random.default_rng(0)  # random parameters without compiling an init
+    params = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), shapes)
+    result = loop.evaluate(run, run.par.place_state(params))
+    # The same metrics computed directly over all 1,000 images at once.
+    direct = jax.jit(lambda p, x, y: losses.classification_sums(
+        model.apply({"params": p}, x / 255.0, train=False), y, jnp.ones(len(y))))
+    sums = direct(params, run.val_data.images, run.val_data.labels)
+    assert result["count"] == 1000
+    for name in ("loss", "accuracy", "top5_accuracy"):
+        np.testing.assert_allclose(result[name], float(sums[name]) / 1000, rtol=2e-5, err_msg=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation
+
+
+def _images(n=64, h=6, w=5, c=3, seed=0):
+    return np.random.default_rng(seed).random((n, h, w, c)).astype(np.float32) + 1.0  # > 0: padding is visible
+
+
+def test_flip_mirrors_about_half_of_the_images():
+    import jax
+
+    from jaxconv.data import augment
+
+    x = _images()
+    y = np.asarray(augment.augment(x, jax.random.key(3), flip=True))
+    flipped = np.array([np.array_equal(b, a[:, ::-1]) for a, b in zip(x, y)])
+    kept = np.array([np.array_equal(b, a) for a, b in zip(x, y)])
+    assert (flipped ^ kept).all() and 10 < flipped.sum() < 54
+
+
+def test_crop_shifts_the_content_and_pads_with_zeros():
+    import jax
+
+    from jaxconv.data import augment
+
+    x, pad = _images(), 2
+    y = np.asarray(augment.augment(x, jax.random.key(4), crop_pad=pad))
+    assert y.shape == x.shape
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    shifts = []
+    for a, b in zip(padded, y):
+        matches = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                   if np.array_equal(a[dy:dy + 6, dx:dx + 5], b)]
+        assert len(matches) == 1
+        shifts.append(matches[0])
+    assert len(set(shifts)) > 10  # per-image shifts, all 25 possible
+
+
+def test_augmentation_is_a_pure_function_of_the_key_and_off_in_eval():
+    import flax.linen as nn
+    import jax
+
+    import experiments
+    from jaxconv import tasks
+    from jaxconv.config import apply_overrides
+    from jaxconv.data import augment
+
+    class Echo(nn.Module):  # returns what the model would see
+        @nn.compact
+        def __call__(self, x, train):
+            return x
+
+    config = apply_overrides(experiments.load("lenet_modern_mnist"), [
+        "data.augment_crop_pad=1", "data.augment_flip=true", "data.subtract_mean=true"])
+    images = (np.arange(8 * 4 * 4 * 3) % 256).astype(np.uint8).reshape(8, 4, 4, 3)
+    mean = images.mean(axis=0)
+    forward, _ = tasks.classification(Echo(), config, mean)
+    forward = jax.jit(forward, static_argnums=3)
+    batch, key = {"images": images}, jax.random.key(0)
+    centred = images / 255.0 - mean / 255.0
+    np.testing.assert_allclose(forward({}, batch, key, False), centred, atol=1e-6)  # eval: the mean only
+    train = np.asarray(forward({}, batch, key, True))
+    np.testing.assert_array_equal(train, forward({}, batch, key, True))  # same key, same augmentation
+    expected = augment.augment(centred.astype(np.float32), jax.random.fold_in(key, tasks.AUGMENT_STREAM),
+                               crop_pad=1, flip=True)
+    np.testing.assert_allclose(train, expected, atol=1e-6)
+    steps = [np.asarray(forward({}, batch, jax.random.fold_in(key, s), True)) for s in range(3)]
+    assert not np.array_equal(steps[0], steps[1]) and not np.array_equal(steps[1], steps[2])
+
+
+def test_augmentation_config_is_checked():
+    import experiments
+    from jaxconv.config import apply_overrides
+    from jaxconv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.augment_crop_pad must be >= 0"):
+        apply_overrides(experiments.load("lenet_modern_mnist"), ["data.augment_crop_pad=-1"])
+    with pytest.raises(ConfigError, match="data.subtract_mean needs data.pixels=unit"):
+        apply_overrides(experiments.load("lenet_modern_mnist"), ["data.subtract_mean=true", "data.pixels=binary"])
+    from jaxconv import tasks
+    from jaxconv.models import build_model
+
+    config = apply_overrides(experiments.load("pixelcnn_mnist"), ["data.augment_flip=true"])
+    with pytest.raises(ConfigError, match="apply to classification models only"):
+        tasks.for_model(build_model(config.model), config)

@@ -36,20 +36,28 @@ def train_batches(data: Split, batch_size: int, seed: int, start_step: int,
     while True:
         idx = batch_indices(len(data), batch_size, seed, step)[process_index * local:(process_index + 1) * local]
         idx = np.sort(idx)  # sorted reads are faster on memory-mapped data; order within a batch is irrelevant
-        yield {"images": data.images[idx], "labels": data.labels[idx], "mask": np.ones(local, np.float32)}
+        yield {"images": take(data.images, idx), "labels": data.labels[idx], "mask": np.ones(local, np.float32)}
         step += 1
 
 
 def eval_batches(data: Split, batch_size: int, process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
-    """Every example exactly once; the last partial batch is padded and masked out."""
+    """Every example exactly once; the last partial batch is padded (repeating its last example) and masked out.
+
+    Each host reads only its own slice of every global batch.
+    """
     local = batch_size // process_count
+    sl = slice(process_index * local, (process_index + 1) * local)
     for start in range(0, len(data), batch_size):
         idx = np.arange(start, min(start + batch_size, len(data)))
         mask = np.zeros(batch_size, np.float32)
         mask[:len(idx)] = 1.0
-        idx = np.pad(idx, (0, batch_size - len(idx)), mode="edge")
-        sl = slice(process_index * local, (process_index + 1) * local)
-        yield {"images": data.images[idx][sl], "labels": data.labels[idx][sl], "mask": mask[sl]}
+        idx = np.pad(idx, (0, batch_size - len(idx)), mode="edge")[sl]
+        yield {"images": take(data.images, idx), "labels": data.labels[idx], "mask": mask[sl]}
+
+
+def take(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``images[idx]`` as a plain in-memory array; on a memory map only the selected rows are read."""
+    return np.asarray(images[idx])
 
 
 def prefetch(batches: Iterator[Batch], put: Callable[[Batch], Any], size: int = 2) -> Iterator[Any]:

@@ -6,6 +6,12 @@
   ``train`` and its last 100 are ``val`` (4,000 / 1,000 images, balanced).
 - ``synthetic``: random images of any shape with random labels, deterministic in the data seed
   (for benchmarks and tests).
+- ``imagenet32`` / ``imagenet64``: a directory written by ``jaxconv data prepare`` (``data.path``),
+  memory-mapped; ``train`` = the official train batches, ``val`` = ``val_data`` (see
+  :mod:`jaxconv.data.imagenet`).
+- ``tfds:NAME``: a TFDS dataset prepared in array_record format under the data_dir ``data.path``,
+  read without TensorFlow; ``train`` -> ``train``, ``val`` -> ``validation`` or else ``test``;
+  ``data.image_size`` = N resizes every image to N x N (see :mod:`jaxconv.data.tfds_source`).
 """
 
 from __future__ import annotations
@@ -20,17 +26,20 @@ from pathlib import Path
 import numpy as np
 
 from jaxconv.config import DataConfig
+from jaxconv.data import imagenet, tfds_source
 from jaxconv.errors import DataError
 
 SPLITS = ("train", "val")
+SOURCES = ("mnist", "synthetic", *imagenet.RESOLUTIONS, "tfds:NAME")
 MNIST_TRAIN_PER_DIGIT = 400
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # [N, H, W, C] uint8
+    images: np.ndarray  # [N, H, W, C] uint8; may be a read-only np.memmap (prepared data)
     labels: np.ndarray  # [N] int32
     num_classes: int
+    mean: np.ndarray | None = None  # [H, W, C] float32 mean image of this split, when known up front
 
     def __len__(self) -> int:
         return len(self.images)
@@ -43,8 +52,14 @@ def load_split(config: DataConfig, split: str) -> Split:
         data = _mnist_split(split, Path(config.path) if config.path else None)
     elif config.source == "synthetic":
         data = synthetic_split(config, split)
+    elif config.source in imagenet.RESOLUTIONS:
+        images, labels, mean, num_classes = imagenet.open_prepared(config.source, config.path, split)
+        data = Split(images, labels, num_classes, mean)
+    elif config.source.startswith(tfds_source.PREFIX):
+        images, labels, mean, num_classes = tfds_source.load(config.source, config.path, split, config.image_size)
+        data = Split(images, labels, num_classes, mean)
     else:
-        raise DataError(f"unknown data source {config.source!r}; sources: mnist, synthetic")
+        raise DataError(f"unknown data source {config.source!r}; sources: {', '.join(SOURCES)}")
     check_split(data, f"{config.source}:{split}")
     return data
 
@@ -57,9 +72,23 @@ def check_split(data: Split, name: str) -> None:
         raise DataError(f"{name}: images must be uint8 [N, H, W, C], got {data.images.dtype} {data.images.shape}")
     if data.labels.shape != (len(data.images),):
         raise DataError(f"{name}: {len(data.labels)} labels for {len(data.images)} images")
+    # Labels are always in memory (4 bytes an image: 5 MB for ImageNet's 1.28M), so this scan takes
+    # milliseconds; the images, possibly a memory map, are never scanned.
     low, high = int(data.labels.min()), int(data.labels.max())
     if low < 0 or high >= data.num_classes:
         raise DataError(f"{name}: label out of range [{low}, {high}] for {data.num_classes} classes")
+    if data.mean is not None and data.mean.shape != data.images.shape[1:]:
+        raise DataError(f"{name}: mean image of shape {data.mean.shape} for images of shape {data.images.shape[1:]}")
+
+
+def image_mean(data: Split, chunk: int = 16384) -> np.ndarray:
+    """The split's mean image [H, W, C] float32 in pixel units: stored, else computed in chunks."""
+    if data.mean is not None:
+        return np.asarray(data.mean, np.float32)
+    total = np.zeros(data.images.shape[1:], np.float64)
+    for start in range(0, len(data), chunk):
+        total += np.asarray(data.images[start:start + chunk]).sum(axis=0, dtype=np.float64)
+    return (total / len(data)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,13 +11,18 @@ import flax.linen as nn
 
 from jaxconv.errors import ConfigError
 from jaxconv.models import pixelcnn
+from jaxconv.models.alexnet import AlexNet, AlexNetConfig
 from jaxconv.models.lenet import LeNet5, LeNetConfig
 
-MODEL_CONFIGS: dict[str, type] = {cls.family: cls for cls in (LeNetConfig, *pixelcnn.AUTOREGRESSIVE_CONFIGS)}
+MODEL_CONFIGS: dict[str, type] = {cls.family: cls for cls in (LeNetConfig, AlexNetConfig, *pixelcnn.AUTOREGRESSIVE_CONFIGS)}
 
 PRESETS: dict[str, object] = {
     "lenet5": LeNetConfig(variant="faithful"),
     "lenet5_modern": LeNetConfig(variant="modern"),
+    "alexnet": AlexNetConfig(variant="faithful"),  # 224x224, two towers, LRN; 60,965,224 params
+    "alexnet_single": AlexNetConfig(variant="single"),  # one tower, no LRN; 62,378,344 params
+    "alexnet32": AlexNetConfig(variant="cifar32"),  # 32x32, 1000 classes (ImageNet32); 14,685,544
+    "alexnet32_cifar10": AlexNetConfig(variant="cifar32", num_classes=10),  # 12,657,034
     **pixelcnn.PIXELCNN_PRESETS,
 }
 
@@ -32,6 +37,8 @@ def build_model(config, dtype: jnp.dtype = jnp.float32) -> nn.Module:
     """The Flax module for a model config; ``dtype`` is the compute dtype (params stay float32)."""
     if isinstance(config, LeNetConfig):
         return LeNet5(config, dtype=dtype)
+    if isinstance(config, AlexNetConfig):
+        return AlexNet(config, dtype=dtype)
     if isinstance(config, pixelcnn.AUTOREGRESSIVE_CONFIGS):
         return pixelcnn.build(config, dtype)
     raise ConfigError(f"no model builder for {type(config).__name__}")

@@ -107,6 +107,6 @@ def render_png(maps: dict[str, np.ndarray], position: tuple[int, int, int], path
         ax.set_yticks([])
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path

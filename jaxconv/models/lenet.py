@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.errors import ConfigError
+from jaxconv.models.conv import Conv, conv
 
 # LeCun et al. 1998, Table I: which S2 maps (rows 0..5) feed each C3 map (columns 0..15).
 C3_TABLE = (
@@ -87,8 +88,7 @@ class SparseC3(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (len(C3_TABLE),))
         kernel = jnp.zeros((5, 5, x.shape[-1], len(C3_TABLE)), weights.dtype)
         kernel = kernel.at[:, :, pairs[:, 0], pairs[:, 1]].set(weights)  # [5, 5, 6, 16]
-        y = jax.lax.conv_general_dilated(x, kernel.astype(self.dtype), (1, 1), "VALID",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = conv(x, kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
 
 
@@ -112,7 +112,7 @@ class LeNet5(nn.Module):
         x = x.astype(self.dtype)
         if x.shape[1] == 28:
             x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))  # [B, 32, 32, C]
-        conv = lambda n, name: nn.Conv(n, (5, 5), padding="VALID", dtype=self.dtype, name=name)
+        conv = lambda n, name: Conv(n, (5, 5), padding="VALID", dtype=self.dtype, name=name)
         dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name)
         if self.config.variant == "faithful":
             x = lecun_tanh(Subsample(self.dtype, name="S2")(conv(6, "C1")(x)))  # [B, 14, 14, 6]

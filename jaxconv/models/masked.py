@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxconv.models.conv import conv
+
 MaskType = Literal["A", "B"]
 KERNEL_INIT = nn.initializers.lecun_normal()
 
@@ -60,8 +62,8 @@ def raster_mask(k: int, cin: int, cout: int, colours: int, mask_type: MaskType,
 
 
 def conv_valid(x: jax.Array, kernel: jax.Array, dilation: int = 1) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", rhs_dilation=(dilation, dilation),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    """VALID stride-1 convolution by jaxconv's chosen implementation (``jaxconv.models.conv``)."""
+    return conv(x, kernel, 1, "VALID", dilation)
 
 
 def _pad(x: jax.Array, top: int, bottom: int, left: int, right: int) -> jax.Array:

@@ -26,7 +26,7 @@ from jaxconv import config as config_lib
 from jaxconv import losses
 from jaxconv.config import Config
 from jaxconv.data.pipeline import eval_batches, prefetch, train_batches
-from jaxconv.data.sources import Split, load_split
+from jaxconv.data.sources import Split, image_mean, load_split
 from jaxconv.errors import CheckpointError, ConfigError, NonFiniteError, StorageError
 from jaxconv.models import build_model
 from jaxconv import tasks
@@ -68,12 +68,18 @@ def build_run(config: Config) -> Run:
     channels = getattr(config.model, "channels", train_data.images.shape[-1])
     if channels != train_data.images.shape[-1]:
         raise ConfigError(f"model.channels={channels} but the data has {train_data.images.shape[-1]} channels")
+    if config.data.crop_size:
+        for data in (train_data, val_data):
+            config_lib.check_crop_size(config.data, data.images.shape[1:3])
     model = build_model(config.model, jnp.dtype(config.train.dtype))
-    forward, sums = tasks.for_model(model, config)
+    mean = image_mean(train_data) if config.data.subtract_mean else None  # [H, W, C], pixel units
+    forward, sums = tasks.for_model(model, config, mean)
     tx, schedule = make_optimizer(config.optim, config.schedule, config.train.steps)
     step = make_train_step(forward, sums, tx, schedule, skip_nonfinite=config.train.nonfinite == "skip",
                            axis_name=par.axis_name)
-    input_shape = (1, *train_data.images.shape[1:])
+    input_shape = (1, *train_data.images.shape[1:])  # [1, H, W, C]: what the model sees
+    if config.data.crop_size:
+        input_shape = (1, config.data.crop_size, config.data.crop_size, input_shape[-1])
     init = jax.jit(partial(init_state, model, tx, input_shape, config.train.seed), out_shardings=par.replicated)
     return Run(config, par, train_data, val_data, tx, schedule,
                train_step=par.compile(step, donate=True),
@@ -82,10 +88,14 @@ def build_run(config: Config) -> Run:
 
 
 def evaluate(run: Run, params: Any, data: Split | None = None) -> dict[str, float]:
-    """Mean metrics over every example of ``data`` (default: the validation split), each once."""
+    """Mean metrics over every example of ``data`` (default: the validation split), each once.
+
+    Batches hold ``data.eval_batch_size`` examples rounded up to a multiple of the device count;
+    the last one is padded and its padding masked out of every sum.
+    """
     data = run.val_data if data is None else data
     total = None
-    for batch in eval_batches(data, run.config.data.eval_batch_size, jax.process_index(), jax.process_count()):
+    for batch in eval_batches(data, run.par.eval_batch_size, jax.process_index(), jax.process_count()):
         sums = run.par.single_copy(run.par.settle(run.eval_step(params, run.par.put_batch(batch))))
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     total = jax.device_get(total)
@@ -167,6 +177,7 @@ def train(config: Config, workdir: Path) -> dict[str, Any]:
         except Exception:  # already reported: either raised above or superseded by the error in flight
             pass
         checkpoints.close()
+        writer.close()
     return result
 
 

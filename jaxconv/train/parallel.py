@@ -71,10 +71,11 @@ class DataParallel:
         devices = local if jax.process_count() == 1 else jax.devices()
         self.num_devices = len(devices)
         self.num_local_devices = len(local)
-        for name, size in (("data.batch_size", global_batch), ("data.eval_batch_size", eval_batch)):
-            if size % self.num_devices:
-                raise ConfigError(f"{name}={size} does not divide over {self.num_devices} devices; "
-                                  f"use a multiple of {self.num_devices}")
+        if global_batch % self.num_devices:
+            raise ConfigError(f"data.batch_size={global_batch} does not divide over {self.num_devices} devices; "
+                              f"use a multiple of {self.num_devices}")
+        # Evaluation masks its padding anyway, so any eval batch works: round it up to the devices.
+        self.eval_batch_size = -(-eval_batch // self.num_devices) * self.num_devices
         self.mesh = Mesh(np.array(devices), (AXIS,))
         self.replicated = NamedSharding(self.mesh, P())
         self.sharded = NamedSharding(self.mesh, P(AXIS))

@@ -56,7 +56,12 @@ def make_optimizer(optim: OptimConfig, schedule: ScheduleConfig, total_steps: in
 def init_state(model, tx: optax.GradientTransformation, input_shape: tuple[int, ...], seed: int,
                input_dtype=jnp.float32) -> TrainState:
     """A fresh single-copy state; call under jit (see loop.py) so nothing is built twice."""
-    init_key, state_key = jax.random.split(jax.random.key(seed))
+    _, state_key = jax.random.split(jax.random.key(seed))
+    # Parameters are drawn with the "rbg" generator: on CPU, XLA compiles a model's init about 5x
+    # faster than with threefry (3 s vs 17 s for the small Gated PixelCNN). Its values are fixed for a
+    # given JAX version and backend, which is all a seed needs to promise; the per-step key (dropout,
+    # augmentation) stays threefry.
+    init_key = jax.random.key(seed, impl="rbg")
     variables = model.init({"params": init_key, "dropout": init_key}, jnp.zeros(input_shape, input_dtype), train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),

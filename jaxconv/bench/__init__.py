@@ -1,0 +1,123 @@
+"""jaxconv's benchmark suite: ``jaxconv bench conv|sample|train|all|report``.
+
+- ``conv``: every conv layer shape of jaxconv's models (and ``--shape``), implementation by
+  implementation (XLA, im2col, taps, FFT, masked vs cropped, PyTorch), agreement checked before timing
+  (``jaxconv.bench.conv``);
+- ``sample``: naive vs cached PixelCNN sampling (``jaxconv.bench.sample``);
+- ``train``: training throughput and MFU per preset and device count, vs PyTorch for LeNet
+  (``jaxconv.bench.train``);
+- ``all``: the three, sharing one peak measurement;
+- ``report DIR``: rebuild the markdown and plots of a results directory and print the README table.
+
+Each run measures the device's peaks first (``jaxconv.bench.device``) and writes NAME.json (schema:
+``jaxconv.bench.results``), NAME.md and plots to ``benchmarks/results/<device>/`` (or ``--out``).
+``--quick`` runs tiny sizes (tests, CI): it checks that everything runs, its timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+BENCHMARKS = ("conv", "sample", "train")
+
+
+@dataclasses.dataclass
+class Options:
+    what: str  # conv | sample | train | all
+    quick: bool = False
+    out: Path | None = None
+    shapes: list[str] = dataclasses.field(default_factory=list)
+    sets: list[str] | None = None
+    batch_sizes: list[int] | None = None
+    dtypes: list[str] | None = None
+    modes: list[str] | None = None
+    layouts: list[str] | None = None
+    impls: list[str] | None = None
+    presets: list[str] | None = None
+    devices: list[int] | None = None
+    naive_variables: int | None = None
+    repeats: int | None = None
+    torch: bool = True
+    plots: bool = True
+    command: str = ""
+
+
+def force_host_devices(count: int) -> None:
+    """Asks XLA for ``count`` fake CPU devices, if JAX's backends have not started (else a no-op)."""
+    if "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    if "jax" in sys.modules:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}").strip()
+
+
+def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
+    """Runs the benchmark(s); returns the files written."""
+    from jaxconv.errors import ConfigError
+
+    if options.what not in (*BENCHMARKS, "all"):
+        raise ConfigError(f"unknown benchmark {options.what!r}; choose conv, sample, train, all or report")
+    if options.what in ("train", "all"):
+        force_host_devices(max(options.devices or [8]))
+    from jaxconv.bench import conv as conv_lib
+
+    for text in options.shapes:  # bad shapes fail before anything is measured
+        conv_lib.parse_shape(text)
+
+    import jax
+
+    from jaxconv.bench import conv, device, results, sample, train
+
+    names = BENCHMARKS if options.what == "all" else (options.what,)
+    env = device.environment()
+    name = device.results_name(jax.device_count() if jax.default_backend() != "cpu" else None)
+    out = Path(options.out) if options.out else Path("benchmarks") / "results" / name
+    command = options.command or "jaxconv bench " + options.what + (" --quick" if options.quick else "")
+    log(f"device {name} ({env['device_kind']}, {env['device_count']} devices); results -> {out}")
+    peaks = device.measure_peaks(quick=options.quick)
+    mm = peaks["matmul_flops_per_s"]
+    log(f"peaks: matmul {mm['float32'] / 1e9:.1f} GFLOP/s float32, {mm['bfloat16'] / 1e9:.1f} GFLOP/s bfloat16, "
+        f"copy {peaks['memory_bytes_per_s'] / 1e9:.1f} GB/s")
+    written = []
+    for bench in names:
+        log(f"== {bench}")
+        if bench == "conv":
+            result = conv.run(quick=options.quick, sets=options.sets, user_shapes=options.shapes,
+                              dtypes=options.dtypes or conv.DTYPES, modes=options.modes or conv.MODES,
+                              layouts=options.layouts or ("NHWC", "NCHW"), impls=options.impls,
+                              batch_sizes=options.batch_sizes, torch=options.torch, repeats=options.repeats,
+                              peaks=peaks, log=log)
+        elif bench == "sample":
+            result = sample.run(quick=options.quick, presets=options.presets if options.what == "sample" else None,
+                                batch_sizes=options.batch_sizes if options.what == "sample" else None,
+                                naive_variables=options.naive_variables, repeats=options.repeats, log=log)
+        else:
+            result = train.run(quick=options.quick, presets=options.presets if options.what == "train" else None,
+                               batch_sizes=options.batch_sizes if options.what == "train" else None,
+                               devices=options.devices, dtypes=options.dtypes if options.what == "train" else None,
+                               torch=options.torch, repeats=options.repeats, peaks=peaks, log=log)
+        doc = results.document(bench, command=command, quick=options.quick, device=name, environment=env,
+                               peaks=peaks, settings=result["settings"], rows=result["rows"],
+                               targets=result["targets"], notes=result["notes"])
+        files = results.write(doc, out, plots=options.plots)
+        if bench == "conv":
+            files.append(conv.write_table(result["table"], out))
+        for t in doc["targets"]:
+            value = "-" if t["value"] is None else f"{t['value']:.3g}"
+            log(f"target: {t['name']}: {value} (goal {t['goal']}, met: {t['met']})")
+        written += files
+    for path in written:
+        log(f"wrote {path}")
+    return written
+
+
+def command_line(argv: list[str]) -> str:
+    return "jaxconv " + " ".join(shlex.quote(a) for a in argv)

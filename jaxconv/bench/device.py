@@ -1,0 +1,131 @@
+"""The device under test: a description, a results-directory name, and its measured peaks.
+
+``environment()`` describes the machine and software (recorded in every result). ``results_name()``
+names the results directory: ``cpu-<model>-<cores>c`` on CPU (``cpu-amd-epyc-2c``), the GPU model on
+a GPU (``h100``, ``a100``; ``-x8`` when several are used), ``tpu-v5e`` on a TPU.
+
+``measure_peaks()`` measures, at the start of every run:
+- matmul peak: the best FLOP/s of jitted square matmuls (2 n^3 FLOPs each) over a few sizes, in
+  float32 (default precision: TF32 where the backend uses it for float32, as it does for the convs
+  measured against it) and bfloat16 (on CPUs without bf16 units XLA emulates it; it is still the
+  bfloat16 peak the convs can be compared with);
+- memory bandwidth: the best bytes/s of ``y = 2 * x`` on a large float32 array (reads and writes it:
+  2 * size bytes), the roofline's slope.
+A conv of arithmetic intensity I (FLOPs per byte of its minimum traffic) can reach at most
+``min(peak, I * bandwidth)`` FLOP/s: ``roofline()``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxconv.bench.timing import time_calls
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def results_name(devices: int | None = None) -> str:
+    """The results directory's name for the default backend (see the module docstring)."""
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        model = _slug(re.sub(r"\(R\)|\(TM\)|CPU|Processor|@.*", "", cpu_model())) or "unknown"
+        return f"cpu-{model}-{os.cpu_count()}c"
+    kind = device.device_kind or device.platform
+    if device.platform == "gpu" or "nvidia" in kind.lower() or "amd" in kind.lower():
+        words = _slug(kind).replace("nvidia-", "").replace("amd-", "").split("-")
+        name = next((w for w in words if re.fullmatch(r"[a-z]+\d+[a-z]*", w)), "-".join(words[:2]))
+    else:
+        name = _slug(kind)
+    count = devices if devices is not None else 1
+    return name + (f"-x{count}" if count > 1 else "")
+
+
+def environment() -> dict:
+    """Machine and software, for every result file."""
+    device = jax.devices()[0]
+    try:
+        import torch
+
+        torch_info = {"version": torch.__version__, "threads": torch.get_num_threads(),
+                      "cuda": torch.cuda.is_available(),
+                      "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
+    except ImportError:
+        torch_info = None
+    import flax
+
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "cpu_model": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+        "jaxlib": getattr(__import__("jaxlib"), "__version__", ""),
+        "flax": flax.__version__,
+        "numpy": np.__version__,
+        "torch": torch_info,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "platform": platform.platform(),
+    }
+
+
+def _matmul_sizes(quick: bool, dtype) -> list[int]:
+    if quick:
+        return [128]
+    if jax.default_backend() == "cpu":
+        return [512, 1024] if dtype == jnp.bfloat16 else [1024, 2048]
+    return [4096, 8192]
+
+
+def measure_peaks(quick: bool = False, repeats: int = 5) -> dict:
+    """Matmul FLOP/s per dtype and copy bandwidth (bytes/s), measured now on the default device."""
+    rng = np.random.default_rng(0)
+    matmul, details = {}, []
+    for dtype in (jnp.float32, jnp.bfloat16):
+        best = 0.0
+        for n in _matmul_sizes(quick, dtype):
+            a = jnp.asarray(rng.standard_normal((n, n), np.float32), dtype)
+            b = jnp.asarray(rng.standard_normal((n, n), np.float32), dtype)
+            f = jax.jit(jnp.matmul)
+            t = time_calls(lambda: f(a, b), repeats=1 if quick else repeats, min_time=0.0 if quick else 0.2,
+                           budget=2.0 if quick else 20.0)
+            rate = 2.0 * n ** 3 / t["median_s"]
+            details.append({"op": "matmul", "dtype": jnp.dtype(dtype).name, "n": n, "median_s": t["median_s"],
+                            "flops_per_s": rate})
+            best = max(best, rate)
+        matmul[jnp.dtype(dtype).name] = best
+    words = 1 << (20 if quick else (26 if jax.default_backend() == "cpu" else 28))  # 4 MiB / 256 MiB / 1 GiB
+    x = jnp.ones((words,), jnp.float32)
+    f = jax.jit(lambda v: v * 2.0)
+    t = time_calls(lambda: f(x), repeats=1 if quick else repeats, min_time=0.0 if quick else 0.2,
+                   budget=2.0 if quick else 20.0)
+    bandwidth = 2.0 * 4 * words / t["median_s"]
+    details.append({"op": "scale_copy", "dtype": "float32", "bytes": 2 * 4 * words, "median_s": t["median_s"],
+                    "bytes_per_s": bandwidth})
+    return {"matmul_flops_per_s": matmul, "memory_bytes_per_s": bandwidth, "measurements": details}
+
+
+def roofline(peaks: dict, dtype: str, intensity: float) -> float:
+    """The attainable FLOP/s at ``intensity`` FLOPs/byte: min(matmul peak, intensity * bandwidth)."""
+    return min(peaks["matmul_flops_per_s"][dtype], intensity * peaks["memory_bytes_per_s"])

@@ -1,0 +1,152 @@
+"""What the benchmarks learn from jaxconv's models by tracing them: conv layer shapes and forward FLOPs.
+
+``traced_convs(preset)`` traces a preset's forward pass (``jax.make_jaxpr`` on abstract parameters,
+so even the 122M-parameter preset costs nothing) and returns every ``conv_general_dilated`` in it with
+its module path: the exact layer shapes the model runs, padding included (the masked layers pad
+explicitly and convolve VALID). ``forward_flops(preset)`` sums 2 * MACs over its convolutions and
+matmuls (elementwise work is not counted): the model FLOPs of MFU are 3x that per training image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxconv.models import PRESETS, build_model, pixelcnn
+
+# Input image of each preset (H, W, C); presets not listed: 28x28 for one channel, 32x32 for three.
+PRESET_IMAGES: dict[str, tuple[int, int, int]] = {
+    "lenet5": (28, 28, 1), "lenet5_modern": (28, 28, 1),
+    "pixelcnn_mnist": (28, 28, 1), "gated_pixelcnn_mnist": (28, 28, 1),
+    "pixelcnn_cifar": (32, 32, 3), "gated_pixelcnn_cifar": (32, 32, 3), "gated_pixelcnn_imagenet32": (32, 32, 3),
+}
+
+
+def preset_image(name: str, config: Any = None) -> tuple[int, int, int]:
+    if name in PRESET_IMAGES:
+        return PRESET_IMAGES[name]
+    channels = getattr(config if config is not None else PRESETS[name], "channels", 1)
+    return (28, 28, 1) if channels == 1 else (32, 32, channels)
+
+
+@dataclasses.dataclass(frozen=True)
+class TracedConv:
+    path: str  # module path, e.g. "GatedPixelCNN/layers_0.vertical/vertical_conv"
+    height: int
+    width: int
+    cin: int
+    cout: int
+    kh: int
+    kw: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    groups: int
+
+
+def _eqns(jaxpr) -> Iterator[Any]:
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                if hasattr(sub, "eqns"):
+                    yield from _eqns(sub)
+                elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+                    yield from _eqns(sub.jaxpr)
+
+
+def _jaxpr(model, image: tuple[int, int, int], batch: int = 1):
+    x = jnp.zeros((1, *image), jnp.float32)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    spec = jax.ShapeDtypeStruct((batch, *image), jnp.float32)
+    return jax.make_jaxpr(lambda p, v: model.apply(p, v))(params, spec).jaxpr
+
+
+def _conv_of(eqn) -> TracedConv | None:
+    p = eqn.params
+    lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+    dn = p["dimension_numbers"]
+    if len(lhs) != 4 or any(d != 1 for d in p["lhs_dilation"]) or p["batch_group_count"] != 1:
+        return None
+    ls, rs = dn.lhs_spec, dn.rhs_spec
+    return TracedConv(str(eqn.source_info.name_stack), lhs[ls[2]], lhs[ls[3]], lhs[ls[1]], rhs[rs[0]],
+                      rhs[rs[2]], rhs[rs[3]], tuple(p["window_strides"]), tuple(p["rhs_dilation"]),
+                      tuple(tuple(q) for q in p["padding"]), p["feature_group_count"])
+
+
+def traced_convs(name: str, config: Any = None) -> list[TracedConv]:
+    """Every convolution of the preset's forward pass, in order."""
+    config = PRESETS[name] if config is None else config
+    jaxpr = _jaxpr(build_model(config), preset_image(name, config))
+    return [c for e in _eqns(jaxpr) if e.primitive.name == "conv_general_dilated" and (c := _conv_of(e))]
+
+
+def jaxpr_flops(jaxpr) -> float:
+    """2 * multiply-adds of the convolutions and matmuls of a jaxpr (sub-jaxprs included)."""
+    total = 0.0
+    for eqn in _eqns(jaxpr):
+        if eqn.primitive.name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape
+            rs = eqn.params["dimension_numbers"].rhs_spec
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * rhs[rs[1]] * rhs[rs[2]] * rhs[rs[3]]
+        elif eqn.primitive.name == "dot_general":
+            (lc, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lc)
+    return total
+
+
+def forward_flops(name: str, config: Any = None) -> float:
+    """Forward FLOPs per image of a preset (convs and matmuls)."""
+    config = PRESETS[name] if config is None else config
+    return jaxpr_flops(_jaxpr(build_model(config), preset_image(name, config)))
+
+
+def param_count(name: str, config: Any = None) -> int:
+    config = PRESETS[name] if config is None else config
+    model = build_model(config)
+    x = jnp.zeros((1, *preset_image(name, config)), jnp.float32)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+def masked_layers(name: str, config: Any = None) -> list[dict]:
+    """The kxk masked convolutions (``MaskedConv2D``) of a pixelcnn-family preset, as convs on the padded input.
+
+    Each: {path, height, width (padded), cin, cout, k, dilation, mask, colours}. Gated PixelCNN has none:
+    its stacks' kernels are stored cropped already.
+    """
+    config = PRESETS[name] if config is None else config
+    if not isinstance(config, pixelcnn.PixelCNNConfig):
+        return []
+    h, w, c = preset_image(name, config)
+    p0 = config.first_kernel // 2
+    layers = [dict(path=f"{name}/first", height=h + 2 * p0, width=w + 2 * p0, cin=c, cout=2 * config.hidden,
+                   k=config.first_kernel, dilation=1, mask="A", colours=config.colours)]
+    for d in sorted(set(pixelcnn.layer_dilations(config))):
+        p = d * (config.kernel // 2)
+        layers.append(dict(path=f"{name}/blocks.spatial", height=h + 2 * p, width=w + 2 * p, cin=config.hidden,
+                           cout=config.hidden, k=config.kernel, dilation=d, mask="B", colours=config.colours))
+    return layers
+
+
+def random_params(model, image: tuple[int, int, int], seed: int = 0) -> Any:
+    """Parameters of ``model``'s shapes drawn with numpy (kernels N(0, 1/fan_in), vectors 0).
+
+    For speed measurements only: no XLA compilation of ``model.init`` (seconds on a CPU).
+    """
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image), jnp.float32)))["params"]
+    rng = np.random.default_rng(seed)
+
+    def draw(s):
+        if len(s.shape) < 2:
+            return jnp.zeros(s.shape, s.dtype)
+        fan_in = math.prod(s.shape[:-1])
+        return jnp.asarray(rng.standard_normal(s.shape, np.float32) / math.sqrt(fan_in), s.dtype)
+
+    return jax.tree.map(draw, shapes)

@@ -1,0 +1,210 @@
+"""``jaxconv bench train``: training throughput per model preset, dtype and device count, vs PyTorch for LeNet.
+
+Each row builds the real training run (``jaxconv.train.loop.build_run``: the jitted, data-parallel
+train step of ``jaxconv train``) for a preset at a global batch size split over ``devices`` devices,
+and times ``time_calls`` of single steps on one fixed batch (so input loading is not measured):
+``compile_s`` is the first step (tracing, compilation, one step), ``images_per_s`` the median over the
+repeats. Parameters come from ``jaxconv.bench.models.random_params`` (speed does not depend on them).
+
+Data: the experiments' own (embedded MNIST) for ``lenet5`` (``lenet_mnist``), ``lenet5_modern``,
+``pixelcnn_mnist`` and ``gated_pixelcnn_mnist``; synthetic uint8 images of the preset's size otherwise.
+Devices: on CPU, fake XLA devices sharing the host's cores (``jaxconv bench`` sets
+``--xla_force_host_platform_device_count`` when JAX has not started yet), so images/s across device
+counts shows the cost of data parallelism, not a speed-up; on accelerators, real devices.
+MFU = images/s * model FLOPs per image (3x the forward convs and matmuls) / the measured matmul peak
+of the dtype (times the device count on accelerators).
+
+PyTorch (optional): the modern LeNet-5 written plainly (the same layers, Adam, same batch), one
+process, its default threads; ``vs_torch`` = jaxconv / PyTorch images/s for ``lenet5_modern``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import experiments
+from jaxconv.bench.models import forward_flops, preset_image, random_params
+from jaxconv.bench.timing import time_calls
+from jaxconv.config import (CheckpointConfig, Config, DataConfig, OptimConfig, ParallelConfig,
+                            apply_overrides)
+from jaxconv.data.pipeline import train_batches
+from jaxconv.data.sources import load_split
+from jaxconv.errors import ConfigError
+from jaxconv.models import PRESETS, build_model
+from jaxconv.train.loop import build_run
+from jaxconv.train.state import TrainState
+
+EXPERIMENTS = {"lenet5": "lenet_mnist", "lenet5_modern": "lenet_modern_mnist", "pixelcnn_mnist": "pixelcnn_mnist",
+               "gated_pixelcnn_mnist": "gated_pixelcnn_mnist"}
+# Global batch sizes: (CPU, accelerator).
+BATCHES = {"lenet5": ((64, 256), (256, 1024)), "lenet5_modern": ((64, 256), (256, 1024)),
+           "pixelcnn_mnist": ((64,), (64, 256)), "gated_pixelcnn_mnist": ((64,), (64, 256)),
+           "gated_pixelcnn_cifar": ((32,), (64,)), "pixelcnn_cifar": ((8,), (64,)),
+           "gated_pixelcnn_imagenet32": ((8,), (64, 128))}
+CPU_PRESETS = ("lenet5", "lenet5_modern", "pixelcnn_mnist", "gated_pixelcnn_mnist", "gated_pixelcnn_cifar")
+ACCELERATOR_PRESETS = CPU_PRESETS + ("pixelcnn_cifar", "gated_pixelcnn_imagenet32")
+TARGET_MFU = 0.4  # Gated PixelCNN ImageNet32, bf16, accelerator
+
+
+def run_config(name: str, batch: int, devices: int, dtype: str, quick: bool) -> Config:
+    model = PRESETS[name]
+    if quick and not name.startswith("lenet"):  # LeNet is tiny already
+        model = dataclasses.replace(model, **({"hidden": 4, "num_blocks": 1} if hasattr(model, "hidden") else
+                                              {"features": 4, "num_layers": 1}), output_features=8)
+    if name in EXPERIMENTS:
+        config = experiments.load(EXPERIMENTS[name])
+        config = config.replace(model=model)
+    else:
+        image = preset_image(name, model)
+        config = Config(name=f"bench_{name}", model=model,
+                        data=DataConfig(source="synthetic", image_shape=image, num_examples=max(2 * batch, 64),
+                                        num_classes=max(getattr(model, "num_classes", 0), 10)),
+                        optim=OptimConfig(name="adam", learning_rate=1e-3, grad_clip_norm=1.0),
+                        checkpoint=CheckpointConfig(best_metric="nll_nats", best_mode="min"))
+    config = config.replace(train=dataclasses.replace(config.train, progress=False),
+                            parallel=ParallelConfig(num_devices=devices))
+    return apply_overrides(config, [f"data.batch_size={batch}", f"data.eval_batch_size={batch}",
+                                    f"train.dtype={dtype}"])
+
+
+def measure(name: str, batch: int, devices: int, dtype: str, *, quick: bool, timing: dict, peaks: dict,
+            flops_per_image: float | None) -> dict:
+    config = run_config(name, batch, devices, dtype, quick)
+    run = build_run(config)
+    model = build_model(config.model, jnp.dtype(dtype))
+    params = random_params(model, tuple(run.train_data.images.shape[1:]))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=run.tx.init(params),
+                       rng=jax.random.key_data(jax.random.key(0)))
+    holder = {"state": run.par.place_state(state)}
+    batch_data = run.par.put_batch(next(train_batches(run.train_data, batch, 0, 0)))
+
+    def step():
+        holder["state"], holder["metrics"] = run.train_step(holder["state"], batch_data)
+        return run.par.settle(holder["metrics"])
+
+    t = time_calls(step, **timing)
+    accelerator = jax.default_backend() != "cpu"
+    peak = peaks["matmul_flops_per_s"][dtype] * (devices if accelerator else 1)
+    ips = batch / t["median_s"]
+    loss = float(holder["metrics"]["loss"])
+    return {"preset": name + (" (quick)" if quick else ""), "framework": "jax", "dtype": dtype, "devices": devices,
+            "batch": batch, "images_per_s": ips, "step_s": t["median_s"], "compile_s": t["first_s"],
+            "runs": [batch / r for r in t["runs_s"]], "flops_per_image": flops_per_image,
+            "mfu": ips * flops_per_image / peak if flops_per_image else None,
+            "final_loss": loss if np.isfinite(loss) else None, "vs_torch": None}
+
+
+def measure_torch_lenet(batch: int, images: np.ndarray, labels: np.ndarray, timing: dict,
+                        flops_per_image: float | None, peaks: dict) -> dict | None:
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return None
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    model = nn.Sequential(  # the modern LeNet-5, as a user would write it
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10)).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    x = torch.nn.functional.pad(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0, (2, 2, 2, 2)).to(dev)
+    y = torch.from_numpy(labels.astype(np.int64)).to(dev)
+    holder = {}
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        holder["loss"] = loss.detach()
+        return loss
+
+    def sync(_):
+        if dev == "cuda":
+            torch.cuda.synchronize()
+
+    t = time_calls(step, sync=sync, **timing)
+    ips = batch / t["median_s"]
+    return {"preset": "lenet5_modern", "framework": "torch", "dtype": "float32", "devices": 1, "batch": batch,
+            "images_per_s": ips, "step_s": t["median_s"], "compile_s": t["first_s"],
+            "runs": [batch / r for r in t["runs_s"]], "flops_per_image": flops_per_image,
+            "mfu": ips * flops_per_image / peaks["matmul_flops_per_s"]["float32"] if flops_per_image else None,
+            "final_loss": float(holder["loss"]), "vs_torch": None}
+
+
+def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: list[int] | None = None,
+        devices: list[int] | None = None, dtypes: list[str] | None = None, torch: bool = True,
+        repeats: int | None = None, peaks: dict, log: Callable[[str], None] = print) -> dict:
+    accelerator = jax.default_backend() != "cpu"
+    available = len(jax.local_devices())
+    presets = presets or (["lenet5_modern", "gated_pixelcnn_mnist"] if quick else
+                          list(ACCELERATOR_PRESETS if accelerator else CPU_PRESETS))
+    for name in presets:
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    if devices is None:
+        devices = [1, 2] if quick else ([1, 2, 4, 8] if not accelerator else
+                                        [d for d in (1, 2, 4, 8, 16) if d <= available])
+    dtypes = dtypes or (["float32"] if quick or not accelerator else ["float32", "bfloat16"])
+    timing = ({"repeats": 1, "min_time": 0.0, "warmup": 1, "budget": 2.0} if quick else
+              {"repeats": repeats or 5, "min_time": 0.5, "warmup": 3, "budget": 30.0})
+    notes = []
+    skipped = [d for d in devices if d > available]
+    if skipped:
+        notes.append(f"device counts {skipped} skipped: only {available} devices")
+    rows = []
+    for name in presets:
+        model_config = run_config(name, 8, 1, "float32", quick).model
+        flops = 3.0 * forward_flops(name, model_config)
+        for batch in batch_sizes or ([8] if quick else BATCHES.get(name, ((32,), (64,)))[int(accelerator)]):
+            for dtype in dtypes:
+                # --quick: the first preset on every device count, the others on the first only
+                counts = [d for d in devices if d <= available]
+                for d in counts[:1] if quick and name != presets[0] else counts:
+                    if batch % d:
+                        notes.append(f"{name} batch {batch} skipped on {d} devices (does not divide)")
+                        continue
+                    start = time.perf_counter()
+                    row = measure(name, batch, d, dtype, quick=quick, timing=timing, peaks=peaks, flops_per_image=flops)
+                    rows.append(row)
+                    log(f"{name} {dtype} batch {batch} on {d} device(s): {row['images_per_s']:.4g} img/s, "
+                        f"first step {row['compile_s']:.2f} s, MFU {row['mfu'] or 0:.2%} "
+                        f"({time.perf_counter() - start:.0f} s)")
+                if name == "lenet5_modern" and torch and "float32" in dtypes:
+                    data_config = run_config(name, batch, 1, "float32", quick).data
+                    batch_np = next(train_batches(load_split(data_config, "train"), batch, 0, 0))
+                    trow = measure_torch_lenet(batch, batch_np["images"], batch_np["labels"], timing, flops, peaks)
+                    if trow is None:
+                        notes.append("PyTorch not installed: no LeNet comparison (pip install 'jaxconv[bench]')")
+                        continue
+                    rows.append(trow)
+                    for r in rows:
+                        if (r["preset"].split(" ")[0] == name and r["framework"] == "jax" and r["batch"] == batch
+                                and r["dtype"] == "float32"):
+                            r["vs_torch"] = r["images_per_s"] / trow["images_per_s"]
+                    log(f"torch lenet5_modern batch {batch}: {trow['images_per_s']:.4g} img/s")
+    targets = []
+    lenet = [r for r in rows if r["preset"].startswith("lenet5_modern") and r["devices"] == 1 and r["vs_torch"]]
+    if lenet:
+        worst = min(r["vs_torch"] for r in lenet)
+        targets.append({"name": "lenet5_modern training, jaxconv / PyTorch images/s (1 device, worst batch)",
+                        "value": worst, "goal": ">= 1.0 (reported)", "met": worst >= 1.0})
+    if accelerator:
+        big = [r for r in rows if r["preset"] == "gated_pixelcnn_imagenet32" and r["dtype"] == "bfloat16"]
+        best = max((r["mfu"] for r in big if r["mfu"] is not None), default=None)
+        targets.append({"name": "gated_pixelcnn_imagenet32 training MFU, bfloat16 (best batch)", "value": best,
+                        "goal": f">= {TARGET_MFU:g}", "met": None if best is None else best >= TARGET_MFU})
+    notes += ["batch is the global batch, split over the devices",
+              "MFU counts conv and matmul FLOPs only (3x forward); fake CPU devices share one host peak"]
+    if quick:
+        notes.append("--quick: smoke-size models, one repeat; the timings mean nothing")
+    settings = {"presets": presets, "devices": devices, "dtypes": dtypes, "timing": timing, "quick": quick,
+                "available_devices": available}
+    return {"rows": rows, "settings": settings, "targets": targets, "notes": notes}

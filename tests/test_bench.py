@@ -1,0 +1,230 @@
+"""The benchmark suite: every command runs end to end at --quick sizes with its agreement checks on,
+result files validate against the schema, the agreement check catches a wrong implementation, and
+jaxconv's conv implementations (and the layers using them) match XLA's convolution.
+Timing numbers are never asserted."""
+
+import copy
+import dataclasses
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from jaxconv import bench
+from jaxconv.bench import conv as conv_bench
+from jaxconv.bench import report, results
+from jaxconv.bench.models import forward_flops, random_params, traced_convs
+from jaxconv.errors import ConfigError
+from jaxconv.models import build_model, conv as conv_lib, preset
+from jaxconv.models.lenet import LeNetConfig
+
+# (x shape, kernel shape, strides, padding, dilation, groups): stride, dilation + groups, odd padding and kernel.
+# Small kernels: each implementation's code is the same for any size, and they compile fast.
+CASES = [
+    ((2, 13, 13, 3), (3, 3, 3, 8), 2, ((0, 0), (0, 0)), 1, 1),
+    ((2, 12, 12, 6), (3, 3, 3, 4), 1, ((2, 2), (2, 2)), 2, 2),
+    ((1, 12, 13, 4), (2, 3, 4, 4), (1, 2), ((2, 0), (1, 1)), (2, 1), 1),
+]
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    """``jaxconv bench all --quick`` in this process (8 fake devices): the three result sets."""
+    out = tmp_path_factory.mktemp("bench")
+    lines = []
+    written = bench.run(bench.Options("all", quick=True, out=out, command="jaxconv bench all --quick"), log=lines.append)
+    return out, written, lines
+
+
+@pytest.mark.parametrize("case", CASES, ids=["strided", "dilated-grouped", "asymmetric"])
+def test_conv_implementations_match_xla(case):
+    xs, ks, strides, padding, dilation, groups = case
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(xs), jnp.float32)
+    k = jnp.asarray(rng.standard_normal(ks) / np.sqrt(np.prod(ks[:3])), jnp.float32)
+
+    impls = [*conv_lib.IMPLEMENTATIONS, "taps/fft/im2col"]  # a per-pass triple: a custom_vjp
+
+    @jax.jit
+    def value_and_grads(x, k):
+        outs = []
+        for impl in impls:
+            f = lambda x, k: conv_lib.conv(x, k, strides, padding, dilation, groups, impl=impl)
+            y, vjp = jax.vjp(f, x, k)
+            outs.append((y, *vjp(jnp.cos(y))))
+        return outs
+
+    outs = value_and_grads(x, k)
+    ref = outs[0]
+    expected = jax.lax.conv_general_dilated(x, k, conv_lib._pair(strides), padding, rhs_dilation=conv_lib._pair(dilation),
+                                            feature_group_count=groups, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_array_equal(ref[0], expected)
+    for impl, out in zip(impls, outs):
+        for a, b in zip(out, ref):
+            np.testing.assert_allclose(a, b, atol=2e-4 * float(jnp.max(jnp.abs(b))), err_msg=impl)
+
+
+def test_layers_use_the_chosen_conv_and_match(monkeypatch):
+    # LeNet's Conv is a drop-in for nn.Conv: same parameters, same outputs.
+    x = jax.random.uniform(jax.random.key(1), (2, 12, 12, 1))
+    for kwargs in ({"padding": "VALID"}, {"padding": ((1, 1), (2, 0)), "strides": 2}):
+        a, b = nn.Conv(6, (5, 5), **kwargs), conv_lib.Conv(6, (5, 5), **kwargs)
+        params = a.init(jax.random.key(0), x)
+        assert jax.tree.structure(params) == jax.tree.structure(b.init(jax.random.key(0), x))
+        np.testing.assert_array_equal(a.apply(params, x), b.apply(params, x))
+    # Forcing each implementation through the models: LeNet faithful (C1, sparse C3, C5) and a small
+    # PixelCNN (masked 3x3 mask A and B layers in both forms).
+    small = dataclasses.replace(preset("pixelcnn_mnist"), hidden=4, num_blocks=1, first_kernel=3, output_features=4)
+    models = [(build_model(LeNetConfig(variant="faithful")), (2, 28, 28, 1)), (build_model(small), (2, 8, 8, 1)),
+              (build_model(dataclasses.replace(small, conv_form="cropped")), (2, 8, 8, 1))]
+    for (model, shape), impl in zip(models, ("fft", "taps", "im2col")):
+        params = {"params": random_params(model, shape[1:])}
+        inp = (jax.random.uniform(jax.random.key(2), shape) > 0.5).astype(jnp.float32)
+        monkeypatch.delenv("JAXCONV_CONV_IMPL", raising=False)
+        ref = jax.jit(model.apply)(params, inp)
+        monkeypatch.setenv("JAXCONV_CONV_IMPL", impl)
+        out = jax.jit(model.apply)(params, inp)  # a fresh jit: traced again with the new choice
+        np.testing.assert_allclose(out, ref, atol=1e-4 * float(jnp.max(jnp.abs(ref))) + 1e-5, err_msg=impl)
+    monkeypatch.setenv("JAXCONV_CONV_IMPL", "nonsense")
+    with pytest.raises(ValueError, match="JAXCONV_CONV_IMPL"):
+        conv_lib.conv(x, jnp.zeros((3, 3, 1, 2)))
+
+
+def test_choice_rules_and_autotune_table(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAXCONV_CONV_IMPL", raising=False)
+    sig = conv_lib.signature((8, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
+    assert conv_lib.choose(sig) == "xla"  # the default until measured otherwise
+    rules = [conv_lib.Rule("taps", backend="gpu"), conv_lib.Rule("im2col", backend="cpu", cin=(1, 3), taps=(25, 121))]
+    assert conv_lib.choose(sig, rules) == "im2col"
+    assert conv_lib.choose(sig, [conv_lib.Rule("fft")]) == "fft"
+    bf16 = conv_lib.signature((8, 32, 32, 1), (5, 5, 1, 6), jnp.bfloat16, backend="cpu")
+    assert conv_lib.choose(bf16, [conv_lib.Rule("fft")]) == "xla"  # fft has no bfloat16: falls back
+    table = tmp_path / "conv_table.json"
+    table.write_text(json.dumps({"winners": {sig.key(): "taps"}}))
+    monkeypatch.setenv("JAXCONV_CONV_TABLE", str(table))
+    assert conv_lib.choose(sig) == "taps"
+    assert conv_lib.choose(bf16) == "xla"
+
+
+def test_traced_shapes_and_flops():
+    convs = traced_convs("lenet5_modern")
+    assert [(c.height, c.cin, c.cout, c.kh) for c in convs] == [(32, 1, 6, 5), (14, 6, 16, 5)]
+    # LeNet-5 modern: C1 28*28*6*25, C3 10*10*16*150 MACs; dense 400*120 + 120*84 + 84*10
+    assert forward_flops("lenet5_modern") == 2 * (28 * 28 * 6 * 25 + 10 * 10 * 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10)
+    shapes = conv_bench.shape_sets(["pixelcnn_mnist"])
+    masked = [s for s, _ in shapes if s.mask]
+    assert {(s.kh, s.mask) for s in masked} == {(7, "A"), (3, "B")}
+    # each geometry is measured once, listing every layer that uses it
+    assert len({s.geometry() for s, _ in shapes}) == len(shapes)
+    assert any(len(s.sources) > 1 for s, _ in shapes)
+    alex = conv_bench.shape_sets(["alexnet224"])
+    assert [s.out_hw() for s, _ in alex] == [(55, 55), (27, 27), (13, 13), (13, 13), (13, 13)]
+    assert conv_bench.parse_shape("4,16,16,8,8,3,1,2,2")[0].groups == 2
+    for bad in ("1,2,3", "4,16,16,8,8,3,1,x", "4,16,16,6,8,3,1,1,4", "4,16,16,0,8,3,1,1"):
+        with pytest.raises(ConfigError):
+            conv_bench.parse_shape(bad)
+
+
+def test_conv_quick_results(quick_results):
+    out, written, lines = quick_results
+    doc = results.load(out / "conv.json")  # validates against the schema
+    assert doc["quick"] and doc["benchmark"] == "conv" and doc["rows"]
+    kinds = set()
+    for row in doc["rows"]:
+        kinds.add(row["kind"])
+        statuses = {f"{r['impl']}/{r['layout']}": r["status"] for r in row["results"]}
+        assert set(statuses.values()) == {"ok"}, statuses  # every variant agrees with the reference
+        assert row["winner"] is not None and row["best_jax"] is not None
+        impls = {r["impl"] for r in row["results"]}
+        assert ({"masked", "cropped"} <= impls) == (row["kind"] == "masked")
+        assert "torch" in impls  # the bench extra is installed in the test environment
+    assert kinds == {"conv", "masked"}
+    assert any(r["impl"] == "fft" for row in doc["rows"] for r in row["results"])
+    assert {row["input_grad"] for row in doc["rows"]} == {True, False}  # first layers: no input gradient
+    assert {row["dtype"] for row in doc["rows"]} == {"float32", "bfloat16"}
+    for name in ("conv.md", "conv_roofline.png", "conv_table.json"):
+        assert (out / name).exists()
+    assert "winners" in json.loads((out / "conv_table.json").read_text())
+
+
+def test_sample_and_train_quick_results(quick_results):
+    out, _, _ = quick_results
+    sample = results.load(out / "sample.json")
+    assert {r["preset"].split()[0] for r in sample["rows"]} == {"pixelcnn_mnist", "gated_pixelcnn_mnist"}
+    for row in sample["rows"]:
+        assert row["agree"] is True  # the naive sampler redraws the cached sample exactly
+        assert row["naive"]["extrapolated"] and row["naive"]["variables_timed"] < row["naive"]["variables_total"]
+    train = results.load(out / "train.json")
+    jax_rows = [r for r in train["rows"] if r["framework"] == "jax"]
+    assert {r["devices"] for r in jax_rows} == {1, 2}
+    assert all(r["mfu"] is not None and r["final_loss"] is not None for r in jax_rows)
+    torch_rows = [r for r in train["rows"] if r["framework"] == "torch"]
+    assert torch_rows and any(r["vs_torch"] for r in jax_rows)
+    for name in ("sample.md", "sample.png", "train.md", "train.png"):
+        assert (out / name).exists()
+
+
+def test_report_and_readme(quick_results, tmp_path):
+    out, _, _ = quick_results
+    text = report.summary_markdown(out)
+    assert "Placeholder" in text and "Conv layers" in text and "Sampling" in text and "Training" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{report.BEGIN}\nOLD-TABLE\n{report.END}\nafter\n")
+    report.update_readme(readme, text)
+    content = readme.read_text()
+    assert "OLD-TABLE" not in content and content.startswith("before") and content.endswith("after\n") and "Sampling" in content
+
+
+def test_schema_rejects_bad_documents(quick_results):
+    out, _, _ = quick_results
+    doc = json.loads((out / "conv.json").read_text())
+    results.validate(doc)
+    for damage in (lambda d: d.pop("peaks"), lambda d: d["rows"][0].update(mode="sideways"),
+                   lambda d: d["rows"][0]["results"][0].update(time_s="fast"), lambda d: d.update(schema_version=99),
+                   lambda d: d["rows"][0].update(extra=1), lambda d: d.update(benchmark="nope")):
+        bad = copy.deepcopy(doc)
+        damage(bad)
+        with pytest.raises(results.SchemaError):
+            results.validate(bad)
+
+
+def test_agreement_check_catches_a_wrong_implementation(monkeypatch):
+    def flipped(shape, layout):  # a plausible bug: convolution instead of cross-correlation
+        return lambda x, w: conv_lib.conv_xla(x, w[::-1, ::-1], shape.stride, shape.padding, shape.dilation, shape.groups)
+
+    monkeypatch.setitem(conv_bench.EXTRA_JAX, "flipped", flipped)
+    from jaxconv.bench.device import measure_peaks
+
+    result = conv_bench.run(quick=True, sets=[], user_shapes=["2,8,8,3,4,3,1,1"], dtypes=("float32",),
+                            modes=("forward", "forward_backward"), impls=["xla", "flipped"], torch=False,
+                            peaks=measure_peaks(quick=True), log=lambda _: None)
+    for row in result["rows"]:
+        res = {r["impl"]: r for r in row["results"]}
+        assert res["xla"]["status"] == "ok" and res["xla"]["error"] < 1e-6
+        assert res["flipped"]["status"] == "mismatch" and res["flipped"]["time_s"] is None
+        assert res["flipped"]["error"] > conv_bench.TOLERANCE["float32"]
+        assert row["winner"]["impl"] == "xla"
+    assert conv_bench.relative_error([np.ones(3)], [np.ones(3)]) == 0.0
+    assert conv_bench.relative_error([np.ones(2)], [np.ones(3)]) == float("inf")
+
+
+def test_cli_bench_conv_and_report(tmp_path):
+    out = tmp_path / "res"
+    done = run_cli("bench", "conv", "--quick", "--sets", "none", "--shape", "2,8,8,3,4,3,1,1", "--dtypes", "float32",
+                   "--modes", "forward,input_grad,kernel_grad", "--impls", "xla,taps,torch", "--layouts", "NHWC",
+                   "--no-plots", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    doc = results.load(out / "conv.json")
+    assert [r["mode"] for r in doc["rows"]] == ["forward", "input_grad", "kernel_grad"]
+    assert all(r["shape"] == "user:2,8,8,3,4,3,1,1" for r in doc["rows"]) and doc["command"].startswith("jaxconv bench conv")
+    assert all(x["status"] == "ok" for r in doc["rows"] for x in r["results"])
+    (winner,) = json.loads((out / "conv_table.json").read_text())["winners"].values()
+    assert conv_lib.parse_impl(winner)  # a per-pass triple (or one name) of the fastest passes
+    done = run_cli("bench", "report", str(out), "--no-plots")
+    assert done.returncode == 0 and "Conv layers" in done.stdout, done.stderr
+    done = run_cli("bench", "conv", "--shape", "1,2,3")
+    assert done.returncode == ConfigError.exit_code and done.stderr.startswith("jaxconv: error: --shape '1,2,3'")
