@@ -4,6 +4,7 @@ changes, NaN/Inf and determinism: test_reliability.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import experiments
 from jaxconv.config import apply_overrides
