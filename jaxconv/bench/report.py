@@ -134,6 +134,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def conv_plots(doc: dict, out_dir: Path) -> list[Path]:
     plt = _plt()
     rows = doc["rows"]
@@ -160,10 +167,7 @@ def conv_plots(doc: dict, out_dir: Path) -> list[Path]:
         ax.set_xlabel("PyTorch's best time / this time (> 1: faster than PyTorch)")
         ax.set_title(f"{doc['device']}: {mode}, {dtype}", fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = Path(out_dir) / f"conv_vs_torch_{mode}_{dtype}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path = _save(plt, fig, Path(out_dir) / f"conv_vs_torch_{mode}_{dtype}.png")
         written.append(path)
     dtypes = [d for d in ("float32", "bfloat16") if any(r["dtype"] == d for r in rows)]
     if dtypes:
@@ -191,10 +195,7 @@ def conv_plots(doc: dict, out_dir: Path) -> list[Path]:
             ax.set_ylabel("FLOP/s")
             ax.set_title(f"{doc['device']}, {dtype}", fontsize=9)
             ax.legend(fontsize=6)
-        fig.tight_layout()
-        path = Path(out_dir) / "conv_roofline.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path = _save(plt, fig, Path(out_dir) / "conv_roofline.png")
         written.append(path)
     return written
 
@@ -232,10 +233,7 @@ def sample_plots(doc: dict, out_dir: Path) -> list[Path]:
     ax.set_ylabel("images/s")
     ax.set_title(f"Sampling, {doc['device']}", fontsize=9)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = Path(out_dir) / "sample.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = _save(plt, fig, Path(out_dir) / "sample.png")
     return [path]
 
 
@@ -272,10 +270,7 @@ def train_plots(doc: dict, out_dir: Path) -> list[Path]:
     ax.set_ylabel("images/s (stars: PyTorch LeNet)")
     ax.set_title(f"Training throughput, {doc['device']}", fontsize=9)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = Path(out_dir) / "train.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = _save(plt, fig, Path(out_dir) / "train.png")
     return [path]
 
 
