@@ -43,7 +43,7 @@ def _header(doc: dict, title: str) -> list[str]:
              + f"; {env.get('device_kind')} x{env.get('device_count')}, {env.get('cpu_model')} ({env.get('cpu_cores')} cores).",
              "",
              f"Measured peaks: matmul {_g(mm['float32'] / 1e9)} GFLOP/s float32, {_g(mm['bfloat16'] / 1e9)} GFLOP/s "
-             f"bfloat16; copy bandwidth {_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s.", ""]
+             f"bfloat16; memory bandwidth {_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s.", ""]
     if doc.get("quick"):
         lines += ["**--quick run: tiny sizes, the numbers mean nothing.**", ""]
     if doc.get("targets"):
@@ -307,8 +307,8 @@ def summary_markdown(results_dir: Path) -> str:
     lines = [f"Results for `{results_dir.name}` ({env.get('cpu_model') if env['backend'] == 'cpu' else env.get('device_kind')}), "
              f"jax {env.get('jax')}, PyTorch {(env.get('torch') or {}).get('version', 'not installed')}; measured "
              f"peaks {_g(mm['float32'] / 1e9)} GFLOP/s float32, {_g(mm['bfloat16'] / 1e9)} GFLOP/s bfloat16 matmul, "
-             f"{_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s copy. Details: "
-             + ", ".join(f"[{n}.md]({n}.md)" for n in docs) + " in that directory.", ""]
+             f"{_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s memory bandwidth. Details: "
+             + ", ".join(f"[{n}.md]({(results_dir / f'{n}.md').as_posix()})" for n in docs) + ".", ""]
     if any(d.get("quick") for d in docs.values()):
         lines += ["**Placeholder: these are --quick numbers (tiny sizes, meaningless).**", ""]
     if "conv" in docs:
@@ -364,7 +364,7 @@ def summary_markdown(results_dir: Path) -> str:
             one, most = sel[0], sel[-1]
             lines.append(f"| {preset} | {dtype} | {batch} | {_g(one['images_per_s'], 4)} | {_pct(one['mfu'])} | "
                          f"{one['compile_s']:.1f} | {_x(one['vs_torch'])} | "
-                         f"{_g(most['images_per_s'], 4)} ({most['devices']} devices) |")
+                         f"{_g(most['images_per_s'], 4)} ({most['devices']} device{'s' if most['devices'] > 1 else ''}) |")
         lines.append("")
     targets = [t for d in docs.values() for t in d.get("targets", [])]
     if targets:
