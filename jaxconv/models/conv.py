@@ -28,10 +28,10 @@ Choice (``choose``), first match wins:
 4. ``xla``.
 An implementation that cannot run a layer (``fft`` in bfloat16) falls back to ``xla``.
 
-``RULES`` is empty: on the shared 2-core CPU where this was written no alternative won by a margin
-larger than the timing noise (see README, Benchmarks), so every layer uses XLA's convolution until a
-quiet-machine ``jaxconv bench conv`` run shows otherwise. To adopt a measured winner for a shape class,
-add a ``Rule`` with the run it comes from in ``note``.
+``RULES`` is empty: every layer uses XLA's convolution until a quiet-machine ``jaxconv bench conv``
+run confirms what the shared 2-core CPU suggested (single-input-channel layers faster as ``taps``; see
+the candidate below and README, Benchmarks). To adopt a measured winner for a shape class, add a
+``Rule`` with the run it comes from in ``note``.
 """
 
 from __future__ import annotations
@@ -235,6 +235,10 @@ class Rule:
                 and inside(max(sig.stride), self.stride) and inside(sig.out_pixels, self.out_pixels))
 
 
+# Candidate, measured on the shared 2-core CPU (README, Benchmarks): single-input-channel layers (LeNet C1,
+# the PixelCNN MNIST first layers) ran 2-3x faster in forward + kernel gradient as "taps" (or "taps/xla/fft"
+# for 5x5 and larger). Enable after a quiet `jaxconv bench conv` confirms it:
+#     Rule("taps", backend="cpu", cin=(1, 1), taps=(2, 49), note="jaxconv bench conv, <device>, <date>"),
 RULES: tuple[Rule, ...] = ()
 
 
