@@ -108,6 +108,14 @@ def test_choice_rules_and_autotune_table(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXCONV_CONV_TABLE", str(table))
     assert conv_lib.choose(sig) == "taps"
     assert conv_lib.choose(bf16) == "xla"
+    monkeypatch.delenv("JAXCONV_CONV_TABLE")
+    monkeypatch.setenv("JAXCONV_CONV_RULES", "candidates")  # the rules measured on a shared CPU, opt-in
+    assert conv_lib.choose(sig) == ("taps" if any(r.matches(sig) and r.impl == "taps" for r in conv_lib.CANDIDATE_RULES)
+                                    else "xla")
+    grouped = conv_lib.signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="cpu")
+    assert conv_lib.choose(grouped) == "im2col"
+    monkeypatch.setenv("JAXCONV_CONV_RULES", "none")
+    assert conv_lib.choose(grouped) == "xla"
 
 
 def test_traced_shapes_and_flops():
@@ -176,7 +184,8 @@ def test_report_and_readme(quick_results, tmp_path):
     readme.write_text(f"before\n{report.BEGIN}\nOLD-TABLE\n{report.END}\nafter\n")
     report.update_readme(readme, text)
     content = readme.read_text()
-    assert "OLD-TABLE" not in content and content.startswith("before") and content.endswith("after\n") and "Sampling" in content
+    assert "OLD-TABLE" not in content and "Sampling" in content
+    assert content.startswith("before") and content.endswith("after\n")
 
 
 def test_schema_rejects_bad_documents(quick_results):
@@ -220,7 +229,8 @@ def test_cli_bench_conv_and_report(tmp_path):
     assert done.returncode == 0, done.stderr
     doc = results.load(out / "conv.json")
     assert [r["mode"] for r in doc["rows"]] == ["forward", "input_grad", "kernel_grad"]
-    assert all(r["shape"] == "user:2,8,8,3,4,3,1,1" for r in doc["rows"]) and doc["command"].startswith("jaxconv bench conv")
+    assert all(r["shape"] == "user:2,8,8,3,4,3,1,1" for r in doc["rows"])
+    assert doc["command"].startswith("jaxconv bench conv")
     assert all(x["status"] == "ok" for r in doc["rows"] for x in r["results"])
     (winner,) = json.loads((out / "conv_table.json").read_text())["winners"].values()
     assert conv_lib.parse_impl(winner)  # a per-pass triple (or one name) of the fastest passes

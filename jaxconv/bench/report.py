@@ -40,7 +40,8 @@ def _header(doc: dict, title: str) -> list[str]:
     lines = [f"# {title}: {doc['device']}", "",
              f"{doc['created']}, `{doc['command']}`; jax {env.get('jax')}, "
              + (f"PyTorch {torch.get('version')} ({torch.get('threads')} threads)" if torch else "no PyTorch")
-             + f"; {env.get('device_kind')} x{env.get('device_count')}, {env.get('cpu_model')} ({env.get('cpu_cores')} cores).",
+             + f"; {env.get('device_kind')} x{env.get('device_count')}, {env.get('cpu_model')} "
+               f"({env.get('cpu_cores')} cores).",
              "",
              f"Measured peaks: matmul {_g(mm['float32'] / 1e9)} GFLOP/s float32, {_g(mm['bfloat16'] / 1e9)} GFLOP/s "
              f"bfloat16; memory bandwidth {_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s.", ""]
@@ -304,7 +305,8 @@ def summary_markdown(results_dir: Path) -> str:
     any_doc = next(iter(docs.values()))
     env, peaks = any_doc["environment"], any_doc["peaks"]
     mm = peaks["matmul_flops_per_s"]
-    lines = [f"Results for `{results_dir.name}` ({env.get('cpu_model') if env['backend'] == 'cpu' else env.get('device_kind')}), "
+    machine = env.get("cpu_model") if env["backend"] == "cpu" else env.get("device_kind")
+    lines = [f"Results for `{results_dir.name}` ({machine}), "
              f"jax {env.get('jax')}, PyTorch {(env.get('torch') or {}).get('version', 'not installed')}; measured "
              f"peaks {_g(mm['float32'] / 1e9)} GFLOP/s float32, {_g(mm['bfloat16'] / 1e9)} GFLOP/s bfloat16 matmul, "
              f"{_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s memory bandwidth. Details: "
@@ -336,7 +338,8 @@ def summary_markdown(results_dir: Path) -> str:
                                 wins.append(f"{bj['impl']}/{bj['layout']} {gain:.1f}x")
             worst_txt = f"{_x(worst['default_vs_torch'])} ({worst['shape'].split(':', 1)[1]})" if worst else "-"
             lines.append(f"| {s} | {len(sel)} | {_x(_geomean(ratios))} | {worst_txt} | {_x(_geomean(best))} | "
-                         f"{len(wins)} of {len(sel)}" + (f" ({', '.join(sorted(set(w.split()[0] for w in wins)))})" if wins else "")
+                         f"{len(wins)} of {len(sel)}"
+                         + (f" ({', '.join(sorted(set(w.split()[0] for w in wins)))})" if wins else "")
                          + " |")
         lines.append("")
     if "sample" in docs:

@@ -111,8 +111,8 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                           list(ACCELERATOR_PRESETS if accelerator else CPU_PRESETS))
     for name in presets:
         if not isinstance(PRESETS.get(name), pixelcnn.AUTOREGRESSIVE_CONFIGS):
-            raise ConfigError(f"sample benchmark: {name!r} is not a PixelCNN preset; "
-                              f"presets: {', '.join(n for n, p in PRESETS.items() if isinstance(p, pixelcnn.AUTOREGRESSIVE_CONFIGS))}")
+            names = [n for n, p in PRESETS.items() if isinstance(p, pixelcnn.AUTOREGRESSIVE_CONFIGS)]
+            raise ConfigError(f"sample benchmark: {name!r} is not a PixelCNN preset; presets: {', '.join(names)}")
     given = batch_sizes
     naive_variables = naive_variables or (2 if quick else 8)
     repeats = repeats or (1 if quick else 3)
