@@ -209,14 +209,15 @@ def test_agreement_check_catches_a_wrong_implementation(monkeypatch):
     from jaxconv.bench.device import measure_peaks
 
     result = conv_bench.run(quick=True, sets=[], user_shapes=["2,8,8,3,4,3,1,1"], dtypes=("float32",),
-                            modes=("forward", "forward_backward"), impls=["xla", "flipped"], torch=False,
-                            peaks=measure_peaks(quick=True), log=lambda _: None)
+                            modes=("forward_backward", "kernel_grad"), impls=["xla", "flipped", "torch"],
+                            layouts=("NHWC",), peaks=measure_peaks(quick=True), log=lambda _: None)
     for row in result["rows"]:
         res = {r["impl"]: r for r in row["results"]}
         assert res["xla"]["status"] == "ok" and res["xla"]["error"] < 1e-6
+        assert res["torch"]["status"] == "ok"  # PyTorch's own backward kernel (kernel_grad) agrees too
         assert res["flipped"]["status"] == "mismatch" and res["flipped"]["time_s"] is None
         assert res["flipped"]["error"] > conv_bench.TOLERANCE["float32"]
-        assert row["winner"]["impl"] == "xla"
+        assert row["winner"]["impl"] != "flipped"
     assert conv_bench.relative_error([np.ones(3)], [np.ones(3)]) == 0.0
     assert conv_bench.relative_error([np.ones(2)], [np.ones(3)]) == float("inf")
 
@@ -224,8 +225,8 @@ def test_agreement_check_catches_a_wrong_implementation(monkeypatch):
 def test_cli_bench_conv_and_report(tmp_path):
     out = tmp_path / "res"
     done = run_cli("bench", "conv", "--quick", "--sets", "none", "--shape", "2,8,8,3,4,3,1,1", "--dtypes", "float32",
-                   "--modes", "forward,input_grad,kernel_grad", "--impls", "xla,taps,torch", "--layouts", "NHWC",
-                   "--no-plots", "--out", str(out))
+                   "--modes", "forward,input_grad,kernel_grad", "--impls", "xla,taps", "--layouts", "NHWC",
+                   "--no-torch", "--no-plots", "--out", str(out))
     assert done.returncode == 0, done.stderr
     doc = results.load(out / "conv.json")
     assert [r["mode"] for r in doc["rows"]] == ["forward", "input_grad", "kernel_grad"]

@@ -159,8 +159,6 @@ SETS: dict[str, dict] = {
 QUICK_CASES = [
     (ConvShape("quick:strided-grouped", 9, 9, 4, 8, 3, 3, (2, 2), (1, 1), ((1, 1), (1, 1)), 2, sources=("quick",)),
      (2,), DTYPES, ("forward_backward",)),
-    (ConvShape("quick:strided-grouped", 9, 9, 4, 8, 3, 3, (2, 2), (1, 1), ((1, 1), (1, 1)), 2, sources=("quick",)),
-     (2,), ("float32",), ("forward",)),
     (ConvShape("quick:masked-B-rgb", 8, 8, 6, 6, 3, 3, mask="B", colours=3, sources=("quick",)), (2,), ("float32",), MODES),
     (ConvShape("quick:5x5-first", 12, 12, 1, 4, 5, 5, sources=("quick",), input_grad=False), (2,), ("float32",),
      ("forward_backward",)),

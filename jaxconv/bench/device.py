@@ -60,10 +60,12 @@ def results_name(devices: int | None = None) -> str:
     return name + (f"-x{count}" if count > 1 else "")
 
 
-def environment() -> dict:
-    """Machine and software, for every result file."""
+def environment(torch: bool = True) -> dict:
+    """Machine and software, for every result file (``torch=False``: PyTorch is not imported)."""
     device = jax.devices()[0]
     try:
+        if not torch:
+            raise ImportError
         import torch
 
         torch_info = {"version": torch.__version__, "threads": torch.get_num_threads(),

@@ -51,7 +51,6 @@ import numpy as np
 from jax import lax
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
-IMPL_NAMES = ("xla", "im2col", "taps", "fft")
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
