@@ -77,7 +77,7 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
     from jaxconv.bench import conv, device, results, sample, train
 
     names = BENCHMARKS if options.what == "all" else (options.what,)
-    env = device.environment()
+    env = device.environment(torch=options.torch)
     name = device.results_name(jax.device_count() if jax.default_backend() != "cpu" else None)
     out = Path(options.out) if options.out else Path("benchmarks") / "results" / name
     command = options.command or "jaxconv bench " + options.what + (" --quick" if options.quick else "")

@@ -26,9 +26,9 @@ autotuning. Variants:
 Agreement first: every variant's outputs, back in NHWC/HWIO, are compared with XLA's conv in float32
 at HIGHEST precision on the same (dtype-rounded) data; a variant whose max |error| / max |reference|
 exceeds ``TOLERANCE[dtype]`` is a "mismatch": reported, not timed, never the winner. Then each
-agreeing variant is timed (``jaxconv.bench.timing``); one predicted (from the FLOP/s it reached so far
-in the run) to take over ``max_call_s`` per call is "skipped" (PyTorch's bfloat16 conv on CPUs
-without bf16 units runs at well under 1 GFLOP/s).
+agreeing variant is timed (``jaxconv.bench.timing``); a PyTorch variant predicted (from PyTorch's
+FLOP/s on a medium conv, measured at the start) to take over ``max_call_s`` per call is "skipped"
+(PyTorch's bfloat16 conv on CPUs without bf16 units runs at well under 1 GFLOP/s).
 
 The default path (what ``jaxconv.models.conv.choose`` picks, the layers' choice) is reported against
 PyTorch's best layout: ``default_vs_torch`` > 1 means jaxconv is faster. ``conv_table.json`` (the
@@ -129,7 +129,8 @@ def _same(k: int, d: int) -> tuple[int, int]:
 
 def _alexnet(prefix: str, layers) -> list[ConvShape]:
     return [ConvShape(f"{prefix}:{name}", h, h, cin, cout, k, k, (s, s), (1, 1), ((p, p), (p, p)), g,
-                      sources=(f"{prefix}:{name}",), input_grad=name != "conv1") for name, h, cin, cout, k, s, p, g in layers]
+                      sources=(f"{prefix}:{name}",), input_grad=name != "conv1")
+            for name, h, cin, cout, k, s, p, g in layers]
 
 
 # Krizhevsky et al. 2012: 227x227 input (the 224 of the paper's text plus the padding its numbers imply);
@@ -158,8 +159,6 @@ SETS: dict[str, dict] = {
 QUICK_CASES = [
     (ConvShape("quick:strided-grouped", 9, 9, 4, 8, 3, 3, (2, 2), (1, 1), ((1, 1), (1, 1)), 2, sources=("quick",)),
      (2,), DTYPES, ("forward_backward",)),
-    (ConvShape("quick:strided-grouped", 9, 9, 4, 8, 3, 3, (2, 2), (1, 1), ((1, 1), (1, 1)), 2, sources=("quick",)),
-     (2,), ("float32",), ("forward",)),
     (ConvShape("quick:masked-B-rgb", 8, 8, 6, 6, 3, 3, mask="B", colours=3, sources=("quick",)), (2,), ("float32",), MODES),
     (ConvShape("quick:5x5-first", 12, 12, 1, 4, 5, 5, sources=("quick",), input_grad=False), (2,), ("float32",),
      ("forward_backward",)),
@@ -416,6 +415,28 @@ def _reference(shape: ConvShape, mode: str, x, w, g) -> list[np.ndarray]:
     return [np.asarray(a) for a in outs]
 
 
+def calibrate_torch(dtypes) -> dict[str, float]:
+    """PyTorch's forward FLOP/s per dtype on a medium conv (8x32x32x64 -> 64, 3x3: 0.6 GFLOP), best of 3."""
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    rates = {}
+    for dtype in dtypes:
+        tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+        x = torch.randn(8, 64, 32, 32, device=dev).to(tdtype)
+        w = torch.randn(64, 64, 3, 3, device=dev).to(tdtype)
+        best = math.inf
+        with torch.no_grad():
+            for _ in range(3):
+                start = time.perf_counter()
+                torch.nn.functional.conv2d(x, w, padding=1)
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - start)
+        rates[dtype] = 2.0 * 8 * 32 * 32 * 64 * 64 * 9 / best
+    return rates
+
+
 def relative_error(outs: list[np.ndarray], refs: list[np.ndarray]) -> float:
     """max over the arrays of max |out - ref| / max |ref| (inf on a shape mismatch or a non-finite value)."""
     worst = 0.0
@@ -440,12 +461,12 @@ def _torch_available() -> bool:
 
 
 def measure_case(shape: ConvShape, batch: int, dtype: str, mode: str, peaks: dict, *, variants: list[Variant],
-                 timing: dict, rates: dict | None = None, max_call_s: float | None = None, seed: int = 0) -> dict:
+                 timing: dict, torch_rates: dict | None = None, max_call_s: float | None = None, seed: int = 0) -> dict:
     """One row: agreement check of every variant, then timing of the agreeing ones.
 
-    ``rates``: the best FLOP/s each (variant, dtype, mode) reached so far in the run (updated here); a
-    variant predicted to take more than ``max_call_s`` per call at that rate is skipped (PyTorch's
-    bfloat16 conv on CPUs without bf16 units runs at well under 1 GFLOP/s).
+    ``torch_rates``: PyTorch's FLOP/s per dtype on a medium conv (``calibrate_torch``); a PyTorch variant
+    predicted to take more than ``max_call_s`` per call at that rate is skipped (its bfloat16 conv on
+    CPUs without bf16 units runs at well under 1 GFLOP/s).
     """
     rng = np.random.default_rng(seed)
     ho, wo = shape.out_hw()
@@ -479,10 +500,10 @@ def measure_case(shape: ConvShape, batch: int, dtype: str, mode: str, peaks: dic
                "flops_per_s": None, "frac_peak": None, "frac_roofline": None, "vs_torch": None}
         if not variant.applies(shape, dtype):
             continue
-        rate_key = (variant.impl, variant.framework, variant.layout, dtype, mode)
-        if rates is not None and max_call_s and rates.get(rate_key) and flops / rates[rate_key] > max_call_s:
-            res["message"] = (f"predicted {flops / rates[rate_key]:.0f} s per call at the {rates[rate_key] / 1e9:.3g} "
-                              f"GFLOP/s it reached so far > {max_call_s:g} s")
+        rate = (torch_rates or {}).get(dtype) if variant.framework == "torch" else None
+        if rate and max_call_s and flops / rate > max_call_s:
+            res["message"] = (f"predicted {flops / rate:.0f} s per call at PyTorch's {rate / 1e9:.3g} GFLOP/s "
+                              f"on a medium {dtype} conv > {max_call_s:g} s")
             results.append(res)
             continue
         try:
@@ -519,8 +540,6 @@ def measure_case(shape: ConvShape, batch: int, dtype: str, mode: str, peaks: dic
                 res.update(status="ok", time_s=time_s, min_time_s=t["min_s"], runs_s=t["runs_s"],
                            flops_per_s=flops / time_s, frac_peak=flops / time_s / peak,
                            frac_roofline=flops / time_s / roof)
-                if rates is not None:
-                    rates[rate_key] = max(rates.get(rate_key, 0.0), flops / time_s)
         except Exception as e:  # one variant failing (unsupported, out of memory) must not stop the sweep
             res["status"] = "error"
             res["message"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
@@ -608,7 +627,7 @@ def run(*, quick: bool = False, sets: list[str] | None = None, user_shapes: list
               {"repeats": repeats or (5 if accelerator else 3), "min_time": 0.05 if accelerator else 0.1, "warmup": 1,
                "budget": 5.0})
     max_call_s = None if quick else 5.0
-    rates: dict = {}
+    torch_rates = calibrate_torch(dtypes) if have_torch and not quick else None
     rows = []
     total = sum(len(b) * len(ds) * len([m for m in ms if m != "input_grad" or sh.input_grad])
                 for sh, b, ds, ms in cases)
@@ -618,15 +637,15 @@ def run(*, quick: bool = False, sets: list[str] | None = None, user_shapes: list
             for dtype in case_dtypes:
                 for mode in [m for m in case_modes if m != "input_grad" or shape.input_grad]:
                     done += 1
-                    row = measure_case(shape, batch, dtype, mode, peaks, variants=variants, timing=timing, rates=rates,
-                                       max_call_s=max_call_s)
+                    row = measure_case(shape, batch, dtype, mode, peaks, variants=variants, timing=timing,
+                                       torch_rates=torch_rates, max_call_s=max_call_s)
                     rows.append(row)
                     log(_progress_line(done, total, row))
     settings = {"quick": quick, "sets": sets if sets is not None else ("quick" if quick else list(SETS)),
                 "user_shapes": list(user_shapes), "dtypes": list(dtypes), "modes": list(modes), "layouts": list(layouts),
                 "variants": [f"{v.impl}/{v.layout}" for v in variants], "timing": timing, "tolerance": TOLERANCE,
-                "max_call_s": max_call_s,
-                "torch": have_torch, "conv_rules": [dataclasses.asdict(r) for r in conv_lib.RULES]}
+                "max_call_s": max_call_s, "torch_calibration_flops_per_s": torch_rates,
+                "torch": have_torch, "conv_rules": [dataclasses.asdict(r) for r in conv_lib._active_rules()]}
     if have_torch:
         import torch as torch_mod
 
@@ -656,6 +675,11 @@ def _targets(rows: list[dict], accelerator: bool) -> list[dict]:
                 "value": worst, "goal": ">= 1.0 on every shape",
                 "met": (worst >= 1.0) if worst is not None else None}]
     if accelerator:
+        bf = [r["default_vs_torch"] for r in model if r["mode"] == "forward_backward" and r["dtype"] == "bfloat16"
+              and r["default_vs_torch"] is not None]
+        targets.append({"name": "default conv path / PyTorch (cuDNN), worst model layer shape (bfloat16, "
+                                "forward_backward)", "value": min(bf) if bf else None, "goal": ">= 1.0 on every shape",
+                        "met": (min(bf) >= 1.0) if bf else None})
         big = [r for r in model if r["dtype"] == "bfloat16" and r["mode"] == "forward_backward"
                and any(s.startswith(("alexnet224", "gated_pixelcnn_imagenet32")) for s in r["sources"])]
         fracs = [max((x["frac_peak"] for x in r["results"] if x["status"] == "ok" and x["framework"] == "jax"

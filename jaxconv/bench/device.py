@@ -9,8 +9,8 @@ a GPU (``h100``, ``a100``; ``-x8`` when several are used), ``tpu-v5e`` on a TPU.
   float32 (default precision: TF32 where the backend uses it for float32, as it does for the convs
   measured against it) and bfloat16 (on CPUs without bf16 units XLA emulates it; it is still the
   bfloat16 peak the convs can be compared with);
-- memory bandwidth: the best bytes/s of ``y = 2 * x`` on a large float32 array (reads and writes it:
-  2 * size bytes), the roofline's slope.
+- memory bandwidth: the bytes/s of ``x = x + 1`` in place on a large float32 array (reads and writes
+  it: 2 * size bytes; donated, so no allocation is timed), the roofline's slope.
 A conv of arithmetic intensity I (FLOPs per byte of its minimum traffic) can reach at most
 ``min(peak, I * bandwidth)`` FLOP/s: ``roofline()``.
 """
@@ -60,10 +60,12 @@ def results_name(devices: int | None = None) -> str:
     return name + (f"-x{count}" if count > 1 else "")
 
 
-def environment() -> dict:
-    """Machine and software, for every result file."""
+def environment(torch: bool = True) -> dict:
+    """Machine and software, for every result file (``torch=False``: PyTorch is not imported)."""
     device = jax.devices()[0]
     try:
+        if not torch:
+            raise ImportError
         import torch
 
         torch_info = {"version": torch.__version__, "threads": torch.get_num_threads(),
@@ -86,6 +88,7 @@ def environment() -> dict:
         "numpy": np.__version__,
         "torch": torch_info,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "conv_choice": {k: os.environ.get(k, "") for k in ("JAXCONV_CONV_IMPL", "JAXCONV_CONV_TABLE", "JAXCONV_CONV_RULES")},
         "platform": platform.platform(),
     }
 
@@ -116,12 +119,18 @@ def measure_peaks(quick: bool = False, repeats: int = 5) -> dict:
             best = max(best, rate)
         matmul[jnp.dtype(dtype).name] = best
     words = 1 << (20 if quick else (26 if jax.default_backend() == "cpu" else 28))  # 4 MiB / 256 MiB / 1 GiB
-    x = jnp.ones((words,), jnp.float32)
-    f = jax.jit(lambda v: v * 2.0)
-    t = time_calls(lambda: f(x), repeats=1 if quick else repeats, min_time=0.0 if quick else 0.2,
+    # In place (the input donated, the output fed back): no fresh allocation, so no page faults, are timed.
+    f = jax.jit(lambda v: v + 1.0, donate_argnums=0)
+    holder = {"x": jnp.zeros((words,), jnp.float32)}
+
+    def add_one():
+        holder["x"] = f(holder["x"])
+        return holder["x"]
+
+    t = time_calls(add_one, repeats=1 if quick else repeats, min_time=0.0 if quick else 0.2,
                    budget=2.0 if quick else 20.0)
     bandwidth = 2.0 * 4 * words / t["median_s"]
-    details.append({"op": "scale_copy", "dtype": "float32", "bytes": 2 * 4 * words, "median_s": t["median_s"],
+    details.append({"op": "add_in_place", "dtype": "float32", "bytes": 2 * 4 * words, "median_s": t["median_s"],
                     "bytes_per_s": bandwidth})
     return {"matmul_flops_per_s": matmul, "memory_bytes_per_s": bandwidth, "measurements": details}
 

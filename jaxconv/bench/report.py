@@ -40,10 +40,11 @@ def _header(doc: dict, title: str) -> list[str]:
     lines = [f"# {title}: {doc['device']}", "",
              f"{doc['created']}, `{doc['command']}`; jax {env.get('jax')}, "
              + (f"PyTorch {torch.get('version')} ({torch.get('threads')} threads)" if torch else "no PyTorch")
-             + f"; {env.get('device_kind')} x{env.get('device_count')}, {env.get('cpu_model')} ({env.get('cpu_cores')} cores).",
+             + f"; {env.get('device_kind')} x{env.get('device_count')}, {env.get('cpu_model')} "
+               f"({env.get('cpu_cores')} cores).",
              "",
              f"Measured peaks: matmul {_g(mm['float32'] / 1e9)} GFLOP/s float32, {_g(mm['bfloat16'] / 1e9)} GFLOP/s "
-             f"bfloat16; copy bandwidth {_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s.", ""]
+             f"bfloat16; memory bandwidth {_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s.", ""]
     if doc.get("quick"):
         lines += ["**--quick run: tiny sizes, the numbers mean nothing.**", ""]
     if doc.get("targets"):
@@ -299,11 +300,12 @@ def summary_markdown(results_dir: Path) -> str:
     any_doc = next(iter(docs.values()))
     env, peaks = any_doc["environment"], any_doc["peaks"]
     mm = peaks["matmul_flops_per_s"]
-    lines = [f"Results for `{results_dir.name}` ({env.get('cpu_model') if env['backend'] == 'cpu' else env.get('device_kind')}), "
+    machine = env.get("cpu_model") if env["backend"] == "cpu" else env.get("device_kind")
+    lines = [f"Results for `{results_dir.name}` ({machine}), "
              f"jax {env.get('jax')}, PyTorch {(env.get('torch') or {}).get('version', 'not installed')}; measured "
              f"peaks {_g(mm['float32'] / 1e9)} GFLOP/s float32, {_g(mm['bfloat16'] / 1e9)} GFLOP/s bfloat16 matmul, "
-             f"{_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s copy. Details: "
-             + ", ".join(f"[{n}.md]({n}.md)" for n in docs) + " in that directory.", ""]
+             f"{_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s memory bandwidth. Details: "
+             + ", ".join(f"[{n}.md]({(results_dir / f'{n}.md').as_posix()})" for n in docs) + ".", ""]
     if any(d.get("quick") for d in docs.values()):
         lines += ["**Placeholder: these are --quick numbers (tiny sizes, meaningless).**", ""]
     if "conv" in docs:
@@ -331,7 +333,8 @@ def summary_markdown(results_dir: Path) -> str:
                                 wins.append(f"{bj['impl']}/{bj['layout']} {gain:.1f}x")
             worst_txt = f"{_x(worst['default_vs_torch'])} ({worst['shape'].split(':', 1)[1]})" if worst else "-"
             lines.append(f"| {s} | {len(sel)} | {_x(_geomean(ratios))} | {worst_txt} | {_x(_geomean(best))} | "
-                         f"{len(wins)} of {len(sel)}" + (f" ({', '.join(sorted(set(w.split()[0] for w in wins)))})" if wins else "")
+                         f"{len(wins)} of {len(sel)}"
+                         + (f" ({', '.join(sorted(set(w.split()[0] for w in wins)))})" if wins else "")
                          + " |")
         lines.append("")
     if "sample" in docs:
@@ -359,7 +362,7 @@ def summary_markdown(results_dir: Path) -> str:
             one, most = sel[0], sel[-1]
             lines.append(f"| {preset} | {dtype} | {batch} | {_g(one['images_per_s'], 4)} | {_pct(one['mfu'])} | "
                          f"{one['compile_s']:.1f} | {_x(one['vs_torch'])} | "
-                         f"{_g(most['images_per_s'], 4)} ({most['devices']} devices) |")
+                         f"{_g(most['images_per_s'], 4)} ({most['devices']} device{'s' if most['devices'] > 1 else ''}) |")
         lines.append("")
     targets = [t for d in docs.values() for t in d.get("targets", [])]
     if targets:

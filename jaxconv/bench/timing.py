@@ -3,8 +3,8 @@
 ``time_calls(fn)`` calls ``fn()`` once (compilation + one run: ``first_s``; skipped when the caller
 passes ``estimate``, the time of a call it already made), ``warmup`` more times (none if that would
 take more than a tenth of the budget), estimates one call's time, and picks ``number`` calls per repeat so
-that a repeat lasts at least ``min_time`` seconds; ``sync(result)`` (``jax.block_until_ready`` by default, a CUDA synchronise for
-PyTorch on a GPU) ends every repeat, so queued asynchronous work is counted. Per-call times of each
+that a repeat lasts at least ``min_time`` seconds; ``sync(result)`` (``jax.block_until_ready`` by
+default, a CUDA synchronise for PyTorch on a GPU) ends every repeat, so queued asynchronous work is counted. Per-call times of each
 repeat are returned with their median and minimum. ``budget`` (seconds) caps a slow measurement:
 the repeats are cut (never below one) so one measurement takes about that long at most.
 """

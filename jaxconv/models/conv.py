@@ -23,15 +23,16 @@ Choice (``choose``), first match wins:
 1. ``JAXCONV_CONV_IMPL=name``: that implementation everywhere (benchmarks, debugging);
 2. ``JAXCONV_CONV_TABLE=file.json``: an autotune table written by ``jaxconv bench conv`` (its
    ``conv_table.json``): the measured winner for this exact layer signature on this backend;
-3. ``RULES``, in order: a rule names an implementation for a backend, a dtype and ranges of Cin,
-   Cout, T, stride and output pixels;
+3. ``RULES`` (``CANDIDATE_RULES`` with ``JAXCONV_CONV_RULES=candidates``, none with ``=none``), in
+   order: a rule names an implementation for a backend, a dtype and ranges of Cin, Cout, T, stride,
+   output pixels, feature groups and batch size;
 4. ``xla``.
 An implementation that cannot run a layer (``fft`` in bfloat16) falls back to ``xla``.
 
-``RULES`` is empty: on the shared 2-core CPU where this was written no alternative won by a margin
-larger than the timing noise (see README, Benchmarks), so every layer uses XLA's convolution until a
-quiet-machine ``jaxconv bench conv`` run shows otherwise. To adopt a measured winner for a shape class,
-add a ``Rule`` with the run it comes from in ``note``.
+``RULES`` is empty: every layer uses XLA's convolution until a quiet-machine ``jaxconv bench conv``
+run confirms what the shared 2-core CPU suggested (``CANDIDATE_RULES``: grouped and 1x1 convs as
+``im2col``, single-input-channel layers as ``taps``; README, Benchmarks). To adopt a measured winner
+for a shape class, add a ``Rule`` with the run it comes from in ``note``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ import numpy as np
 from jax import lax
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
-IMPL_NAMES = ("xla", "im2col", "taps", "fft")
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -226,16 +226,41 @@ class Rule:
     taps: tuple[int, int] | None = None  # kh * kw
     stride: tuple[int, int] | None = None
     out_pixels: tuple[int, int] | None = None  # Ho * Wo
+    groups: tuple[int, int] | None = None
+    batch: tuple[int, int] | None = None
     note: str = ""  # the measurement that justifies the rule
 
     def matches(self, sig: Signature) -> bool:
         inside = lambda value, span: span is None or span[0] <= value <= span[1]
         return ((self.backend is None or self.backend == sig.backend) and (self.dtype is None or self.dtype == sig.dtype)
                 and inside(sig.cin, self.cin) and inside(sig.cout, self.cout) and inside(sig.taps, self.taps)
-                and inside(max(sig.stride), self.stride) and inside(sig.out_pixels, self.out_pixels))
+                and inside(max(sig.stride), self.stride) and inside(sig.out_pixels, self.out_pixels)
+                and inside(sig.groups, self.groups) and inside(sig.batch, self.batch))
 
+
+ANY = (1, 1 << 62)  # an open range's upper end
 
 RULES: tuple[Rule, ...] = ()
+
+# Candidates from the shared 2-core CPU (README, Benchmarks), not the default until a quiet
+# `jaxconv bench conv` confirms them: `JAXCONV_CONV_RULES=candidates` uses them instead of RULES (to
+# compare: `JAXCONV_CONV_RULES=candidates jaxconv bench conv|train --out ...`); to adopt one, move it to RULES.
+CANDIDATE_RULES: tuple[Rule, ...] = (
+    Rule("im2col", backend="cpu", groups=(2, ANY[1]),
+         note="grouped convs (AlexNet conv2/4/5): XLA 4-8x slower forward+backward, batch 1, shared machine"),
+    Rule("im2col", backend="cpu", taps=(1, 1),
+         note="1x1 convs (PixelCNN): XLA's conv 1.5-2x slower than a dot forward+backward, batch 1, shared machine"),
+    Rule("taps", backend="cpu", cin=(1, 1), taps=(2, 49), batch=(32, ANY[1]),
+         note="single-input-channel layers (LeNet C1, PixelCNN MNIST first): XLA forward and kernel gradient "
+              "2-10x slower at batch 64-256 (not at batch 1), shared machine"),
+)
+
+
+def _active_rules() -> tuple[Rule, ...]:
+    which = os.environ.get("JAXCONV_CONV_RULES", "")
+    if which not in ("", "default", "candidates", "none"):
+        raise ValueError(f"JAXCONV_CONV_RULES={which!r}: expected default, candidates or none")
+    return {"candidates": CANDIDATE_RULES, "none": ()}.get(which, RULES)
 
 
 @functools.lru_cache(maxsize=8)
@@ -267,7 +292,7 @@ def choose(sig: Signature, rules: Sequence[Rule] | None = None) -> str:
         if found:
             impl = found
         else:
-            for rule in RULES if rules is None else rules:
+            for rule in _active_rules() if rules is None else rules:
                 if rule.matches(sig):
                     impl = rule.impl
                     break
