@@ -97,7 +97,7 @@ def test_layers_use_the_chosen_conv_and_match(monkeypatch):
 def test_choice_rules_and_autotune_table(tmp_path, monkeypatch):
     monkeypatch.delenv("JAXCONV_CONV_IMPL", raising=False)
     sig = conv_lib.signature((8, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
-    assert conv_lib.choose(sig) == "xla"  # the default until measured otherwise
+    assert conv_lib.choose(sig) == "xla"  # single input channel, but batch 8 < 32: the taps rule does not apply
     rules = [conv_lib.Rule("taps", backend="gpu"), conv_lib.Rule("im2col", backend="cpu", cin=(1, 3), taps=(25, 121))]
     assert conv_lib.choose(sig, rules) == "im2col"
     assert conv_lib.choose(sig, [conv_lib.Rule("fft")]) == "fft"
@@ -109,13 +109,14 @@ def test_choice_rules_and_autotune_table(tmp_path, monkeypatch):
     assert conv_lib.choose(sig) == "taps"
     assert conv_lib.choose(bf16) == "xla"
     monkeypatch.delenv("JAXCONV_CONV_TABLE")
-    monkeypatch.setenv("JAXCONV_CONV_RULES", "candidates")  # the rules measured on a shared CPU, opt-in
-    assert conv_lib.choose(sig) == ("taps" if any(r.matches(sig) and r.impl == "taps" for r in conv_lib.CANDIDATE_RULES)
-                                    else "xla")
     grouped = conv_lib.signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="cpu")
-    assert conv_lib.choose(grouped) == "im2col"
+    one_by_one = conv_lib.signature((8, 28, 28, 64), (1, 1, 64, 32), jnp.float32, backend="cpu")
+    first = conv_lib.signature((64, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
+    assert [conv_lib.choose(s) for s in (grouped, one_by_one, first)] == ["im2col", "im2col", "taps"]
+    on_gpu = conv_lib.signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="gpu")
+    assert conv_lib.choose(on_gpu) == "xla"  # the rules are CPU findings
     monkeypatch.setenv("JAXCONV_CONV_RULES", "none")
-    assert conv_lib.choose(grouped) == "xla"
+    assert [conv_lib.choose(s) for s in (grouped, one_by_one, first)] == ["xla"] * 3
 
 
 def test_traced_shapes_and_flops():

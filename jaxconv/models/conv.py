@@ -23,16 +23,15 @@ Choice (``choose``), first match wins:
 1. ``JAXCONV_CONV_IMPL=name``: that implementation everywhere (benchmarks, debugging);
 2. ``JAXCONV_CONV_TABLE=file.json``: an autotune table written by ``jaxconv bench conv`` (its
    ``conv_table.json``): the measured winner for this exact layer signature on this backend;
-3. ``RULES`` (``CANDIDATE_RULES`` with ``JAXCONV_CONV_RULES=candidates``, none with ``=none``), in
-   order: a rule names an implementation for a backend, a dtype and ranges of Cin, Cout, T, stride,
-   output pixels, feature groups and batch size;
+3. ``RULES`` (none with ``JAXCONV_CONV_RULES=none``, to compare with XLA everywhere), in order: a rule
+   names an implementation for a backend, a dtype and ranges of Cin, Cout, T, stride, output pixels,
+   feature groups and batch size;
 4. ``xla``.
 An implementation that cannot run a layer (``fft`` in bfloat16) falls back to ``xla``.
 
-``RULES`` is empty: every layer uses XLA's convolution until a quiet-machine ``jaxconv bench conv``
-run confirms what the shared 2-core CPU suggested (``CANDIDATE_RULES``: grouped and 1x1 convs as
-``im2col``, single-input-channel layers as ``taps``; README, Benchmarks). To adopt a measured winner
-for a shape class, add a ``Rule`` with the run it comes from in ``note``.
+``RULES`` holds three CPU rules, each for a shape class where XLA:CPU's conv misses its fast path
+(grouped convs, 1x1 convs, single-input-channel layers; README, Benchmarks); the run that confirms
+a rule is named in its ``note``. To adopt a measured winner for another shape class, add a ``Rule``.
 """
 
 from __future__ import annotations
@@ -240,27 +239,25 @@ class Rule:
 
 ANY = (1, 1 << 62)  # an open range's upper end
 
-RULES: tuple[Rule, ...] = ()
-
-# Candidates from the shared 2-core CPU (README, Benchmarks), not the default until a quiet
-# `jaxconv bench conv` confirms them: `JAXCONV_CONV_RULES=candidates` uses them instead of RULES (to
-# compare: `JAXCONV_CONV_RULES=candidates jaxconv bench conv|train --out ...`); to adopt one, move it to RULES.
-CANDIDATE_RULES: tuple[Rule, ...] = (
+# XLA:CPU's conv misses its fast path on these shape classes; each alternative is tested equal to XLA's
+# conv (tests/test_bench.py) and measured by `jaxconv bench conv` (README, Benchmarks).
+RULES: tuple[Rule, ...] = (
     Rule("im2col", backend="cpu", groups=(2, ANY[1]),
-         note="grouped convs (AlexNet conv2/4/5): XLA 4-8x slower forward+backward, batch 1, shared machine"),
+         note="grouped convs (AlexNet conv2/4/5): XLA 4-8x slower forward+backward; im2col runs the groups "
+              "as one batched matmul"),
     Rule("im2col", backend="cpu", taps=(1, 1),
-         note="1x1 convs (PixelCNN): XLA's conv 1.5-2x slower than a dot forward+backward, batch 1, shared machine"),
+         note="1x1 convs (PixelCNN): XLA's conv 1.5-2x slower than the same contraction as a dot"),
     Rule("taps", backend="cpu", cin=(1, 1), taps=(2, 49), batch=(32, ANY[1]),
          note="single-input-channel layers (LeNet C1, PixelCNN MNIST first): XLA forward and kernel gradient "
-              "2-10x slower at batch 64-256 (not at batch 1), shared machine"),
+              "2-10x slower at batch 64-256 (not at batch 1)"),
 )
 
 
 def _active_rules() -> tuple[Rule, ...]:
     which = os.environ.get("JAXCONV_CONV_RULES", "")
-    if which not in ("", "default", "candidates", "none"):
-        raise ValueError(f"JAXCONV_CONV_RULES={which!r}: expected default, candidates or none")
-    return {"candidates": CANDIDATE_RULES, "none": ()}.get(which, RULES)
+    if which not in ("", "default", "none"):
+        raise ValueError(f"JAXCONV_CONV_RULES={which!r}: expected default or none")
+    return () if which == "none" else RULES
 
 
 @functools.lru_cache(maxsize=8)
