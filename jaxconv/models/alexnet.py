@@ -80,6 +80,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv.errors import ConfigError
+from jaxconv.models.conv import Conv
 
 VARIANTS = ("faithful", "single", "cifar32")
 IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)  # per-channel mean of ImageNet training pixels, 0..255
@@ -149,10 +150,10 @@ class AlexNet(nn.Module):
             kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
             bias = lambda one: nn.initializers.zeros
 
-        def conv(features, kernel, name, *, strides=1, padding="SAME", groups=1, bias_one=False):
-            return nn.Conv(features, (kernel, kernel), strides=strides, padding=padding,
-                           feature_group_count=groups, dtype=self.dtype, kernel_init=kernel_init,
-                           bias_init=bias(bias_one), name=name)
+        def conv(features, kernel, name, *, strides=1, padding=None, groups=1, bias_one=False):
+            same = ((kernel // 2, kernel // 2),) * 2  # 'SAME' for the odd kernels at stride 1
+            return Conv(features, (kernel, kernel), strides=strides, padding=same if padding is None else padding,
+                        groups=groups, dtype=self.dtype, kernel_init=kernel_init, bias_init=bias(bias_one), name=name)
 
         def dense(features, name, bias_one=False, init=kernel_init):
             return nn.Dense(features, dtype=self.dtype, kernel_init=init, bias_init=bias(bias_one), name=name)

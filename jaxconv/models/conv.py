@@ -343,6 +343,7 @@ class Conv(nn.Module):
     use_bias: bool = True
     dtype: Any = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
     impl: str | None = None
 
     @nn.compact
@@ -352,5 +353,5 @@ class Conv(nn.Module):
         y = conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding, self.dilation,
                  self.groups, self.impl)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+            y = y + self.param("bias", self.bias_init, (self.features,)).astype(self.dtype)
         return y
