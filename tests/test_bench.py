@@ -17,6 +17,7 @@ from conftest import run_cli
 from jaxconv import bench
 from jaxconv.bench import conv as conv_bench
 from jaxconv.bench import report, results
+from jaxconv.bench import train as train_bench
 from jaxconv.bench.models import forward_flops, random_params, traced_convs
 from jaxconv.errors import ConfigError
 from jaxconv.models import build_model, conv as conv_lib, preset
@@ -172,9 +173,18 @@ def test_sample_and_train_quick_results(quick_results):
     assert {r["devices"] for r in jax_rows} == {1, 2}
     assert all(r["mfu"] is not None and r["final_loss"] is not None for r in jax_rows)
     torch_rows = [r for r in train["rows"] if r["framework"] == "torch"]
-    assert torch_rows and any(r["vs_torch"] for r in jax_rows)
+    assert {r["preset"] for r in torch_rows} == {"lenet5_modern (quick)", "alexnet32 (quick)"}
+    compared = {r["preset"] for r in jax_rows if r["vs_torch"]}
+    assert compared == {"lenet5_modern (quick)", "alexnet32 (quick)"}
     for name in ("sample.md", "sample.png", "train.md", "train.png"):
         assert (out / name).exists()
+
+
+def test_torch_alexnet32_is_the_same_network():
+    from torch import nn
+
+    net, _ = train_bench._torch_net("alexnet32", nn, quick=False)
+    assert sum(p.numel() for p in net.parameters()) == 14_685_544  # jaxconv's alexnet32, tests/test_alexnet.py
 
 
 def test_report_and_readme(quick_results, tmp_path):

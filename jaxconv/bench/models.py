@@ -24,6 +24,7 @@ PRESET_IMAGES: dict[str, tuple[int, int, int]] = {
     "lenet5": (28, 28, 1), "lenet5_modern": (28, 28, 1),
     "pixelcnn_mnist": (28, 28, 1), "gated_pixelcnn_mnist": (28, 28, 1),
     "pixelcnn_cifar": (32, 32, 3), "gated_pixelcnn_cifar": (32, 32, 3), "gated_pixelcnn_imagenet32": (32, 32, 3),
+    "alexnet": (224, 224, 3), "alexnet_single": (224, 224, 3), "alexnet32": (32, 32, 3), "alexnet32_cifar10": (32, 32, 3),
 }
 
 

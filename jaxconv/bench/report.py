@@ -268,7 +268,7 @@ def train_plots(doc: dict, out_dir: Path) -> list[Path]:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("devices")
-    ax.set_ylabel("images/s (stars: PyTorch LeNet)")
+    ax.set_ylabel("images/s (stars: PyTorch, same network)")
     ax.set_title(f"Training throughput, {doc['device']}", fontsize=9)
     ax.legend(fontsize=6)
     path = _save(plt, fig, Path(out_dir) / "train.png")

@@ -1,4 +1,4 @@
-"""``jaxconv bench train``: training throughput per model preset, dtype and device count, vs PyTorch for LeNet.
+"""``jaxconv bench train``: training throughput per preset, dtype and device count, vs PyTorch (LeNet, AlexNet-32).
 
 Each row builds the real training run (``jaxconv.train.loop.build_run``: the jitted, data-parallel
 train step of ``jaxconv train``) for a preset at a global batch size split over ``devices`` devices,
@@ -14,8 +14,9 @@ counts shows the cost of data parallelism, not a speed-up; on accelerators, real
 MFU = images/s * model FLOPs per image (3x the forward convs and matmuls) / the measured matmul peak
 of the dtype (times the device count on accelerators).
 
-PyTorch (optional): the modern LeNet-5 written plainly (the same layers, Adam, same batch), one
-process, its default threads; ``vs_torch`` = jaxconv / PyTorch images/s for ``lenet5_modern``.
+PyTorch (optional): the modern LeNet-5 and AlexNet-32 (``alexnet32``) written plainly (the same
+layers, Adam with the same gradient clipping, the same batch), one process, its default threads;
+``vs_torch`` = jaxconv / PyTorch images/s.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from jaxconv.data.pipeline import train_batches
 from jaxconv.data.sources import load_split
 from jaxconv.errors import ConfigError
 from jaxconv.models import PRESETS, build_model
+from jaxconv.models.alexnet import IMAGENET_MEAN_RGB
 from jaxconv.train.loop import build_run
 from jaxconv.train.state import TrainState
 
@@ -46,15 +48,19 @@ EXPERIMENTS = {"lenet5": "lenet_mnist", "lenet5_modern": "lenet_modern_mnist", "
 BATCHES = {"lenet5": ((64, 256), (256, 1024)), "lenet5_modern": ((64, 256), (256, 1024)),
            "pixelcnn_mnist": ((64,), (64, 256)), "gated_pixelcnn_mnist": ((64,), (64, 256)),
            "gated_pixelcnn_cifar": ((32,), (64,)), "pixelcnn_cifar": ((8,), (64,)),
-           "gated_pixelcnn_imagenet32": ((8,), (64, 128))}
-CPU_PRESETS = ("lenet5", "lenet5_modern", "pixelcnn_mnist", "gated_pixelcnn_mnist", "gated_pixelcnn_cifar")
+           "gated_pixelcnn_imagenet32": ((8,), (64, 128)), "alexnet32": ((32,), (256,))}
+TORCH_PRESETS = ("lenet5_modern", "alexnet32")  # written plainly in PyTorch too: vs_torch
+TORCH_QUICK_WIDTH = 1 / 16  # --quick: alexnet32's widths, as run_config shrinks the jax model
+CPU_PRESETS = ("lenet5", "lenet5_modern", "alexnet32", "pixelcnn_mnist", "gated_pixelcnn_mnist", "gated_pixelcnn_cifar")
 ACCELERATOR_PRESETS = CPU_PRESETS + ("pixelcnn_cifar", "gated_pixelcnn_imagenet32")
 TARGET_MFU = 0.4  # Gated PixelCNN ImageNet32, bf16, accelerator
 
 
 def run_config(name: str, batch: int, devices: int, dtype: str, quick: bool) -> Config:
     model = PRESETS[name]
-    if quick and not name.startswith("lenet"):  # LeNet is tiny already
+    if quick and model.family == "alexnet":
+        model = dataclasses.replace(model, width=TORCH_QUICK_WIDTH)
+    elif quick and not name.startswith("lenet"):  # LeNet is tiny already
         model = dataclasses.replace(model, **({"hidden": 4, "num_blocks": 1} if hasattr(model, "hidden") else
                                               {"features": 4, "num_layers": 1}), output_features=8)
     if name in EXPERIMENTS:
@@ -100,8 +106,31 @@ def measure(name: str, batch: int, devices: int, dtype: str, *, quick: bool, tim
             "final_loss": loss if np.isfinite(loss) else None, "vs_torch": None}
 
 
-def measure_torch_lenet(batch: int, images: np.ndarray, labels: np.ndarray, timing: dict,
-                        flops_per_image: float | None, peaks: dict) -> dict | None:
+def _torch_net(name: str, nn, quick: bool):
+    """The preset's network written plainly in PyTorch, as a user would, and its input scaling."""
+    if name == "lenet5_modern":
+        net = nn.Sequential(
+            nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+        return net, lambda x: nn.functional.pad(x, (2, 2, 2, 2))  # 28x28 -> LeNet's 32x32
+    # alexnet32 (jaxconv.models.alexnet, variant cifar32): 'SAME' convs, overlapping 3x3/2 pools, dropout
+    w = (lambda c: max(1, round(c * TORCH_QUICK_WIDTH))) if quick else (lambda c: c)
+    c1, c2, c3, c4, c5, hidden = w(96), w(256), w(384), w(384), w(256), w(2048)
+    pool = lambda: nn.MaxPool2d(3, 2)
+    net = nn.Sequential(
+        nn.Conv2d(3, c1, 5, padding=2), nn.ReLU(), pool(), nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), pool(),
+        nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.Conv2d(c3, c4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(c4, c5, 3, padding=1), nn.ReLU(), pool(), nn.Flatten(),
+        nn.Linear(9 * c5, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(hidden, PRESETS[name].num_classes))
+    mean = IMAGENET_MEAN_RGB
+    return net, lambda x: x - x.new_tensor(mean).view(1, 3, 1, 1) / 255.0
+
+
+def measure_torch(name: str, batch: int, images: np.ndarray, labels: np.ndarray, timing: dict,
+                  flops_per_image: float | None, peaks: dict, quick: bool) -> dict | None:
+    """PyTorch's training images/s for the same network, optimiser (Adam, clipping as the jax run) and batch."""
     try:
         import torch
         from torch import nn
@@ -109,19 +138,18 @@ def measure_torch_lenet(batch: int, images: np.ndarray, labels: np.ndarray, timi
         return None
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    model = nn.Sequential(  # the modern LeNet-5, as a user would write it
-        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10)).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    x = torch.nn.functional.pad(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0, (2, 2, 2, 2)).to(dev)
+    net, prepare = _torch_net(name, nn, quick)
+    net = net.to(dev).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = prepare(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0).to(dev)
     y = torch.from_numpy(labels.astype(np.int64)).to(dev)
     holder = {}
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         holder["loss"] = loss.detach()
         return loss
@@ -132,8 +160,8 @@ def measure_torch_lenet(batch: int, images: np.ndarray, labels: np.ndarray, timi
 
     t = time_calls(step, sync=sync, **timing)
     ips = batch / t["median_s"]
-    return {"preset": "lenet5_modern", "framework": "torch", "dtype": "float32", "devices": 1, "batch": batch,
-            "images_per_s": ips, "step_s": t["median_s"], "compile_s": t["first_s"],
+    return {"preset": name + (" (quick)" if quick else ""), "framework": "torch", "dtype": "float32", "devices": 1,
+            "batch": batch, "images_per_s": ips, "step_s": t["median_s"], "compile_s": t["first_s"],
             "runs": [batch / r for r in t["runs_s"]], "flops_per_image": flops_per_image,
             "mfu": ips * flops_per_image / peaks["matmul_flops_per_s"]["float32"] if flops_per_image else None,
             "final_loss": float(holder["loss"]), "vs_torch": None}
@@ -144,7 +172,7 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
         repeats: int | None = None, peaks: dict, log: Callable[[str], None] = print) -> dict:
     accelerator = jax.default_backend() != "cpu"
     available = len(jax.local_devices())
-    presets = presets or (["lenet5_modern", "gated_pixelcnn_mnist"] if quick else
+    presets = presets or (["lenet5_modern", "alexnet32", "gated_pixelcnn_mnist"] if quick else
                           list(ACCELERATOR_PRESETS if accelerator else CPU_PRESETS))
     for name in presets:
         if name not in PRESETS:
@@ -177,25 +205,27 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                     log(f"{name} {dtype} batch {batch} on {d} device(s): {row['images_per_s']:.4g} img/s, "
                         f"first step {row['compile_s']:.2f} s, MFU {row['mfu'] or 0:.2%} "
                         f"({time.perf_counter() - start:.0f} s)")
-                if name == "lenet5_modern" and torch and "float32" in dtypes:
+                if name in TORCH_PRESETS and torch and "float32" in dtypes:
                     data_config = run_config(name, batch, 1, "float32", quick).data
                     batch_np = next(train_batches(load_split(data_config, "train"), batch, 0, 0))
-                    trow = measure_torch_lenet(batch, batch_np["images"], batch_np["labels"], timing, flops, peaks)
+                    trow = measure_torch(name, batch, batch_np["images"], batch_np["labels"], timing, flops, peaks,
+                                         quick)
                     if trow is None:
-                        notes.append("PyTorch not installed: no LeNet comparison (pip install 'jaxconv[bench]')")
+                        notes.append(f"PyTorch not installed: no {name} comparison (pip install 'jaxconv[bench]')")
                         continue
                     rows.append(trow)
                     for r in rows:
-                        if (r["preset"].split(" ")[0] == name and r["framework"] == "jax" and r["batch"] == batch
+                        if (r["preset"] == trow["preset"] and r["framework"] == "jax" and r["batch"] == batch
                                 and r["dtype"] == "float32"):
                             r["vs_torch"] = r["images_per_s"] / trow["images_per_s"]
-                    log(f"torch lenet5_modern batch {batch}: {trow['images_per_s']:.4g} img/s")
+                    log(f"torch {name} batch {batch}: {trow['images_per_s']:.4g} img/s")
     targets = []
-    lenet = [r for r in rows if r["preset"].startswith("lenet5_modern") and r["devices"] == 1 and r["vs_torch"]]
-    if lenet:
-        worst = min(r["vs_torch"] for r in lenet)
-        targets.append({"name": "lenet5_modern training, jaxconv / PyTorch images/s (1 device, worst batch)",
-                        "value": worst, "goal": ">= 1.0 (reported)", "met": worst >= 1.0})
+    for name in TORCH_PRESETS:
+        compared = [r for r in rows if r["preset"].split(" ")[0] == name and r["devices"] == 1 and r["vs_torch"]]
+        if compared:
+            worst = min(r["vs_torch"] for r in compared)
+            targets.append({"name": f"{name} training, jaxconv / PyTorch images/s (1 device, worst batch)",
+                            "value": worst, "goal": ">= 1.0", "met": worst >= 1.0})
     if accelerator:
         big = [r for r in rows if r["preset"] == "gated_pixelcnn_imagenet32" and r["dtype"] == "bfloat16"]
         best = max((r["mfu"] for r in big if r["mfu"] is not None), default=None)
