@@ -62,29 +62,47 @@ def _write_report(rows: list[dict[str, Any]], workdir: Path) -> None:
     (workdir / "results.json").write_text(json.dumps(rows, indent=1))
     (workdir / "results.md").write_text(markdown_table(rows))
     _figure(rows, workdir / "results.png")
-    from PIL import Image
+    _samples_sheet(rows, workdir)
 
-    grids = [np.asarray(Image.open(workdir / r["variant"] / "samples.png").convert("RGB")) for r in rows]
-    width = max(g.shape[1] for g in grids)
-    stacked = np.concatenate([np.pad(g, ((0, 4), (0, width - g.shape[1]), (0, 0)), constant_values=255) for g in grids])
-    Image.fromarray(stacked).save(workdir / "samples.png")  # one row per variant, in table order
+
+def _samples_sheet(rows: list[dict[str, Any]], workdir: Path) -> None:
+    """Every variant's sample grid, one per row in table order, its name on the left."""
+    from PIL import Image, ImageDraw
+
+    grids = [Image.open(workdir / r["variant"] / "samples.png").convert("RGB") for r in rows]
+    label_w, gap = 130, 4
+    sheet = Image.new("RGB", (label_w + max(g.width for g in grids), sum(g.height + gap for g in grids)), "white")
+    draw, y = ImageDraw.Draw(sheet), 0
+    for r, grid in zip(rows, grids):
+        sheet.paste(grid, (label_w, y))
+        draw.text((4, y + grid.height // 2 - 6), r["variant"], fill="black")
+        y += grid.height + gap
+    sheet.save(workdir / "samples.png")
 
 
 def _figure(rows: list[dict[str, Any]], path: Path) -> None:
+    """bits/dim against parameters and training time; binary and 8-bit data in separate rows (their scales differ)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "params", "parameters"), (axes[1], "train_seconds", "training time (s)")):
-        for r in rows:
-            marker = "o" if r["data"] == "binary" else "s"
-            ax.scatter(r[key], r["bits_per_dim"], marker=marker, s=40)
-            ax.annotate(r["variant"], (r[key], r["bits_per_dim"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-        ax.set_xlabel(label)
-        ax.set_ylabel("validation bits/dim (o binary, s 8-bit)")
-        ax.grid(alpha=0.3)
+    groups = [(data, [r for r in rows if r["data"] == data]) for data in dict.fromkeys(r["data"] for r in rows)]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(10, 3.2 * len(groups)), squeeze=False)
+    for (data, sel), row_axes in zip(groups, axes):
+        for ax, key, label in ((row_axes[0], "params", "parameters"), (row_axes[1], "train_seconds",
+                                                                         "training time (s)")):
+            for k, r in enumerate(sel):
+                ax.scatter(r[key], r["bits_per_dim"], s=40, color=f"C{rows.index(r)}")
+                # staggered offsets keep the names of variants with equal numbers apart
+                ax.annotate(r["variant"], (r[key], r["bits_per_dim"]), fontsize=7, xytext=(5, 4 - 10 * (k % 2)),
+                            textcoords="offset points")
+            if key == "params":
+                ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1e3:.0f}k")
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"val bits/dim ({data})")
+            ax.margins(x=0.25, y=0.25)
+            ax.grid(alpha=0.3)
     fig.suptitle("PixelCNN variants: same data, seed and budget", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
