@@ -113,11 +113,14 @@ def test_choice_rules_and_autotune_table(tmp_path, monkeypatch):
     grouped = conv_lib.signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="cpu")
     one_by_one = conv_lib.signature((8, 28, 28, 64), (1, 1, 64, 32), jnp.float32, backend="cpu")
     first = conv_lib.signature((64, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
-    assert [conv_lib.choose(s) for s in (grouped, one_by_one, first)] == ["im2col", "im2col", "taps"]
+    wide = conv_lib.signature((64, 29, 30, 32), (2, 3, 32, 64), jnp.float32, backend="cpu")
+    strided = conv_lib.signature((8, 227, 227, 3), (11, 11, 3, 96), jnp.float32, strides=4, backend="cpu")
+    assert [conv_lib.choose(s) for s in (grouped, one_by_one, first, wide, strided)] == [
+        "taps", "im2col", "taps", "xla/im2col/im2col", "xla"]
     on_gpu = conv_lib.signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="gpu")
     assert conv_lib.choose(on_gpu) == "xla"  # the rules are CPU findings
     monkeypatch.setenv("JAXCONV_CONV_RULES", "none")
-    assert [conv_lib.choose(s) for s in (grouped, one_by_one, first)] == ["xla"] * 3
+    assert [conv_lib.choose(s) for s in (grouped, one_by_one, first, wide)] == ["xla"] * 4
 
 
 def test_traced_shapes_and_flops():

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.models import PRESETS, build_model, pixelcnn
+from jaxconv.models import conv as conv_lib
 
 # Input image of each preset (H, W, C); presets not listed: 28x28 for one channel, 32x32 for three.
 PRESET_IMAGES: dict[str, tuple[int, int, int]] = {
@@ -65,7 +66,8 @@ def _jaxpr(model, image: tuple[int, int, int], batch: int = 1):
     x = jnp.zeros((1, *image), jnp.float32)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
     spec = jax.ShapeDtypeStruct((batch, *image), jnp.float32)
-    return jax.make_jaxpr(lambda p, v: model.apply(p, v))(params, spec).jaxpr
+    with conv_lib.forced_impl("xla"):  # the model's convs as conv ops, whichever implementation a rule picks
+        return jax.make_jaxpr(lambda p, v: model.apply(p, v))(params, spec).jaxpr
 
 
 def _conv_of(eqn) -> TracedConv | None:

@@ -29,13 +29,16 @@ Choice (``choose``), first match wins:
 4. ``xla``.
 An implementation that cannot run a layer (``fft`` in bfloat16) falls back to ``xla``.
 
-``RULES`` holds three CPU rules, each for a shape class where XLA:CPU's conv misses its fast path
-(grouped convs, 1x1 convs, single-input-channel layers; README, Benchmarks); the run that confirms
-a rule is named in its ``note``. To adopt a measured winner for another shape class, add a ``Rule``.
+``RULES`` holds the CPU rules, each for a shape class where XLA:CPU's conv misses its fast path
+(single-input-channel layers, grouped convs, one-pixel outputs, 1x1 convs, and the backward pass of
+every stride-1 conv with 16+ input channels; README, Benchmarks); each ``note`` quotes the
+measurement behind it. To adopt a measured winner for another shape class, add a ``Rule``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import json
@@ -240,16 +243,26 @@ class Rule:
 ANY = (1, 1 << 62)  # an open range's upper end
 
 # XLA:CPU's conv misses its fast path on these shape classes; each alternative is tested equal to XLA's
-# conv (tests/test_bench.py) and measured by `jaxconv bench conv` (README, Benchmarks).
+# conv (tests/test_bench.py). The notes quote `jaxconv bench all --dtypes float32` on the 2-core AMD EPYC
+# (benchmarks/results/cpu-amd-epyc-2c, ms forward + backward, float32).
 RULES: tuple[Rule, ...] = (
-    Rule("im2col", backend="cpu", groups=(2, ANY[1]),
-         note="grouped convs (AlexNet conv2/4/5): XLA 4-8x slower forward+backward; im2col runs the groups "
-              "as one batched matmul"),
-    Rule("im2col", backend="cpu", taps=(1, 1),
-         note="1x1 convs (PixelCNN): XLA's conv 1.5-2x slower than the same contraction as a dot"),
+    Rule("im2col", backend="cpu", out_pixels=(1, 1),
+         note="one output pixel (LeNet C5, the cached samplers' windows) is one matmul: LeNet C5 b256 1.9 vs "
+              "XLA 11.9"),
     Rule("taps", backend="cpu", cin=(1, 1), taps=(2, 49), batch=(32, ANY[1]),
-         note="single-input-channel layers (LeNet C1, PixelCNN MNIST first): XLA forward and kernel gradient "
-              "2-10x slower at batch 64-256 (not at batch 1)"),
+         note="single-input-channel layers: LeNet C1 b256 14.6 vs XLA 28.2, PixelCNN 7x7 mask A b64 10.2 vs 37.6; "
+              "at batch 1 XLA is as fast"),
+    Rule("taps", backend="cpu", groups=(2, ANY[1]),
+         note="grouped convs: AlexNet conv2/conv4/conv5 b8 148/56/30 vs XLA 876/268/229 (im2col 204/72/43)"),
+    Rule("im2col", backend="cpu", taps=(1, 1),
+         note="1x1 convs (PixelCNN): the same contraction as one dot"),
+    Rule("im2col", backend="cpu", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1),
+         note="few input channels, big kernel: AlexNet-32 conv1 b32 20.9 vs XLA 72.7"),
+    # XLA:CPU's forward conv is good, its backward convs are not (a generic loop): keep XLA's forward,
+    # take both gradients from im2col's matmuls.
+    Rule("xla/im2col/im2col", backend="cpu", cin=(16, ANY[1]), stride=(1, 1),
+         note="Gated PixelCNN MNIST 2x3 32->64 b64: XLA forward 33 + im2col backward 55 vs XLA 520; "
+              "LeNet C3 b256 ~17 vs 32; AlexNet-224 conv3 b8 ~52 vs 71"),
 )
 
 
@@ -273,9 +286,23 @@ def _load_table(path: str) -> dict[str, str]:
     return table
 
 
+_FORCED: contextvars.ContextVar[str] = contextvars.ContextVar("jaxconv_conv_impl", default="")
+
+
+@contextlib.contextmanager
+def forced_impl(impl: str):
+    """Convs traced inside the block use ``impl``, as with ``JAXCONV_CONV_IMPL`` (e.g. "xla", to see a
+    model's convs as conv ops whatever the rules pick)."""
+    token = _FORCED.set(impl)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
 def choose(sig: Signature, rules: Sequence[Rule] | None = None) -> str:
     """The implementation for one layer (see the module docstring for the order)."""
-    forced = os.environ.get("JAXCONV_CONV_IMPL", "")
+    forced = _FORCED.get() or os.environ.get("JAXCONV_CONV_IMPL", "")
     if forced:
         try:
             parse_impl(forced)
