@@ -198,6 +198,10 @@ def _loop(run: Run, state: TrainState, start: int, checkpoints: Checkpoints, wri
     for done in range(start + 1, steps + 1):
         state, metrics = run.train_step(state, next(batches))
         pending.append(run.par.settle(metrics))
+        if len(pending) > 1:
+            # One step queued behind the running one, no more: a SIGTERM (preemption, with a short
+            # grace period) is then acted on within about two steps, not after log_every queued ones.
+            jax.block_until_ready(pending[-2])
         bar.update(1)
         eval_due = done == steps or bool(cfg.train.eval_every and done % cfg.train.eval_every == 0)
         save_due = done == steps or bool(cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or eval_due
