@@ -437,8 +437,12 @@ def test_skip_mode_skips_nonfinite_updates_and_says_which(reference, tmp_path, m
     assert window["skipped"] == pytest.approx(2 / 3)
     for step in complete_steps(tmp_path):
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved_state(tmp_path, step)))
-    # Steps 1-13 are the uninterrupted run's: checkpoint 10 is bit for bit the reference's.
-    jax.tree.map(np.testing.assert_array_equal, saved_state(tmp_path, 10), saved_state(reference, 10))
+    # Steps 1-13 are the uninterrupted run's: checkpoint 10 equals the reference's to float32 rounding.
+    # Not bit for bit: the skip select makes it another XLA program, and on CPU the matmul-based convs
+    # (jaxconv.models.conv.RULES) may then be fused and rounded differently (seen: 2e-7 absolute after 10
+    # Adam steps).
+    same = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # an update moves params ~1e-3
+    jax.tree.map(same, saved_state(tmp_path, 10), saved_state(reference, 10))
 
 
 # ----------------------------------------------------------------------------------------------
