@@ -125,7 +125,7 @@ def test_choice_rules_and_autotune_table(tmp_path, monkeypatch):
 
 def test_traced_shapes_and_flops():
     convs = traced_convs("lenet5_modern")
-    assert [(c.height, c.cin, c.cout, c.kh) for c in convs] == [(32, 1, 6, 5), (14, 6, 16, 5)]
+    assert [(c.height, c.cin, c.cout, c.kh) for _, c in convs] == [(32, 1, 6, 5), (14, 6, 16, 5)]
     # LeNet-5 modern: C1 28*28*6*25, C3 10*10*16*150 MACs; dense 400*120 + 120*84 + 84*10
     assert forward_flops("lenet5_modern") == 2 * (28 * 28 * 6 * 25 + 10 * 10 * 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10)
     shapes = conv_bench.shape_sets(["pixelcnn_mnist"])
@@ -186,7 +186,7 @@ def test_sample_and_train_quick_results(quick_results):
 def test_torch_alexnet32_is_the_same_network():
     from torch import nn
 
-    net, _ = train_bench._torch_net("alexnet32", nn, quick=False)
+    net, _ = train_bench._torch_net("alexnet32", nn, preset("alexnet32"))
     assert sum(p.numel() for p in net.parameters()) == 14_685_544  # jaxconv's alexnet32, tests/test_alexnet.py
 
 

@@ -205,11 +205,11 @@ def _preset_shapes(prefix: str, presets) -> list[ConvShape]:
             old = merged.get(key)
             merged[key] = dataclasses.replace(s, sources=(old.sources if old else ()) + (layer["path"],),
                                               input_grad=s.input_grad or bool(old and old.input_grad))
-        for c in traced_convs(preset):
+        for path, c in traced_convs(preset):
             s = ConvShape("", c.height, c.width, c.cin, c.cout, c.kh, c.kw, c.stride, c.dilation, c.padding, c.groups,
                           input_grad=c.cin != channels)
             key = s.geometry()
-            source = f"{preset}:{c.path.split('/', 1)[-1]}"
+            source = f"{preset}:{path.split('/', 1)[-1]}"
             old = merged.get(key, s)
             if source not in old.sources and not (old.mask and any(x.startswith(preset) for x in old.sources)):
                 old = dataclasses.replace(old, sources=old.sources + (source,))

@@ -2,14 +2,13 @@
 
 ``traced_convs(preset)`` traces a preset's forward pass (``jax.make_jaxpr`` on abstract parameters,
 so even the 122M-parameter preset costs nothing) and returns every ``conv_general_dilated`` in it with
-its module path: the exact layer shapes the model runs, padding included (the masked layers pad
+its module path, as a ``jaxconv.models.conv.Signature``: the exact layer shapes the model runs, padding included (the masked layers pad
 explicitly and convolve VALID). ``forward_flops(preset)`` sums 2 * MACs over its convolutions and
 matmuls (elementwise work is not counted): the model FLOPs of MFU are 3x that per training image.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Iterator
 
@@ -36,21 +35,6 @@ def preset_image(name: str, config: Any = None) -> tuple[int, int, int]:
     return (28, 28, 1) if channels == 1 else (32, 32, channels)
 
 
-@dataclasses.dataclass(frozen=True)
-class TracedConv:
-    path: str  # module path, e.g. "GatedPixelCNN/layers_0.vertical/vertical_conv"
-    height: int
-    width: int
-    cin: int
-    cout: int
-    kh: int
-    kw: int
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    padding: tuple[tuple[int, int], tuple[int, int]]
-    groups: int
-
-
 def _eqns(jaxpr) -> Iterator[Any]:
     for eqn in jaxpr.eqns:
         yield eqn
@@ -70,20 +54,22 @@ def _jaxpr(model, image: tuple[int, int, int], batch: int = 1):
         return jax.make_jaxpr(lambda p, v: model.apply(p, v))(params, spec).jaxpr
 
 
-def _conv_of(eqn) -> TracedConv | None:
+def _conv_of(eqn) -> tuple[str, conv_lib.Signature] | None:
     p = eqn.params
     lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
     dn = p["dimension_numbers"]
     if len(lhs) != 4 or any(d != 1 for d in p["lhs_dilation"]) or p["batch_group_count"] != 1:
         return None
     ls, rs = dn.lhs_spec, dn.rhs_spec
-    return TracedConv(str(eqn.source_info.name_stack), lhs[ls[2]], lhs[ls[3]], lhs[ls[1]], rhs[rs[0]],
-                      rhs[rs[2]], rhs[rs[3]], tuple(p["window_strides"]), tuple(p["rhs_dilation"]),
-                      tuple(tuple(q) for q in p["padding"]), p["feature_group_count"])
+    x_nhwc = (lhs[ls[0]], lhs[ls[2]], lhs[ls[3]], lhs[ls[1]])
+    kernel_hwio = (rhs[rs[2]], rhs[rs[3]], rhs[rs[1]], rhs[rs[0]])
+    return str(eqn.source_info.name_stack), conv_lib.signature(
+        x_nhwc, kernel_hwio, eqn.invars[0].aval.dtype, tuple(p["window_strides"]),
+        tuple(tuple(q) for q in p["padding"]), tuple(p["rhs_dilation"]), p["feature_group_count"])
 
 
-def traced_convs(name: str, config: Any = None) -> list[TracedConv]:
-    """Every convolution of the preset's forward pass, in order."""
+def traced_convs(name: str, config: Any = None) -> list[tuple[str, conv_lib.Signature]]:
+    """Every convolution of the preset's forward pass, in order: (module path, its layer signature)."""
     config = PRESETS[name] if config is None else config
     jaxpr = _jaxpr(build_model(config), preset_image(name, config))
     return [c for e in _eqns(jaxpr) if e.primitive.name == "conv_general_dilated" and (c := _conv_of(e))]

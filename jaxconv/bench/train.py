@@ -38,7 +38,7 @@ from jaxconv.data.pipeline import train_batches
 from jaxconv.data.sources import load_split
 from jaxconv.errors import ConfigError
 from jaxconv.models import PRESETS, build_model
-from jaxconv.models.alexnet import IMAGENET_MEAN_RGB
+from jaxconv.models.alexnet import IMAGENET_MEAN_RGB, scaled_width
 from jaxconv.train.loop import build_run
 from jaxconv.train.state import TrainState
 
@@ -50,7 +50,7 @@ BATCHES = {"lenet5": ((64, 256), (256, 1024)), "lenet5_modern": ((64, 256), (256
            "gated_pixelcnn_cifar": ((32,), (64,)), "pixelcnn_cifar": ((8,), (64,)),
            "gated_pixelcnn_imagenet32": ((8,), (64, 128)), "alexnet32": ((32,), (256,))}
 TORCH_PRESETS = ("lenet5_modern", "alexnet32")  # written plainly in PyTorch too: vs_torch
-TORCH_QUICK_WIDTH = 1 / 16  # --quick: alexnet32's widths, as run_config shrinks the jax model
+QUICK_ALEXNET_WIDTH = 1 / 16  # --quick: alexnet32's layer widths
 CPU_PRESETS = ("lenet5", "lenet5_modern", "alexnet32", "pixelcnn_mnist", "gated_pixelcnn_mnist", "gated_pixelcnn_cifar")
 ACCELERATOR_PRESETS = CPU_PRESETS + ("pixelcnn_cifar", "gated_pixelcnn_imagenet32")
 TARGET_MFU = 0.4  # Gated PixelCNN ImageNet32, bf16, accelerator
@@ -59,7 +59,7 @@ TARGET_MFU = 0.4  # Gated PixelCNN ImageNet32, bf16, accelerator
 def run_config(name: str, batch: int, devices: int, dtype: str, quick: bool) -> Config:
     model = PRESETS[name]
     if quick and model.family == "alexnet":
-        model = dataclasses.replace(model, width=TORCH_QUICK_WIDTH)
+        model = dataclasses.replace(model, width=QUICK_ALEXNET_WIDTH)
     elif quick and not name.startswith("lenet"):  # LeNet is tiny already
         model = dataclasses.replace(model, **({"hidden": 4, "num_blocks": 1} if hasattr(model, "hidden") else
                                               {"features": 4, "num_layers": 1}), output_features=8)
@@ -106,8 +106,9 @@ def measure(name: str, batch: int, devices: int, dtype: str, *, quick: bool, tim
             "final_loss": loss if np.isfinite(loss) else None, "vs_torch": None}
 
 
-def _torch_net(name: str, nn, quick: bool):
-    """The preset's network written plainly in PyTorch, as a user would, and its input scaling."""
+def _torch_net(name: str, nn, model):
+    """The preset's network (``model``: its config, as the jax run uses it) written plainly in PyTorch, as a
+    user would, and its input scaling."""
     if name == "lenet5_modern":
         net = nn.Sequential(
             nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
@@ -115,7 +116,7 @@ def _torch_net(name: str, nn, quick: bool):
             nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
         return net, lambda x: nn.functional.pad(x, (2, 2, 2, 2))  # 28x28 -> LeNet's 32x32
     # alexnet32 (jaxconv.models.alexnet, variant cifar32): 'SAME' convs, overlapping 3x3/2 pools, dropout
-    w = (lambda c: max(1, round(c * TORCH_QUICK_WIDTH))) if quick else (lambda c: c)
+    w = lambda c: scaled_width(c, model.width)
     c1, c2, c3, c4, c5, hidden = w(96), w(256), w(384), w(384), w(256), w(2048)
     pool = lambda: nn.MaxPool2d(3, 2)
     net = nn.Sequential(
@@ -123,12 +124,12 @@ def _torch_net(name: str, nn, quick: bool):
         nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.Conv2d(c3, c4, 3, padding=1), nn.ReLU(),
         nn.Conv2d(c4, c5, 3, padding=1), nn.ReLU(), pool(), nn.Flatten(),
         nn.Linear(9 * c5, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(hidden, PRESETS[name].num_classes))
+        nn.Linear(hidden, model.num_classes))
     mean = IMAGENET_MEAN_RGB
     return net, lambda x: x - x.new_tensor(mean).view(1, 3, 1, 1) / 255.0
 
 
-def measure_torch(name: str, batch: int, images: np.ndarray, labels: np.ndarray, timing: dict,
+def measure_torch(name: str, model, batch: int, images: np.ndarray, labels: np.ndarray, timing: dict,
                   flops_per_image: float | None, peaks: dict, quick: bool) -> dict | None:
     """PyTorch's training images/s for the same network, optimiser (Adam, clipping as the jax run) and batch."""
     try:
@@ -138,7 +139,7 @@ def measure_torch(name: str, batch: int, images: np.ndarray, labels: np.ndarray,
         return None
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    net, prepare = _torch_net(name, nn, quick)
+    net, prepare = _torch_net(name, nn, model)
     net = net.to(dev).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x = prepare(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0).to(dev)
@@ -206,10 +207,10 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                         f"first step {row['compile_s']:.2f} s, MFU {row['mfu'] or 0:.2%} "
                         f"({time.perf_counter() - start:.0f} s)")
                 if name in TORCH_PRESETS and torch and "float32" in dtypes:
-                    data_config = run_config(name, batch, 1, "float32", quick).data
-                    batch_np = next(train_batches(load_split(data_config, "train"), batch, 0, 0))
-                    trow = measure_torch(name, batch, batch_np["images"], batch_np["labels"], timing, flops, peaks,
-                                         quick)
+                    config = run_config(name, batch, 1, "float32", quick)
+                    batch_np = next(train_batches(load_split(config.data, "train"), batch, 0, 0))
+                    trow = measure_torch(name, config.model, batch, batch_np["images"], batch_np["labels"], timing,
+                                         flops, peaks, quick)
                     if trow is None:
                         notes.append(f"PyTorch not installed: no {name} comparison (pip install 'jaxconv[bench]')")
                         continue

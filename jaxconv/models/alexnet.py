@@ -129,7 +129,8 @@ def overlapping_pool(x: jnp.ndarray) -> jnp.ndarray:
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
 
 
-def _scaled(channels: int, width: float, multiple: int = 1) -> int:
+def scaled_width(channels: int, width: float, multiple: int = 1) -> int:
+    """A layer's width for ``AlexNetConfig.width`` (rounded to a multiple of the groups)."""
     return max(multiple, multiple * round(channels * width / multiple))
 
 
@@ -142,7 +143,7 @@ class AlexNet(nn.Module):
         cfg = self.config
         faithful = cfg.variant == "faithful"
         groups = 2 if faithful else 1
-        ch = lambda c, g=1: _scaled(c, cfg.width, g)
+        ch = lambda c, g=1: scaled_width(c, cfg.width, g)
         if faithful:  # the paper's init, on the paper's pixel scale
             kernel_init = nn.initializers.normal(0.01)
             bias = lambda one: nn.initializers.ones if one else nn.initializers.zeros
