@@ -63,6 +63,13 @@ def _write_csv(path, rows):
     ([[0] * 10 + [3]] * 4, "expected rows of 784 pixels"),
     ([[0] * 784 + [12]] * 4, "label out of range"),
     ([[300] * 784 + [1]] * 4, "pixel values outside 0..255"),
+    # Values the casts to int32 / uint8 would wrap into range (4294967299 -> 3, 256 -> 0, 2^32 + 7 -> 7):
+    # checked on the parsed values, and the message gives the true one.
+    ([[0] * 784 + [d % 10] for d in range(20)] + [[0] * 784 + [4294967299]],
+     r"label out of range \[0, 4294967299\] for 10 classes \(row 21: label 4294967299, expected 0..9\)$"),
+    ([[0] * 784 + [-4294967293]] * 4, r"label out of range \[-4294967293, -4294967293\] for 10 classes"),
+    ([[0] * 783 + [256, 1]] * 4, r"pixel values outside 0..255 \(row 1: 256\)$"),
+    ([[0] * 784 + [1]] * 3 + [[2**32 + 7] * 784 + [1]], r"pixel values outside 0..255 \(row 4: 4294967303\)$"),
 ])
 def test_bad_mnist_files_are_clear_errors(tmp_path, content, message):
     path = tmp_path / "mnist.csv.gz"

@@ -13,6 +13,7 @@ The older variant of these files is pickled Python dicts: it is refused, never u
 
 from __future__ import annotations
 
+import math
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -42,8 +43,17 @@ def planes_to_nhwc(rows: np.ndarray, resolution: int) -> np.ndarray:
 # Reading the npz files without unpickling anything and without loading a whole file at once.
 
 
+SUPPORTED_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}  # what np.savez writes
+MAX_DEFLATE_RATIO = 1100  # deflate never expands data more than 1032-fold: a larger claim is a lie
+MAX_ROWS = 1 << 24  # per file; the official files hold ~128k (train) and 50k (val) rows
+
+
 def _member_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, bool, zipfile.ZipInfo, int]]:
-    """key -> (shape, dtype, fortran_order, zip member, header length) for every array in an npz."""
+    """key -> (shape, dtype, fortran_order, zip member, header length) for every array in an npz.
+
+    Every array's declared shape is checked against the bytes its member really holds (and the
+    member's declared size against what its compressed bytes can hold) before anything is read,
+    so a lying header is a ``DataError``, never a huge allocation."""
     if not path.is_file():
         raise DataError(f"{path} is missing")
     with open(path, "rb") as f:
@@ -61,6 +71,7 @@ def _member_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, bo
             for info in archive.infolist():
                 if not info.filename.endswith(".npy"):
                     continue
+                _check_member(path, info)
                 with archive.open(info) as member:
                     version = np.lib.format.read_magic(member)
                     if version == (1, 0):
@@ -70,13 +81,31 @@ def _member_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, bo
                     else:
                         raise ValueError(f"unsupported .npy format version {version}")
                     headers[info.filename[:-4]] = (shape, dtype, fortran, info, member.tell())
-    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, NotImplementedError, RuntimeError) as e:
+        # NotImplementedError / RuntimeError: zipfile's words for other compressions and encryption
         raise DataError(f"{path} is corrupt or not an npz of arrays ({e})") from None
-    for key, (shape, dtype, *_rest) in headers.items():
+    for key, (shape, dtype, _fortran, info, offset) in headers.items():
         if dtype.hasobject:
             raise DataError(f"{path}: array {key!r} holds pickled Python objects; jaxconv never unpickles "
                             f"downloaded files: download the official npz variant")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if any(d < 0 for d in shape) or info.file_size != offset + nbytes:
+            raise DataError(f"{path}: {key!r} is truncated or corrupt: its header declares {dtype} {shape} "
+                            f"({nbytes:,} bytes), the archive holds {max(info.file_size - offset, 0):,}")
     return headers
+
+
+def _check_member(path: Path, info: zipfile.ZipInfo) -> None:
+    if info.flag_bits & 0x1:
+        raise DataError(f"{path}: unsupported zip encryption (member {info.filename!r} is encrypted); the official "
+                        f"files are not")
+    if info.compress_type not in SUPPORTED_COMPRESSION:
+        raise DataError(f"{path}: unsupported zip compression (method {info.compress_type} in member "
+                        f"{info.filename!r}); numpy writes {' or '.join(SUPPORTED_COMPRESSION.values())}")
+    limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else MAX_DEFLATE_RATIO) + 1024
+    if info.file_size > limit:
+        raise DataError(f"{path}: member {info.filename!r} claims {info.file_size:,} bytes from "
+                        f"{info.compress_size:,} compressed: corrupt")
 
 
 def inspect_file(path: Path, resolution: int, with_mean: bool) -> dict[str, Any]:
@@ -96,8 +125,8 @@ def inspect_file(path: Path, resolution: int, with_mean: bool) -> dict[str, Any]
         raise DataError(f"{path}: 'data' rows have {shape[1]} values, ImageNet{resolution} has {row}{hint}")
     if fortran:
         raise DataError(f"{path}: 'data' is stored in Fortran order; not an official ImageNet{resolution} file")
-    if info.file_size != offset + shape[0] * row:
-        raise DataError(f"{path}: 'data' is truncated ({info.file_size - offset} bytes for {shape[0]} rows of {row})")
+    if shape[0] > MAX_ROWS:
+        raise DataError(f"{path}: 'data' declares {shape[0]:,} rows, more than the {MAX_ROWS:,} a file may hold")
     lshape, ldtype, *_ = headers["labels"]
     if lshape != (shape[0],) or ldtype.kind not in "iu":
         raise DataError(f"{path}: 'labels' is {ldtype} {lshape}, expected {shape[0]} integers")
@@ -112,16 +141,21 @@ def _small_array(path: Path, key: str) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return archive[key]
-    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, KeyError) as e:
+    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, KeyError, NotImplementedError,
+            RuntimeError) as e:
         raise DataError(f"{path}: cannot read {key!r} ({e})") from None
 
 
 def read_labels(path: Path) -> np.ndarray:
     """The file's labels shifted from 1..1000 to 0..999."""
-    labels = _small_array(path, "labels").astype(np.int64)
-    if len(labels) and (labels.min() < 1 or labels.max() > NUM_CLASSES):
-        raise DataError(f"{path}: labels span [{labels.min()}, {labels.max()}], expected 1..{NUM_CLASSES}")
-    return (labels - 1).astype(np.int32)
+    labels = _small_array(path, "labels")
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: 'labels' is {labels.dtype}, expected integers")
+    if len(labels):  # the true values, in the file's own integer type: no cast may wrap them into range
+        low, high = int(labels.min()), int(labels.max())
+        if low < 1 or high > NUM_CLASSES:
+            raise DataError(f"{path}: labels span [{low}, {high}], expected 1..{NUM_CLASSES}")
+    return (labels.astype(np.int64) - 1).astype(np.int32)
 
 
 def iter_rows(path: Path, meta: dict[str, Any], resolution: int) -> Iterator[np.ndarray]:
@@ -138,7 +172,7 @@ def iter_rows(path: Path, meta: dict[str, Any], resolution: int) -> Iterator[np.
                     raise DataError(f"{path}: 'data' ends early (truncated file)")
                 yield planes_to_nhwc(np.frombuffer(buf, np.uint8), resolution)
                 remaining -= k
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
         raise DataError(f"{path} is corrupt ({e})") from None
 
 
@@ -162,8 +196,7 @@ def prepare(dataset: str, src: Path, out: Path, progress: bool = True) -> dict[s
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise DataError(f"source directory not found: {src}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out} already exists and is not empty; remove it or choose another --out")
+    prepared.refuse_existing(out)
     missing = [name for names in SPLIT_FILES.values() for name in names if not (src / name).is_file()]
     if missing:
         listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -172,14 +205,18 @@ def prepare(dataset: str, src: Path, out: Path, progress: bool = True) -> dict[s
     # Every header is checked before anything is written: a foreign or truncated file fails fast.
     files = {split: [(src / name, inspect_file(src / name, resolution, with_mean=split == "train"))
                      for name in names] for split, names in SPLIT_FILES.items()}
+    shape = (resolution, resolution, 3)
+    counts = {split: sum(meta["count"] for _, meta in entries) for split, entries in files.items()}
+    # Room for everything before anything is read or written: a full disk is one line, not a failure half-way.
+    prepared.check_free_space(out.parent, sum(prepared.split_bytes(n, shape) for n in counts.values()) + 65536,
+                              f"{dataset} ({sum(counts.values()):,} images)")
     labels = {split: [read_labels(path) for path, _ in entries] for split, entries in files.items()}
     file_mean = next((_small_array(path, "mean") for path, meta in files["train"] if meta["has_mean"]), None)
-    shape = (resolution, resolution, 3)
     manifest: dict[str, Any] = {"dataset": dataset, "image_shape": list(shape), "num_classes": NUM_CLASSES,
                                 "splits": {}, "sources": {}}
-    with prepared.atomic_dir(out) as tmp:
+    with prepared.atomic_dir(out, exclusive=True) as tmp:
         for split, entries in files.items():
-            count = sum(meta["count"] for _, meta in entries)
+            count = counts[split]
 
             def chunks(entries=entries, split=split):
                 for (path, meta), file_labels in zip(entries, labels[split]):

@@ -32,6 +32,7 @@ from jaxconv.errors import DataError
 SPLITS = ("train", "val")
 SOURCES = ("mnist", "synthetic", *imagenet.RESOLUTIONS, "tfds:NAME")
 MNIST_TRAIN_PER_DIGIT = 400
+MNIST_CLASSES = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,10 +118,19 @@ def read_mnist_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path} holds no rows")
     if table.ndim != 2 or table.shape[1] != 785:
         raise DataError(f"{path}: expected rows of 784 pixels + label, got shape {table.shape}")
-    if table[:, :784].min() < 0 or table[:, :784].max() > 255:
-        raise DataError(f"{path}: pixel values outside 0..255")
-    images = table[:, :784].astype(np.uint8).reshape(-1, 28, 28, 1)
-    return images, table[:, 784].astype(np.int32)
+    # Ranges are checked on the parsed int64 values, before the casts to uint8 / int32 could wrap an
+    # out-of-range value (4294967299 -> 3) into range.
+    pixels, labels = table[:, :784], table[:, 784]
+    bad = np.flatnonzero((pixels < 0).any(axis=1) | (pixels > 255).any(axis=1))
+    if bad.size:
+        row = pixels[bad[0]]
+        value = row[(row < 0) | (row > 255)][0]
+        raise DataError(f"{path}: pixel values outside 0..255 (row {bad[0] + 1}: {value})")
+    bad = np.flatnonzero((labels < 0) | (labels >= MNIST_CLASSES))
+    if bad.size:
+        raise DataError(f"{path}: label out of range [{labels.min()}, {labels.max()}] for {MNIST_CLASSES} classes "
+                        f"(row {bad[0] + 1}: label {labels[bad[0]]}, expected 0..{MNIST_CLASSES - 1})")
+    return pixels.astype(np.uint8).reshape(-1, 28, 28, 1), labels.astype(np.int32)
 
 
 def _mnist_split(split: str, path: Path | None = None) -> Split:
@@ -135,7 +145,7 @@ def _mnist_split(split: str, path: Path | None = None) -> Split:
     keep = rank_within_digit < MNIST_TRAIN_PER_DIGIT
     if split == "val":
         keep = ~keep
-    return Split(images[keep], labels[keep], num_classes=10)
+    return Split(images[keep], labels[keep], num_classes=MNIST_CLASSES)
 
 
 def synthetic_split(config: DataConfig, split: str) -> Split:
