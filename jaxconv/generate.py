@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import jax
@@ -9,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from jaxconv import config as config_lib
 from jaxconv import sampling
-from jaxconv.errors import ConfigError
+from jaxconv.errors import ConfigError, StorageError
 from jaxconv.models import build_model
 from jaxconv.models.pixelcnn import AUTOREGRESSIVE_CONFIGS
 from jaxconv.train.loop import restore_workdir
@@ -29,31 +32,98 @@ def image_grid(images: np.ndarray, columns: int = 8) -> Image.Image:
     return Image.fromarray(grid[..., 0] if c == 1 else grid)
 
 
+MAX_NUM = 10_000  # images per ``jaxconv sample`` call: the sampler holds all of them (and its caches) at once
+SEED_LIMIT = 2**32  # seeds are 0 <= seed < 2**32: jax.random.key folds larger ones onto these silently
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-30, 1e30  # float32 keeps log p / T finite for every head in this range
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_sample_args(*, num, seed, temperature, sampler: str, complete_rows, label, checkpoint: str = "best",
+                      out: Path | None = None) -> None:
+    """Validates what a ``jaxconv sample`` call asks for, before any checkpoint is read or anything compiled.
+
+    ``num`` 1..MAX_NUM, ``seed`` 0..2**32-1, ``temperature`` a finite number in [1e-30, 1e30], ``complete_rows``
+    an int >= 0 and ``label`` an int (their ranges depend on the run: checked in ``sample_workdir``),
+    ``checkpoint`` best, latest or a step number, ``out`` a file name with an image suffix (.png).
+    """
+    if not isinstance(checkpoint, str) or not (checkpoint in ("best", "latest")
+                                               or (checkpoint.isascii() and checkpoint.isdigit())):
+        raise ConfigError(f"bad checkpoint {checkpoint!r}; allowed values: best, latest, a step number")
+    if out is not None:
+        out = Path(out)
+        if Image.registered_extensions().get(out.suffix.lower()) not in Image.SAVE:
+            raise ConfigError(f"--out {out}: name an image file, e.g. samples.png")
+        if out.is_dir():
+            raise StorageError(f"cannot write {out}: it is a directory")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"bad sampler {sampler!r}; allowed values: {', '.join(SAMPLERS)}")
+    if not _is_int(num) or not 1 <= num <= MAX_NUM:
+        raise ConfigError(f"--num must be an integer in 1..{MAX_NUM:,}, got {num!r}")
+    if not _is_int(seed) or not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"--seed must be an integer in 0..{SEED_LIMIT - 1} (0 <= seed < 2**32), got {seed!r}")
+    if (not isinstance(temperature, (int, float, np.integer, np.floating)) or isinstance(temperature, bool)
+            or not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):  # NaN fails every comparison
+        raise ConfigError(f"--temperature must be finite and > 0 (between {MIN_TEMPERATURE:g} and "
+                          f"{MAX_TEMPERATURE:g}), got {temperature!r}")
+    if not _is_int(complete_rows) or complete_rows < 0:
+        raise ConfigError(f"--complete must be a number of rows >= 0, got {complete_rows!r}")
+    if label is not None and not _is_int(label):
+        raise ConfigError(f"--label must be a class number, got {label!r}")
+
+
 def sample_workdir(workdir: Path, out: Path, *, num: int = 16, seed: int = 0, temperature: float = 1.0,
                    sampler: str = "cached", complete_rows: int = 0, label: int | None = None,
                    checkpoint: str = "best") -> np.ndarray:
-    """Draws ``num`` images from a run's checkpoint, writes a PNG grid to ``out``, returns the images."""
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"bad sampler {sampler!r}; allowed values: {', '.join(SAMPLERS)}")
-    run, _, state = restore_workdir(workdir, checkpoint)
-    config = run.config.model
+    """Draws ``num`` images from a run's checkpoint, writes a PNG grid to ``out``, returns the images.
+
+    A class-conditional run (model.num_classes > 0) draws every image of class ``label``; without it,
+    image k is of class k % num_classes, and completions (``complete_rows``) keep their own image's class.
+    Every argument is checked (ConfigError) before the checkpoint is restored: see ``check_sample_args``.
+    """
+    check_sample_args(num=num, seed=seed, temperature=temperature, sampler=sampler, complete_rows=complete_rows,
+                      label=label, checkpoint=checkpoint, out=out)
+    workdir, out = Path(workdir), Path(out)
+    config = config_lib.load(workdir / "config.json").model
     if not isinstance(config, AUTOREGRESSIVE_CONFIGS):
         raise ConfigError(f"{workdir} holds a {config.family} run; sampling needs a PixelCNN-family model")
-    if num <= 0 or temperature <= 0:
-        raise ConfigError("--num and --temperature must be > 0")
+    if label is not None and not config.num_classes:
+        raise ConfigError("--label needs a class-conditional model (model.num_classes > 0)")
+    if label is not None and not 0 <= label < config.num_classes:
+        raise ConfigError(f"--label must be in 0..{config.num_classes - 1} (model.num_classes={config.num_classes}), "
+                          f"got {label}")
+    run, _, state = restore_workdir(workdir, checkpoint)
+    config = run.config.model
     shape = (num, *run.val_data.images.shape[1:])
-    if not 0 <= complete_rows < shape[1]:
-        raise ConfigError(f"--complete must be in 0..{shape[1] - 1} rows")
+    if not complete_rows < shape[1]:
+        raise ConfigError(f"--complete must be in 0..{shape[1] - 1} rows, got {complete_rows}")
     images = jnp.asarray(np.resize(run.val_data.images, shape)) if complete_rows else None
     labels = None
-    if config.num_classes:
-        labels = jnp.full((num,), label, jnp.int32) if label is not None else jnp.arange(num) % config.num_classes
-    elif label is not None:
-        raise ConfigError("--label needs a class-conditional model (model.num_classes > 0)")
+    if label is not None:
+        labels = jnp.full((num,), label, jnp.int32)
+    elif config.num_classes and complete_rows:
+        labels = jnp.asarray(np.resize(run.val_data.labels, num), jnp.int32)  # the completed images' own classes
+    elif config.num_classes:
+        labels = jnp.arange(num, dtype=jnp.int32) % config.num_classes
     model = build_model(config, jnp.dtype(run.config.train.dtype))
     params = jax.device_get(state.params)
     samples = np.asarray(SAMPLERS[sampler](model, params, jax.random.key(seed), shape, labels=labels, images=images,
-                                           known_rows=complete_rows, temperature=temperature, progress=True))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(samples).save(out)
+                                           known_rows=complete_rows, temperature=float(temperature), progress=True))
+    write_image(image_grid(samples), out)
     return samples
+
+
+def write_image(image: Image.Image, out: Path) -> None:
+    """Writes ``image`` atomically (a temporary file beside ``out``, then a rename): an interrupted
+    write leaves the previous file or none, never half a PNG."""
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp, format=Image.registered_extensions()[out.suffix.lower()])
+        os.replace(tmp, out)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {out}: {e.strerror or e}") from None

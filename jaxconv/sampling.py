@@ -26,6 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxconv.models.pixelcnn import (GatedPixelCNN, PixelCNN, layer_dilations, sample_variable, scale_values,
                                      to_images, to_values)
@@ -35,6 +36,7 @@ def sample_naive(model: nn.Module, params: Any, key: jax.Array, shape: tuple[int
                  labels: jax.Array | None = None, images: jax.Array | None = None, known_rows: int = 0,
                  temperature: float = 1.0, progress: bool = False) -> jax.Array:
     """One full forward pass per variable; ``shape`` = (B, H, W, C)."""
+    _check_call(model.config, shape, labels, temperature)
     values = _initial_values(model.config, shape, images, known_rows)
     out = _naive(model, known_rows, progress, params, key, values, labels, jnp.float32(temperature))
     return to_images(model.config, out)
@@ -44,12 +46,39 @@ def sample_cached(model: nn.Module, params: Any, key: jax.Array, shape: tuple[in
                   labels: jax.Array | None = None, images: jax.Array | None = None, known_rows: int = 0,
                   temperature: float = 1.0, progress: bool = False) -> jax.Array:
     """Only the positions a new variable changes; same arguments and result as ``sample_naive``."""
+    _check_call(model.config, shape, labels, temperature)
     values = _initial_values(model.config, shape, images, known_rows)
     run = _cached_gated if isinstance(model, GatedPixelCNN) else _cached_pixelcnn
     if not isinstance(model, (GatedPixelCNN, PixelCNN)):
         raise TypeError(f"no cached sampler for {type(model).__name__}")
     out = run(model, known_rows, progress, params, key, values, labels, jnp.float32(temperature))
     return to_images(model.config, out)
+
+
+def _check_call(config, shape, labels, temperature) -> None:
+    """ValueError for labels that do not fit the model and a temperature that is not finite and > 0 in float32
+    (NaN would silently draw value 0 everywhere: an all-black image)."""
+    if not isinstance(temperature, jax.core.Tracer):
+        t = np.asarray(temperature, np.float64)
+        with np.errstate(over="ignore", under="ignore"):
+            t32 = t.astype(np.float32)
+        if t.shape or not (np.isfinite(t32) and t32 > 0):
+            raise ValueError(f"temperature must be a finite number > 0 (in float32), got {temperature!r}")
+    if not config.num_classes:
+        if labels is not None:
+            raise ValueError(f"{config.family} model without classes (num_classes=0): call it with labels=None")
+        return
+    if labels is None:
+        raise ValueError(f"class-conditional model (num_classes={config.num_classes}): pass labels [B]")
+    if tuple(jnp.shape(labels)) != (shape[0],):
+        raise ValueError(f"labels have shape {tuple(jnp.shape(labels))}, expected ({shape[0]},)")
+    if not isinstance(labels, jax.core.Tracer):
+        values = np.asarray(labels)
+        if not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"labels must be integers in 0..{config.num_classes - 1}, got dtype {values.dtype}")
+        if values.size and (values.min() < 0 or values.max() >= config.num_classes):
+            raise ValueError(f"labels must be integers in 0..{config.num_classes - 1}, got values from "
+                             f"{values.min()} to {values.max()}")
 
 
 def _initial_values(config, shape, images, known_rows: int) -> jax.Array:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxconv.config import OptimConfig, ScheduleConfig
+from jaxconv.models.pixelcnn import AUTOREGRESSIVE_CONFIGS
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -62,7 +63,13 @@ def init_state(model, tx: optax.GradientTransformation, input_shape: tuple[int, 
     # given JAX version and backend, which is all a seed needs to promise; the per-step key (dropout,
     # augmentation) stays threefry.
     init_key = jax.random.key(seed, impl="rbg")
-    variables = model.init({"params": init_key, "dropout": init_key}, jnp.zeros(input_shape, input_dtype), train=False)
+    kwargs = {}
+    config = getattr(model, "config", None)
+    if isinstance(config, AUTOREGRESSIVE_CONFIGS) and config.num_classes:
+        # A class-conditional model needs labels [B] to build its per-class biases; any valid class will do.
+        kwargs["labels"] = jnp.zeros(input_shape[:1], jnp.int32)
+    variables = model.init({"params": init_key, "dropout": init_key}, jnp.zeros(input_shape, input_dtype),
+                           train=False, **kwargs)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=jax.random.key_data(state_key))
