@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -31,13 +32,14 @@ class DataConfig:
     # How pixels reach the model: "unit" = x/255 in [0,1]; "binary" = (x > 127) in {0,1} (fixed
     # threshold, see jaxconv.data.sources); "uint8" = raw 0..255 integers (8-bit density models).
     pixels: Literal["unit", "binary", "uint8"] = "unit"
-    batch_size: int = 128  # global batch, divided over all devices of all hosts
-    eval_batch_size: int = 500  # rounded up to a multiple of the device count; the last batch is masked
-    seed: int = 0  # batch order is a pure function of (seed, step)
+    batch_size: int = 128  # global batch, divided over all devices of all hosts; at most MAX_BATCH (65,536)
+    # Rounded up to a multiple of the device count; the last batch is masked. At most MAX_BATCH (65,536).
+    eval_batch_size: int = 500
+    seed: int = 0  # batch order is a pure function of (seed, step); 0 <= seed < 2**32
     image_shape: tuple[int, ...] = (28, 28, 1)  # synthetic source only
     num_examples: int = 1024  # synthetic source only
     num_classes: int = 10  # synthetic source only
-    prefetch: int = 2  # batches staged on the devices ahead of the step
+    prefetch: int = 2  # batches staged on the devices ahead of the step; at most MAX_PREFETCH (64)
     # Augmentation (classification only): on the device inside the jitted train step, random from
     # (train.seed, step); evaluation never augments. See jaxconv.data.augment.
     augment_crop_pad: int = 0  # pad each side by P pixels, then crop a random H x W window; 0 = off
@@ -81,7 +83,7 @@ class ScheduleConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
-    seed: int = 0  # parameter init and per-step randomness (dropout, sampling)
+    seed: int = 0  # parameter init and per-step randomness (dropout, sampling); 0 <= seed < 2**32
     log_every: int = 50  # metrics leave the device only this often
     eval_every: int = 500  # 0 = only at the end
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
@@ -94,7 +96,9 @@ class CheckpointConfig:
     every: int = 500  # save every N steps (and at the end, and on SIGTERM); 0 = only then
     keep_latest: int = 2
     keep_best: int = 1  # 0 = keep no best-of checkpoints
-    best_metric: str = "accuracy"  # a validation metric name
+    # A metric the model's task logs at validation (validation_metrics): accuracy, loss, top5_accuracy for
+    # classification; loss, nll_nats, bits_per_dim for PixelCNN models. Unused (unchecked) when keep_best=0.
+    best_metric: str = "accuracy"
     best_mode: Literal["min", "max"] = "max"
     async_save: bool = True
 
@@ -158,45 +162,93 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def parse_value(text: str, annotation: Any, path: str) -> Any:
-    """Parses ``text`` as ``annotation`` (bool/int/float/str/Literal/tuple); ConfigError if it is not."""
+    """Parses ``text`` (a ``--set`` value) as ``annotation``; ConfigError if it is not one."""
+    return convert(text, annotation, path, from_text=True)
+
+
+def convert(value: Any, annotation: Any, path: str, *, from_text: bool = False) -> Any:
+    """``value`` as a field of type ``annotation`` (bool/int/float/str/Literal/tuple[X, ...]/Optional[X]).
+
+    The one type checker of config values: ``from_text`` parses a command-line string ("3" is an int
+    there); otherwise ``value`` is a decoded JSON value and must already have the type (a JSON "10" is
+    not an int; an int is accepted for a float). ConfigError, naming ``path``, if it does not fit.
+    """
+
+    def bad(expected: str) -> ConfigError:
+        if from_text:
+            return ConfigError(f"bad value {value!r} for {path}; {expected}")
+        return ConfigError(f"{path}: {expected}, got {_short_repr(value)}")
+
     origin = typing.get_origin(annotation)
     if origin is Literal:
         allowed = typing.get_args(annotation)
-        if text not in allowed:
-            raise ConfigError(f"bad value {text!r} for {path}; allowed values: {', '.join(map(str, allowed))}")
-        return text
+        if not isinstance(value, str) or value not in allowed:
+            raise bad(f"allowed values: {', '.join(map(str, allowed))}")
+        return value
     if origin is tuple:
         (item_type, _) = typing.get_args(annotation)
-        parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
-        return tuple(parse_value(p.strip(), item_type, path) for p in parts)
+        if from_text:
+            items = [p.strip() for p in value.strip("()[] ").split(",") if p.strip()]
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise bad(f"expected a list of {item_type.__name__}")
+        return tuple(convert(item, item_type, path, from_text=from_text) for item in items)
     if origin in (typing.Union, types.UnionType):  # Optional[X]
-        if text.lower() in ("none", "null", ""):
+        if value is None or (from_text and value.lower() in ("none", "null", "")):
             return None
         (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return parse_value(text, inner, path)
+        return convert(value, inner, path, from_text=from_text)
     if annotation is bool:
-        if text.lower() in ("true", "1", "yes"):
+        if not from_text:
+            if not isinstance(value, bool):
+                raise bad("expected true or false")
+            return value
+        if value.lower() in ("true", "1", "yes"):
             return True
-        if text.lower() in ("false", "0", "no"):
+        if value.lower() in ("false", "0", "no"):
             return False
-        raise ConfigError(f"bad value {text!r} for {path}; allowed values: true, false")
+        raise bad("allowed values: true, false")
     if annotation in (int, float):
+        if not from_text:
+            # bool is an int to Python, not to a config; an int is a float's value, not the reverse
+            if isinstance(value, bool) or not isinstance(value, (int, float) if annotation is float else int):
+                raise bad(f"expected {annotation.__name__}")
+            return annotation(value)
         try:
-            return annotation(text)
+            return annotation(value)
         except ValueError:
-            raise ConfigError(f"bad value {text!r} for {path}; expected {annotation.__name__}") from None
+            raise bad(f"expected {annotation.__name__}") from None
     if annotation is str:
-        return text
+        if not isinstance(value, str):
+            raise bad("expected str")
+        return value
     raise ConfigError(f"{path} cannot be set from the command line")  # pragma: no cover
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ----------------------------------------------------------------------------------------------
 # Validation: values that type-check but cannot work.
 
+# Largest global batch (data.batch_size, data.eval_batch_size): checked before anything is allocated,
+# so that a typo (an extra zero or three) is a config error, not an out-of-memory at the first step or
+# evaluation. 65,536 images is far beyond what the models here train with (AlexNet used 128).
+MAX_BATCH = 65_536
+MAX_PREFETCH = 64  # data.prefetch: batches staged on the devices ahead of the step
+INT32_MAX = 2**31 - 1  # steps, intervals and sizes become int32 on the device (TrainState.step is int32)
+SEED_LIMIT = 2**32  # seeds are 32-bit: JAX keys keep the low 32 bits (2**32 would silently be seed 0)
+_SEEDS = ("data.seed", "train.seed")
+
 _POSITIVE = {
     "data": ("batch_size", "eval_batch_size", "num_examples", "num_classes", "prefetch"),
     "train": ("steps", "log_every"),
     "checkpoint": ("keep_latest",),
+    "optim": ("learning_rate", "eps"),
+    "schedule": ("decay_factor",),
 }
 _NON_NEGATIVE = {
     "data": ("augment_crop_pad", "crop_size", "image_size"),
@@ -206,9 +258,28 @@ _NON_NEGATIVE = {
     "parallel": ("num_devices", "num_processes"),
     "optim": ("weight_decay", "grad_clip_norm"),
 }
+_FRACTIONS = {  # [0, 1)
+    "optim": ("momentum", "b1", "b2"),
+}
+_AT_MOST = {
+    "data.batch_size": MAX_BATCH,
+    "data.eval_batch_size": MAX_BATCH,
+    "data.prefetch": MAX_PREFETCH,
+}
 
 
 def validate(config: Config) -> None:
+    """ConfigError for any value that type-checks but cannot work; call it before anything is written,
+    allocated or compiled. What only the data can tell (its size, classes, image shape) is checked
+    once it is loaded (``jaxconv.train.loop.build_run``)."""
+    for path, value in _numbers(config):  # every number of every section, the model's too
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{path} must be a finite number, got {value}")
+        if isinstance(value, int) and path in _SEEDS:
+            if not 0 <= value < SEED_LIMIT:
+                raise ConfigError(f"{path} must be in [0, 2**32), got {value}")
+        elif isinstance(value, int) and not -INT32_MAX <= value <= INT32_MAX:
+            raise ConfigError(f"{path}={value} is out of range; at most {INT32_MAX:,} (2**31-1)")
     for section, keys in _POSITIVE.items():
         for key in keys:
             if getattr(getattr(config, section), key) <= 0:
@@ -217,8 +288,26 @@ def validate(config: Config) -> None:
         for key in keys:
             if getattr(getattr(config, section), key) < 0:
                 raise ConfigError(f"{section}.{key} must be >= 0, got {getattr(getattr(config, section), key)}")
-    if config.optim.learning_rate <= 0:
-        raise ConfigError(f"optim.learning_rate must be > 0, got {config.optim.learning_rate}")
+    for section, keys in _FRACTIONS.items():
+        for key in keys:
+            if not 0 <= getattr(getattr(config, section), key) < 1:
+                raise ConfigError(f"{section}.{key} must be in [0, 1), got {getattr(getattr(config, section), key)}")
+    for path, limit in _AT_MOST.items():
+        section, key = path.split(".")
+        if getattr(getattr(config, section), key) > limit:
+            raise ConfigError(f"{path}={getattr(getattr(config, section), key)} is too large; at most {limit:,}")
+    if not 0 <= config.schedule.final_factor <= 1:
+        raise ConfigError(f"schedule.final_factor must be in [0, 1] (a fraction of the peak learning rate), "
+                          f"got {config.schedule.final_factor}")
+    if any(b < 0 for b in config.schedule.boundaries):
+        raise ConfigError(f"schedule.boundaries must be steps >= 0, got {config.schedule.boundaries}")
+    if config.parallel.process_id < -1:
+        raise ConfigError(f"parallel.process_id must be >= 0, or -1 to detect it, got {config.parallel.process_id}")
+    if config.checkpoint.keep_best:  # the metric ranks checkpoints only when best ones are kept
+        allowed = validation_metrics(config.model)
+        if config.checkpoint.best_metric not in allowed:
+            raise ConfigError(f"checkpoint.best_metric={config.checkpoint.best_metric!r} is not a validation metric "
+                              f"of {config.model.family} models; metrics: {', '.join(allowed)}")
     if config.data.subtract_mean and config.data.pixels != "unit":
         raise ConfigError(f"data.subtract_mean needs data.pixels=unit, got {config.data.pixels!r}")
     if any(s <= 0 for s in config.data.image_shape) or len(config.data.image_shape) != 3:
@@ -233,6 +322,28 @@ def validate(config: Config) -> None:
     validate_model = getattr(config.model, "validate", None)
     if validate_model is not None:
         validate_model()
+
+
+def validation_metrics(model: Any) -> tuple[str, ...]:
+    """The metric names a model family's task logs at each evaluation (besides "count"): what
+    checkpoint.best_metric may name. The same dispatch as ``jaxconv.tasks.for_model``."""
+    from jaxconv import losses
+    from jaxconv.models import pixelcnn  # models import config; import late to avoid a cycle
+
+    if isinstance(model, pixelcnn.AUTOREGRESSIVE_CONFIGS):
+        return losses.DENSITY_METRICS
+    return losses.CLASSIFICATION_METRICS
+
+
+def _numbers(config: Config):
+    """(section.key, value) of every int and float in the config, tuple items included (not bools)."""
+    for name in SECTIONS:
+        section = getattr(config, name)
+        for field in dataclasses.fields(section):
+            value = getattr(section, field.name)
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, (int, float)) and not isinstance(item, bool):
+                    yield f"{name}.{field.name}", item
 
 
 def check_crop_size(data: DataConfig, image_hw: tuple[int, ...]) -> None:
@@ -253,19 +364,41 @@ def to_dict(config: Config) -> dict[str, Any]:
     return out
 
 
-def from_dict(raw: dict[str, Any]) -> Config:
+_SECTION_CLASSES = (("data", DataConfig), ("optim", OptimConfig), ("schedule", ScheduleConfig), ("train", TrainConfig),
+                    ("checkpoint", CheckpointConfig), ("parallel", ParallelConfig))
+
+
+def from_dict(raw: Any) -> Config:
+    """The config of a decoded ``config.json``; every value type-checked against its field (ConfigError
+    naming the key), then :func:`validate`-d."""
     from jaxconv.models import MODEL_CONFIGS  # models import config; import late to avoid a cycle
 
-    raw = dict(raw)
-    model_raw = dict(raw.pop("model"))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a JSON object of config sections, got {type(raw).__name__}")
+    unknown = set(raw) - {"name", *SECTIONS}
+    if unknown:
+        raise ConfigError(f"unknown config section {sorted(unknown)[0]!r}; sections: {', '.join(SECTIONS)}")
+    for key in ("name", "model"):
+        if key not in raw:
+            raise ConfigError(f"missing key {key!r}")
+    name = convert(raw["name"], str, "name")
+    model_raw = _section(raw, "model")
     family = model_raw.pop("family", None)
-    if family not in MODEL_CONFIGS:
-        raise ConfigError(f"unknown model family {family!r}; families: {', '.join(MODEL_CONFIGS)}")
+    if not isinstance(family, str) or family not in MODEL_CONFIGS:
+        raise ConfigError(f"unknown model family {family!r} in model.family; families: {', '.join(MODEL_CONFIGS)}")
     sections = {"model": _build(MODEL_CONFIGS[family], model_raw, "model")}
-    for name, cls in (("data", DataConfig), ("optim", OptimConfig), ("schedule", ScheduleConfig),
-                      ("train", TrainConfig), ("checkpoint", CheckpointConfig), ("parallel", ParallelConfig)):
-        sections[name] = _build(cls, raw.pop(name, {}), name)
-    return Config(name=raw.pop("name"), **sections)
+    for section, cls in _SECTION_CLASSES:
+        sections[section] = _build(cls, _section(raw, section), section)
+    config = Config(name=name, **sections)
+    validate(config)
+    return config
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a JSON object, got {_short_repr(value)}")
+    return dict(value)
 
 
 def _build(cls: type, raw: dict[str, Any], section: str) -> Any:
@@ -273,8 +406,7 @@ def _build(cls: type, raw: dict[str, Any], section: str) -> Any:
     unknown = set(raw) - set(hints)
     if unknown:
         raise ConfigError(f"unknown config key {section}.{sorted(unknown)[0]}; keys: {', '.join(hints)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    return cls(**values)
+    return cls(**{key: convert(value, hints[key], f"{section}.{key}") for key, value in raw.items()})
 
 
 def save(config: Config, path: Path) -> None:
@@ -289,10 +421,25 @@ def save(config: Config, path: Path) -> None:
 
 
 def load(path: Path) -> Config:
+    """The config in ``path`` (a run's config.json); ConfigError, naming the file and the key, if it is
+    missing, unreadable, not JSON, or holds a value of the wrong type or range."""
     try:
-        raw = json.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path} not found: is this a jaxconv work directory?") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a config file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    try:
+        raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    return from_dict(raw)
+    except (ValueError, RecursionError) as e:  # an int of over 4300 digits; nesting too deep
+        raise ConfigError(f"{path} is not a readable config ({str(e).splitlines()[0][:100]})") from None
+    try:
+        return from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

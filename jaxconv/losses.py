@@ -10,6 +10,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+# The metrics each task logs at every evaluation (its sums, divided by "count"): the names that
+# checkpoint.best_metric may take (jaxconv.config.validate). Classification: this module's
+# classification_sums; density models (PixelCNN family): jaxconv.tasks.density.
+CLASSIFICATION_METRICS = ("loss", "accuracy", "top5_accuracy")
+DENSITY_METRICS = ("loss", "nll_nats", "bits_per_dim")
+
 
 def classification_sums(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray) -> dict[str, jnp.ndarray]:
     """logits [B, K] float, labels [B] int, mask [B] -> summed loss, top-1/top-5 hits and count."""
@@ -18,12 +24,8 @@ def classification_sums(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndar
     k = min(5, logits.shape[-1])
     _, top_k = jax.lax.top_k(logits, k)  # [B, k]
     hits = top_k == labels[:, None]
-    return {
-        "loss": jnp.sum(loss * mask),
-        "accuracy": jnp.sum(hits[:, 0] * mask),
-        "top5_accuracy": jnp.sum(jnp.any(hits, axis=-1) * mask),
-        "count": jnp.sum(mask),
-    }
+    values = (jnp.sum(loss * mask), jnp.sum(hits[:, 0] * mask), jnp.sum(jnp.any(hits, axis=-1) * mask))
+    return {**dict(zip(CLASSIFICATION_METRICS, values, strict=True)), "count": jnp.sum(mask)}
 
 
 def means(sums: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxconv.errors import DataError
+from jaxconv.errors import ConfigError, DataError, StorageError
 from jaxconv.train.metrics import read_metrics
 
 # (panel title, metric, splits drawn: train solid, val dashed)
@@ -20,12 +20,21 @@ PANELS = (
 def curves(records: list[dict], split: str, metric: str) -> tuple[list[int], list[float]]:
     """(steps, values) of one metric, skipping records without it or with a non-finite value."""
     points = [(r["step"], r[metric]) for r in records
-              if r["split"] == split and isinstance(r.get(metric), (int, float))]
+              if r["split"] == split and isinstance(r.get(metric), (int, float)) and not isinstance(r[metric], bool)]
     return [s for s, _ in points], [v for _, v in points]
 
 
 def plot_runs(workdirs: list[Path], out: Path) -> list[Path]:
-    """Draws every panel some run has data for; writes ``out`` with .png and .svg suffixes."""
+    """Draws every panel some run has data for; writes ``out`` with .png and .svg suffixes.
+
+    ConfigError if ``out`` names no file (``.``, ``/``); StorageError if it cannot be written."""
+    out = Path(out)
+    try:
+        if out.name in ("", ".", ".."):
+            raise ValueError
+        paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
+    except ValueError:
+        raise ConfigError(f"--out {out}: expected a file name such as curves.png (written as .png and .svg)") from None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,9 +61,16 @@ def plot_runs(workdirs: list[Path], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
-    for path in paths:
-        fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot write {out.parent}: {e.strerror or e}") from None
+        for path in paths:
+            try:
+                fig.savefig(path, dpi=100)
+            except OSError as e:
+                raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
     return paths
