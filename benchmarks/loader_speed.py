@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import experiments  # noqa: E402
 from jaxconv.config import apply_overrides  # noqa: E402
 from jaxconv.data import prepared  # noqa: E402
-from jaxconv.data.pipeline import prefetch, train_batches  # noqa: E402
+from jaxconv.data.pipeline import Prefetcher, train_batches  # noqa: E402
 from jaxconv.train.loop import build_run  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -141,7 +141,7 @@ def main() -> None:
             jax.block_until_ready(state)
 
         step_rate, step_runs = rate(steps_synced, batch * args.steps, 1, args.repeats)
-        fed = prefetch(train_batches(data, batch, seed=1, start_step=0), run.par.put_batch, config.data.prefetch)
+        fed = Prefetcher(train_batches(data, batch, seed=1, start_step=0), run.par.put_batch, config.data.prefetch)
 
         def pipeline_synced():
             nonlocal state, metrics
@@ -149,8 +149,9 @@ def main() -> None:
                 state, metrics = run.train_step(state, next(fed))
             jax.block_until_ready(state)
 
-        pipeline_synced()
-        pipeline, pipeline_runs = rate(pipeline_synced, batch * args.steps, 1, args.repeats)
+        with fed:
+            pipeline_synced()
+            pipeline, pipeline_runs = rate(pipeline_synced, batch * args.steps, 1, args.repeats)
 
     result = {
         "benchmark": "loader_speed",

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+import warnings
 from pathlib import Path
 
+from jaxconv import stopping
 from jaxconv.errors import ConfigError, JaxconvError
 
 
@@ -133,10 +137,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if experiments.is_study(args.name):
         return _train_study(args, workdir)
     config = apply_overrides(experiments.load(args.name, args.smoke), args.overrides)
-    result = train(config, workdir)
+    result = train(config, workdir, stop=args.stop)
     if "val" in result:
         print(_table(f"{args.name}: step {result['step']}, validation", result["val"]))
     print(f"workdir: {workdir}")
+    if result.get("signal") == "SIGINT":
+        print(f"jaxconv: interrupted (SIGINT): saved step {result['step']}; the same command resumes it",
+              file=sys.stderr)
+        return stopping.EXIT_CODES[signal.SIGINT]
     return 0
 
 
@@ -147,7 +155,12 @@ def _train_study(args: argparse.Namespace, workdir: Path) -> int:
 
     variants = {name: apply_overrides(config, args.overrides)
                 for name, config in experiments.load_study(args.name, args.smoke).items()}
-    print(markdown_table(run_study(variants, workdir)), end="")
+    rows = run_study(variants, workdir, args.stop)
+    if len(rows) < len(variants):
+        print(f"jaxconv: stopped after {len(rows)} of {len(variants)} variants; the same command resumes it",
+              file=sys.stderr)
+        return stopping.EXIT_CODES[signal.SIGINT] if args.stop and args.stop.signal == signal.SIGINT else 0
+    print(markdown_table(rows), end="")
     print(f"workdir: {workdir} (results.md, results.png, samples.png)")
     return 0
 
@@ -264,9 +277,10 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "data": 
             "list": cmd_list, "plot": cmd_plot, "viz": cmd_viz}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stop: stopping.StopRequest | None = None) -> int:
+    """Runs one command; ``stop``: the signal flag of ``entry`` (None: training installs its own handlers)."""
     args = _parser().parse_args(argv)
-    args.argv = argv
+    args.argv, args.stop = argv, stop
     try:
         return COMMANDS[args.command](args)
     except JaxconvError as e:
@@ -274,9 +288,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"jaxconv: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("jaxconv: interrupted", file=sys.stderr)
-        return 130
 
 
 def _ignore_closed_event_loop(default_hook):
@@ -297,10 +308,16 @@ def run_experiment_module(name: str) -> None:
     """``python -m experiments.NAME [--workdir ...] [--set ...] [--smoke]`` == ``jaxconv train NAME ...``."""
     argv = sys.argv[1:]
     debug = ["--debug"] if "--debug" in argv else []
-    sys.unraisablehook = _ignore_closed_event_loop(sys.unraisablehook)
-    sys.exit(main([*debug, "train", name, *[a for a in argv if a != "--debug"]]))
+    entry([*debug, "train", name, *[a for a in argv if a != "--debug"]])
 
 
-def entry() -> None:
+def entry(argv: list[str] | None = None) -> None:
+    """The process entry point: signals first (before any thread exists), then the command."""
+    stop = stopping.watch_signals()
     sys.unraisablehook = _ignore_closed_event_loop(sys.unraisablehook)
-    sys.exit(main())
+    # A failed background checkpoint write leaves orbax's asyncio tasks holding the same OSError that
+    # the one-line error already reports; asyncio would log each again as "never retrieved", and the
+    # writes it never started as "coroutine ... was never awaited".
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+    sys.exit(main(argv, stop))

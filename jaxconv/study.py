@@ -18,25 +18,35 @@ import numpy as np
 
 from jaxconv.config import Config
 from jaxconv.generate import sample_workdir
+from jaxconv.stopping import StopRequest
 from jaxconv.train import loop
 
 SAMPLES_PER_VARIANT = 8
 
 
-def run_study(variants: dict[str, Config], workdir: Path) -> list[dict[str, Any]]:
+def run_study(variants: dict[str, Config], workdir: Path, stop: StopRequest | None = None) -> list[dict[str, Any]]:
+    """The variants' rows; an interrupted study (``stop`` set) returns the rows finished so far and
+    writes no report (the same command resumes it)."""
     workdir = Path(workdir)
-    rows = [_run_variant(name, config, workdir / name) for name, config in variants.items()]
+    rows = []
+    for name, config in variants.items():
+        row = _run_variant(name, config, workdir / name, stop)
+        if row is None:
+            return rows
+        rows.append(row)
     if jax.process_index() == 0:
         _write_report(rows, workdir)
     return rows
 
 
-def _run_variant(name: str, config: Config, workdir: Path) -> dict[str, Any]:
+def _run_variant(name: str, config: Config, workdir: Path, stop: StopRequest | None) -> dict[str, Any] | None:
     done = workdir / "study.json"
     if done.exists():  # finished earlier: a resumed study does not retrain it
         return json.loads(done.read_text())
     clock = time.perf_counter()
-    result = loop.train(config, workdir)
+    result = loop.train(config, workdir, stop)
+    if result.get("terminated"):
+        return None
     seconds = time.perf_counter() - clock
     run, _, state = loop.restore_workdir(workdir, "latest")
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))

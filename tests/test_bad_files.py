@@ -73,6 +73,15 @@ def replace_by_directory(name: str):
     return setup
 
 
+def resumable(setup):
+    """``setup``, on a run that resumes from checkpoint 10 (a finished run writes no metrics)."""
+    def both(workdir: Path, scratch: Path) -> None:
+        shutil.rmtree(workdir / "checkpoints" / "20")
+        setup(workdir, scratch)
+
+    return both
+
+
 def tensorboard_file(workdir: Path, scratch: Path) -> None:
     shutil.rmtree(workdir / "tensorboard")
     (workdir / "tensorboard").write_text("not a directory")
@@ -140,15 +149,15 @@ CASES = {
                                  ("data.eval_batch_size=50000000 is too large; at most 65,536",), None, "inprocess"),
     # metrics.jsonl and tensorboard/ of the wrong kind: exit 6
     "metrics_jsonl_a_directory_train": ([*TRAIN, "--workdir", "{w}"], StorageError,
-                                        ("metrics.jsonl is not a file",), replace_by_directory("metrics.jsonl"),
-                                        "inprocess"),
+                                        ("metrics.jsonl is not a file",),
+                                        resumable(replace_by_directory("metrics.jsonl")), "inprocess"),
     "metrics_jsonl_a_directory_plot": (["plot", "{w}", "--out", "{t}/curves"], StorageError,
                                        ("metrics.jsonl is not a file",), replace_by_directory("metrics.jsonl"),
                                        "inprocess"),
     "tensorboard_a_file": ([*TRAIN, "--workdir", "{w}"], StorageError, ("tensorboard is not a directory",),
-                           tensorboard_file, "subprocess"),
+                           resumable(tensorboard_file), "subprocess"),
     "tensorboard_unwritable": ([*TRAIN, "--workdir", "{w}"], StorageError, ("cannot write", "tensorboard/events"),
-                               tensorboard_unwritable, "inprocess"),
+                               resumable(tensorboard_unwritable), "inprocess"),
     # plot --out that names no writable file
     "plot_out_dot": (["plot", "{w}", "--out", "."], ConfigError, ("--out .: expected a file name",), None,
                      "inprocess"),

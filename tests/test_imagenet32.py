@@ -473,7 +473,7 @@ def test_train_step_and_evaluation_on_prepared_imagenet32_with_augmentation(prep
 
     import experiments
     from jaxconv.config import apply_overrides
-    from jaxconv.data.pipeline import prefetch
+    from jaxconv.data.pipeline import Prefetcher
     from jaxconv.models import build_model
     from jaxconv.train import loop
     from jaxconv.train.state import TrainState
@@ -490,9 +490,9 @@ def test_train_step_and_evaluation_on_prepared_imagenet32_with_augmentation(prep
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=run.tx.init(params),
                        rng=jax.random.key_data(jax.random.key(0)))
     state = run.par.place_state(state)
-    batches = prefetch(train_batches(run.train_data, 8, 0, 0), run.par.put_batch)
-    for _ in range(2):
-        state, metrics = run.train_step(state, next(batches))
+    with Prefetcher(train_batches(run.train_data, 8, 0, 0), run.par.put_batch) as batches:
+        for _ in range(2):
+            state, metrics = run.train_step(state, next(batches))
     assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
     result = loop.evaluate(run, state.params)
     assert result["count"] == 5 and np.isfinite(result["loss"])

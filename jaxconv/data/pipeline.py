@@ -60,36 +60,59 @@ def take(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.asarray(images[idx])
 
 
-def prefetch(batches: Iterator[Batch], put: Callable[[Batch], Any], size: int = 2) -> Iterator[Any]:
-    """Runs ``put`` (host -> device transfer) in a background thread, ``size`` batches ahead."""
-    slots: queue.Queue = queue.Queue(maxsize=size)
-    stop = threading.Event()
+class Prefetcher:
+    """Runs ``put`` (host -> device transfer) in a background thread, ``size`` batches ahead.
 
-    def worker() -> None:
+    Iterate it for the staged batches; ``close()`` (or leaving a ``with`` block) stops the thread and
+    joins it. A thread still inside a device transfer when the interpreter shuts down aborts the
+    process (exit 134), so the owner must close it before returning.
+    """
+
+    def __init__(self, batches: Iterator[Batch], put: Callable[[Batch], Any], size: int = 2):
+        self._slots: queue.Queue = queue.Queue(maxsize=size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(batches, put), name="jaxconv-prefetch")
+        self._thread.start()
+
+    def _work(self, batches: Iterator[Batch], put: Callable[[Batch], Any]) -> None:
         try:
             for batch in batches:
-                item = put(batch)
-                while not stop.is_set():
-                    try:
-                        slots.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not self._offer(put(batch)):
                     return
+            self._offer(StopIteration())
         except BaseException as e:  # surfaced in the consumer, not lost in the thread
-            slots.put(e)
+            self._offer(e)
 
-    thread = threading.Thread(target=worker, daemon=True, name="jaxconv-prefetch")
-    thread.start()
-    try:
-        while True:
-            item = slots.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
+    def _offer(self, item: Any) -> bool:
+        """Queues ``item`` unless the consumer has closed; False once closed."""
+        while not self._stop.is_set():
+            try:
+                self._slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> Any:
+        item = self._slots.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        while not self._slots.empty():  # staged device buffers go now, not at interpreter exit
+            self._slots.get_nowait()
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def scale_pixels(images: jnp.ndarray, mode: str, dtype: Any = jnp.float32) -> jnp.ndarray:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
 import sys
-import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,15 +21,16 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxconv import config as config_lib
-from jaxconv import losses
+from jaxconv import losses, stopping, tasks
 from jaxconv.config import Config
-from jaxconv.data.pipeline import eval_batches, prefetch, train_batches
+from jaxconv.data.pipeline import Prefetcher, eval_batches, train_batches
 from jaxconv.data.sources import Split, image_mean, load_split
-from jaxconv.errors import CheckpointError, ConfigError, NonFiniteError, StorageError
+from jaxconv.errors import CheckpointError, ConfigError, NonFiniteError
 from jaxconv.models import build_model
-from jaxconv import tasks
+from jaxconv.stopping import StopRequest
+from jaxconv.train import workdir as workdir_lib
 from jaxconv.train.checkpoint import Checkpoints
-from jaxconv.train.metrics import MetricsWriter
+from jaxconv.train.metrics import MetricsWriter, read_metrics
 from jaxconv.train.parallel import DataParallel, maybe_initialize_distributed
 from jaxconv.train.state import TrainState, init_state, make_optimizer
 from jaxconv.train.step import make_eval_step, make_train_step
@@ -107,69 +106,42 @@ def evaluate(run: Run, params: Any, data: Split | None = None) -> dict[str, floa
 # ----------------------------------------------------------------------------------------------
 
 
-def prepare_workdir(config: Config, workdir: Path) -> None:
-    """Creates the workdir and refuses one that holds another model's run."""
-    path = workdir / "config.json"
-    if path.exists():
-        try:
-            previous = config_lib.load(path)
-        except ConfigError as e:
-            raise CheckpointError(f"{workdir} holds an unreadable config.json ({e}); use a new --workdir") from None
-        if previous.model != config.model:
-            raise CheckpointError(f"{workdir} holds a run of a different model ({previous.model}); "
-                                  f"use a new --workdir")
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise StorageError(f"cannot write to work directory {workdir}: {e.strerror}") from None
+def train(config: Config, workdir: Path, stop: StopRequest | None = None) -> dict[str, Any]:
+    """Trains (resuming from ``workdir`` when it holds checkpoints); returns the last metrics.
 
-
-def write_config(config: Config, workdir: Path) -> None:
-    """Writes the effective config; called once the run has built and restored, so that a start that
-    fails (bad data, corrupt checkpoint) leaves the previous run's config.json as it was."""
-    if jax.process_index() != 0:
-        return
-    try:
-        config_lib.save(config, workdir / "config.json")
-    except OSError as e:
-        raise StorageError(f"cannot write to work directory {workdir}: {e.strerror}") from None
-
-
-@contextlib.contextmanager
-def sigterm_flag() -> Iterator[threading.Event]:
-    """An event set by SIGTERM (preemption), so the loop can save and exit cleanly."""
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: flag.set())
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def train(config: Config, workdir: Path) -> dict[str, Any]:
-    """Trains (resuming from ``workdir`` when it holds checkpoints); returns the last metrics."""
+    ``stop``: set by SIGINT/SIGTERM (``jaxconv.stopping``); when the caller passes none, Python signal
+    handlers set one while the loop runs. A stopped run saves the step it reached and returns with
+    ``terminated`` true and ``signal`` the signal's name.
+    """
     workdir = Path(workdir)
+    config_lib.validate(config)
     maybe_initialize_distributed(config.parallel)  # before anything (jax.process_index) starts a backend
-    prepare_workdir(config, workdir)
-    run = build_run(config)
+    lead = jax.process_index() == 0
+    workdir_lib.create(workdir)
+    with workdir_lib.locked(workdir) if lead else contextlib.nullcontext():
+        previous = workdir_lib.previous_config(workdir)
+        run = build_run(config)  # the config's own errors first, then its differences from the run there
+        if previous is not None:
+            workdir_lib.check_restart(previous, config, workdir)
+        return _train_locked(run, workdir, stop)
+
+
+def _train_locked(run: Run, workdir: Path, stop: StopRequest | None) -> dict[str, Any]:
+    config = run.config
+    lead = jax.process_index() == 0
+    log = partial(print, file=sys.stderr, flush=True) if lead else (lambda *_: None)
     checkpoints = Checkpoints(workdir / "checkpoints", config.checkpoint)
-    writer = MetricsWriter(workdir)
     try:
-        if (latest := checkpoints.latest_step()) is not None:
-            # Only shapes, dtypes and shardings are needed to restore: a resume compiles no init.
-            state = checkpoints.restore(latest, jax.eval_shape(run.init))
-            if jax.process_index() == 0:
-                print(f"resuming from checkpoint {latest}", flush=True)
-        else:
-            state = run.init()
-        start = int(state.step)
-        write_config(config, workdir)
-        writer.resume_at(start)
-        with sigterm_flag() as terminated:
-            result = _loop(run, run.par.place_state(state), start, checkpoints, writer, terminated)
+        latest = checkpoints.newest_intact(workdir / "corrupt-checkpoints", log)
+        if latest is not None and latest >= config.train.steps:
+            log(f"{workdir}: already finished at step {latest}; nothing to train")
+            return _finished_result(workdir, latest)
+        with MetricsWriter(workdir) as writer:
+            state, start = _start_state(run, checkpoints, latest, workdir, writer, log)
+            own = stop is None
+            stop = StopRequest() if own else stop
+            with stopping.python_handlers(stop) if own else contextlib.nullcontext(), stop.listening():
+                result = _loop(run, run.par.place_state(state), start, checkpoints, writer, stop)
         checkpoints.wait()  # a failed background save is an error of this run
     finally:
         try:
@@ -177,37 +149,80 @@ def train(config: Config, workdir: Path) -> dict[str, Any]:
         except Exception:  # already reported: either raised above or superseded by the error in flight
             pass
         checkpoints.close()
-        writer.close()
+    return result
+
+
+def _start_state(run: Run, checkpoints: Checkpoints, latest: int | None, workdir: Path, writer: MetricsWriter,
+                 log) -> tuple[TrainState, int]:
+    """A fresh state, or checkpoint ``latest``'s; the config and metrics records made to match it."""
+    if latest is None:
+        state, start = run.init(), 0
+    else:
+        # Only shapes, dtypes and shardings are needed to restore: a resume compiles no init.
+        state, start = checkpoints.restore(latest, jax.eval_shape(run.init)), latest
+        if jax.process_index() == 0:
+            print(f"resuming from checkpoint {latest}", flush=True)
+    if jax.process_index() == 0:
+        workdir_lib.write_config(run.config, workdir)
+        if dropped := sum(record["step"] > start for record in read_metrics(workdir)):
+            log(f"jaxconv: warning: {workdir / 'metrics.jsonl'} held {dropped} record(s) after step {start}, the "
+                f"last complete checkpoint; dropped them (this run computes those steps again)")
+    writer.resume_at(start)
+    return state, start
+
+
+def _finished_result(workdir: Path, step: int) -> dict[str, Any]:
+    """What a finished run last logged at ``step``, as ``train`` returns it."""
+    result: dict[str, Any] = {"step": step, "finished": True}
+    for record in read_metrics(workdir):
+        if record.get("step") == step and record.get("split") in ("train", "val"):
+            result[record["split"]] = {k: v for k, v in record.items() if k not in ("step", "split")}
     return result
 
 
 def _loop(run: Run, state: TrainState, start: int, checkpoints: Checkpoints, writer: MetricsWriter,
-          terminated: threading.Event) -> dict[str, Any]:
+          stop: StopRequest) -> dict[str, Any]:
     cfg = run.config
     steps, pid, nproc = cfg.train.steps, jax.process_index(), jax.process_count()
-    batches = prefetch(train_batches(run.train_data, cfg.data.batch_size, cfg.data.seed, start, pid, nproc),
-                       run.par.put_batch, cfg.data.prefetch)
-    bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True, disable=not cfg.train.progress or pid != 0)
+    batches = Prefetcher(train_batches(run.train_data, cfg.data.batch_size, cfg.data.seed, start, pid, nproc),
+                         run.par.put_batch, cfg.data.prefetch)
+    bar = _Bar(total=steps, initial=start, unit="step", dynamic_ncols=True, disable=not cfg.train.progress or pid != 0)
+    with batches, contextlib.closing(bar):
+        return _steps(run, state, start, checkpoints, writer, stop, batches, bar)
+
+
+class _Bar(tqdm):
+    # tqdm's monitor thread (it only retunes miniters) outlives a disabled bar; train starts no
+    # thread that it does not join.
+    monitor_interval = 0
+
+
+def _steps(run: Run, state: TrainState, start: int, checkpoints: Checkpoints, writer: MetricsWriter,
+           stop: StopRequest, batches: Prefetcher, bar: _Bar) -> dict[str, Any]:
+    cfg = run.config
+    steps, nproc = cfg.train.steps, jax.process_count()
     pending: list[dict[str, jax.Array]] = []
     last: dict[str, Any] = {"step": start}
     clock = time.perf_counter()
-    # SIGTERM: one process stops at the step that saw the signal. Processes of a multi-process
-    # run would each see it at a different step and then wait forever in each other's collectives,
-    # so they agree at every log step (an all-gather of the flags) and all stop there together.
-    stop = False
+    # A signal: one process stops at the step that saw it. Processes of a multi-process run would
+    # each see it at a different step and then wait forever in each other's collectives, so they
+    # agree at every log step (an all-gather of the flags) and all stop there together.
+    stopping_now = nproc == 1 and stop.is_set()  # a signal during compilation: nothing new to save
     for done in range(start + 1, steps + 1):
+        if stopping_now:
+            break
         state, metrics = run.train_step(state, next(batches))
         pending.append(run.par.settle(metrics))
         if len(pending) > 1:
-            # One step queued behind the running one, no more: a SIGTERM (preemption, with a short
+            # One step queued behind the running one, no more: a signal (a preemption has a short
             # grace period) is then acted on within about two steps, not after log_every queued ones.
             jax.block_until_ready(pending[-2])
         bar.update(1)
         eval_due = done == steps or bool(cfg.train.eval_every and done % cfg.train.eval_every == 0)
         save_due = done == steps or bool(cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or eval_due
         if nproc == 1:
-            stop = terminated.is_set()
-        if done % cfg.train.log_every and not save_due and not stop:
+            stopping_now = stop.is_set()
+        if done % cfg.train.log_every and not save_due and not stopping_now:
             continue
         train_metrics = _flush(run, pending, done, cfg.train.nonfinite, checkpoints)
         elapsed, clock = time.perf_counter() - clock, time.perf_counter()
@@ -223,25 +238,20 @@ def _loop(run: Run, state: TrainState, start: int, checkpoints: Checkpoints, wri
             last["val"] = val
             bar.write(f"step {done}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items() if k != "count"))
         if nproc > 1:
-            stop = _any_process(terminated.is_set())
-        if save_due or stop:
-            if val is not None and cfg.checkpoint.keep_best and cfg.checkpoint.best_metric not in val:
-                raise ConfigError(f"checkpoint.best_metric={cfg.checkpoint.best_metric!r} is not a validation "
-                                  f"metric; metrics: {', '.join(val)}")
-            checkpoints.save(done, run.par.single_copy(state), val, force=stop)
-        if stop:
-            break
+            stopping_now = _any_process(stop.is_set())
+        if save_due or stopping_now:
+            checkpoints.save(done, run.par.single_copy(state), val, force=stopping_now)
         clock = time.perf_counter()
-    else:
-        bar.close()
+    if not stopping_now:
         return last
-    # SIGTERM: the step that saw the signal (or agreed on it) has flushed and saved above.
+    # The step that saw the signal (or agreed on it) has flushed and saved above.
     step_now = int(jax.device_get(run.par.single_copy(state).step))
-    if checkpoints.latest_step() != step_now:
+    if step_now > start and checkpoints.latest_step() != step_now:
         checkpoints.save(step_now, run.par.single_copy(state), force=True)
-    bar.close()
-    bar.write(f"SIGTERM: saved step {step_now}, exiting")
-    return {**last, "terminated": True, "step": step_now}
+    name = stop.signal.name if stop.signal else "SIGTERM"
+    bar.write(f"{name}: saved step {step_now}, exiting" if step_now > start else
+              f"{name}: stopped before the first step (nothing new to save), exiting")
+    return {**last, "terminated": True, "signal": name, "step": step_now}
 
 
 def _any_process(flag: bool) -> bool:
@@ -279,19 +289,28 @@ def restore_workdir(workdir: Path, checkpoint: str = "best") -> tuple[Run, int, 
     if not (workdir / "checkpoints").is_dir():
         raise CheckpointError(f"{workdir} has no checkpoints/ directory")
     checkpoints = Checkpoints(workdir / "checkpoints", config.checkpoint, read_only=True)
-    if checkpoint == "best":
+    try:
+        step = _named_step(checkpoints, checkpoint, workdir)
+        return run, step, checkpoints.restore(step, jax.eval_shape(run.init))
+    finally:
+        checkpoints.close()
+
+
+def _named_step(checkpoints: Checkpoints, name: str, workdir: Path) -> int:
+    """The step that ``best``, ``latest`` or a step number names."""
+    if name == "best":
         step = checkpoints.best_step()
-    elif checkpoint == "latest":
+    elif name == "latest":
         step = checkpoints.latest_step()
-    elif checkpoint.isdigit():
-        step = int(checkpoint)
-        if step not in checkpoints.manager.all_steps():
-            raise CheckpointError(f"no checkpoint {step} in {workdir}; steps: {checkpoints.manager.all_steps()}")
+    elif name.isascii() and name.isdigit():
+        step = int(name)
+        if step not in checkpoints.all_steps():
+            raise CheckpointError(f"no checkpoint {step} in {workdir}; steps: {checkpoints.all_steps()}")
     else:
-        raise ConfigError(f"bad checkpoint {checkpoint!r}; allowed values: best, latest, a step number")
+        raise ConfigError(f"bad checkpoint {name!r}; allowed values: best, latest, a step number")
     if step is None:
         raise CheckpointError(f"{workdir} holds no checkpoint")
-    return run, step, checkpoints.restore(step, jax.eval_shape(run.init))
+    return step
 
 
 def evaluate_workdir(workdir: Path, checkpoint: str = "best", split: str = "val") -> tuple[int, dict[str, float]]:
