@@ -28,13 +28,15 @@ def _parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="draw images from a PixelCNN run and write a PNG grid")
     sample.add_argument("workdir", type=Path)
-    sample.add_argument("--num", type=int, default=16)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--num", type=int, default=16, help="images, 1..10,000 (default 16)")
+    sample.add_argument("--seed", type=int, default=0, help="0 <= seed < 2**32 (default 0)")
+    sample.add_argument("--temperature", type=float, default=1.0,
+                        help="divides the log-probabilities; finite, in [1e-30, 1e30] (default 1)")
     sample.add_argument("--sampler", default="cached", help="cached (fast) or naive; same samples for a seed")
     sample.add_argument("--complete", type=int, default=0, metavar="ROWS",
                         help="complete validation images from their top ROWS rows")
-    sample.add_argument("--label", type=int, help="class to condition on (default: cycle through classes)")
+    sample.add_argument("--label", type=int, help="class to condition on (default: image k is of class "
+                        "k %% num_classes; with --complete, each image's own class)")
     sample.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
     sample.add_argument("--out", type=Path, help="default: WORKDIR/samples.png")
 

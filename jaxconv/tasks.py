@@ -63,12 +63,8 @@ def density(model: nn.Module, config: Config):
         nats = pixelcnn.nll(mcfg, raw, batch["images"])  # [B]
         dims = int(np.prod(batch["images"].shape[1:]))
         mask = batch["mask"]
-        return {
-            "loss": jnp.sum(nats / dims * mask),
-            "nll_nats": jnp.sum(nats * mask),
-            "bits_per_dim": jnp.sum(losses.bits_per_dim(nats, dims) * mask),
-            "count": jnp.sum(mask),
-        }
+        values = (jnp.sum(nats / dims * mask), jnp.sum(nats * mask), jnp.sum(losses.bits_per_dim(nats, dims) * mask))
+        return {**dict(zip(losses.DENSITY_METRICS, values, strict=True)), "count": jnp.sum(mask)}
 
     return forward, sums
 

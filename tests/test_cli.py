@@ -29,6 +29,7 @@ def test_eval_prints_the_metrics_of_the_best_checkpoint(trained):
 
 def test_list_and_module_entry_point(tmp_path):
     listed = run_cli("list")
+    assert listed.returncode == 0 and listed.stderr == "", listed.stderr
     assert "lenet_mnist" in listed.stdout and "lenet5_modern" in listed.stdout
     done = subprocess.run([sys.executable, "-m", "experiments.lenet_mnist", *SMOKE, "--set", "train.steps=3",
                            "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)

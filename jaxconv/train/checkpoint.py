@@ -151,6 +151,8 @@ class Checkpoints:
         try:
             return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # orbax/tensorstore raise many types for foreign files
+            if vanished := self.damage(step):  # deleted by a running training while this read it
+                raise CheckpointError(f"{where} cannot be used: {vanished}") from None
             message = (str(e).splitlines() or [type(e).__name__])[0].split(" See full TensorStore")[0]
             raise CheckpointError(f"{where} does not fit this model and optimizer (was config.json edited?): "
                                   f"{message[:300]}") from None
