@@ -1,6 +1,7 @@
 """Plots, TensorBoard events and the viz pictures, from one smoke run."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -22,22 +23,46 @@ def run(tmp_path_factory):
     return workdir
 
 
-def picture(path, min_width=200):
+# matplotlib's colours: the first two runs' lines (tab:blue, tab:orange), and the ends of the diverging
+# map RdBu_r that signed tiles use (their range is symmetric, so a tile's largest |value| is an end).
+TAB_BLUE, TAB_ORANGE = (31, 119, 180), (255, 127, 14)
+RDBU_R_LOW, RDBU_R_HIGH = (5, 48, 97), (103, 0, 31)
+DPI = 100  # jaxconv.plots and jaxconv.viz save at 100 dpi
+
+
+def picture(path, size):
+    """The picture as RGB [H, W, 3]; ``size`` = (width, height) in pixels, from the figure's size in inches."""
     image = np.asarray(Image.open(path).convert("RGB"))
-    assert image.shape[1] >= min_width and image.std() > 10, (path, image.shape)
+    assert image.shape == (round(size[1]), round(size[0]), 3), (path, image.shape)
     return image
 
 
+def has(image, colour):
+    return bool(np.all(image == colour, axis=-1).any())
+
+
+def grid_size(rows, columns):
+    """jaxconv.viz's tile grids: 1.6 in per column + 1.2 in, 1.7 in per row."""
+    return (1.6 * columns + 1.2) * DPI, 1.7 * rows * DPI
+
+
 def test_plot_overlays_runs_as_png_and_svg(run, tmp_path):
-    paths = plot_runs([run, run], tmp_path / "curves")
+    second = tmp_path / "second"  # another run: the same records under another name
+    second.mkdir()
+    shutil.copy(run / "metrics.jsonl", second)
+    paths = plot_runs([run, second], tmp_path / "curves")
     assert [p.suffix for p in paths] == [".png", ".svg"]
-    picture(paths[0], min_width=1000)  # five panels: loss, accuracy, lr, throughput (+ none for bits/dim)
+    # four panels of 4.2 x 3.4 in: loss, accuracy, learning rate, throughput (no bits/dim for LeNet)
+    image = picture(paths[0], (4 * 4.2 * DPI, 3.4 * DPI))
+    assert has(image, TAB_BLUE) and has(image, TAB_ORANGE)  # both runs drawn
     assert "<svg" in paths[1].read_text()[:500]
 
 
 def test_plot_cli_and_a_run_without_metrics(run, tmp_path):
     done = run_cli("plot", str(run), "--out", str(tmp_path / "c.png"))
-    assert done.returncode == 0 and (tmp_path / "c.png").exists() and (tmp_path / "c.svg").exists(), done.stderr
+    assert done.returncode == 0 and (tmp_path / "c.svg").exists(), done.stderr
+    image = picture(tmp_path / "c.png", (4 * 4.2 * DPI, 3.4 * DPI))
+    assert has(image, TAB_BLUE) and not has(image, TAB_ORANGE)  # one run, one colour
     with pytest.raises(DataError, match="no metrics.jsonl"):
         plot_runs([tmp_path], tmp_path / "x")
 
@@ -56,13 +81,19 @@ def test_tensorboard_events_hold_the_metrics(run):
 
 
 def test_hand_made_kernels_and_pooling(tmp_path):
-    image = picture(viz.hand_kernels_picture(tmp_path / "k.png", index=3))
-    assert image.shape[0] > 400  # four rows: the digit and three kernels
+    # four rows (the digit, then three kernels) of up to four tiles (kernel, convolved, max and avg pool)
+    image = picture(viz.hand_kernels_picture(tmp_path / "k.png", index=3), grid_size(4, 4))
+    # the edge kernels hold -1 and +1: both ends of the diverging map
+    assert has(image, RDBU_R_LOW) and has(image, RDBU_R_HIGH)
 
 
 def test_first_layer_filters_and_feature_maps(run, tmp_path):
-    picture(viz.filters_picture(run, tmp_path / "f.png"))
-    picture(viz.features_picture(run, tmp_path / "m.png", layers=("C1", "S4"), index=5))
+    # LeNet-5's C1: six 5x5 filters, one row of six tiles, each signed
+    image = picture(viz.filters_picture(run, tmp_path / "f.png"), grid_size(1, 6))
+    assert has(image, RDBU_R_LOW) or has(image, RDBU_R_HIGH)
+    # the input, then C1 (6 maps) and S4 (16 maps, 8 shown): three rows, eight columns
+    image = picture(viz.features_picture(run, tmp_path / "m.png", layers=("C1", "S4"), index=5), grid_size(3, 8))
+    assert has(image, RDBU_R_LOW) or has(image, RDBU_R_HIGH)
     with pytest.raises(ConfigError, match="layers with feature maps: C1"):
         viz.features_picture(run, tmp_path / "m.png", layers=("conv9",))
 
@@ -84,6 +115,11 @@ def test_pixelcnn_variants_study_writes_table_figure_and_samples(tmp_path):
     assert all(np.isfinite(r["bits_per_dim"]) and r["params"] > 0 and r["val_images"] == 1000 for r in rows)
     table = (tmp_path / "results.md").read_text().splitlines()
     assert len(table) == 2 + len(variants) and "gated_dilated_mixture" in table[-1]
-    picture(tmp_path / "results.png")
-    assert np.asarray(Image.open(tmp_path / "samples.png")).shape[0] > 2 * 28
+    picture(tmp_path / "results.png", (10 * DPI, 2 * 3.2 * DPI))  # binary and 8-bit rows, two panels each
+    # the sheet: a 130-pixel label column, then per variant its grid of 8 samples (8 columns of 28 + 1
+    # gutter, + 1) and a 4-pixel gap
+    sheet = picture(tmp_path / "samples.png", (130 + 8 * 29 + 1, 2 * (29 + 1 + 4)))
+    assert tuple(sheet[0, 130]) == (128, 128, 128)  # the grid's grey gutter
+    binary = sheet[1:29, 131:131 + 8 * 29]  # the pixelcnn (bernoulli) row's samples, gutters included
+    assert set(np.unique(binary)) <= {0, 128, 255} and {0, 255} <= set(np.unique(binary))
     assert run_study(variants, tmp_path) == rows  # finished variants are not retrained

@@ -175,13 +175,23 @@ def test_logistic_mixture_sums_to_one_over_256_values(dtype):
         np.testing.assert_allclose(jnp.exp(ll[..., c]).sum(axis=0), 1.0, atol=2e-4)
 
 
-def test_nll_is_sum_of_per_variable_terms_and_bits_are_sane():
-    model, params = tiny("gated_softmax")
-    images = jax.random.randint(jax.random.key(3), (2, SIZE, SIZE, 3), 0, 256).astype(jnp.uint8)
-    raw = jax.jit(model.apply)({"params": params}, images / 255.0 * 2 - 1)
-    per_image = nll(model.config, raw, images)
-    np.testing.assert_allclose(per_image, -log_likelihoods(model.config, raw, images).sum(axis=(1, 2, 3)), rtol=1e-6)
-    assert per_image.shape == (2,) and bool(jnp.all(per_image > 0))
+@pytest.mark.parametrize("name, values", [("gated_softmax", 256), ("pixelcnn_bernoulli", 2)])
+def test_nll_is_the_sum_of_per_variable_terms_and_log_v_per_variable_when_uniform(name, values):
+    """Random weights: the NLL is the sum of the per-variable terms. A zeroed output layer (zero logits):
+    every variable is uniform over its V values, so an image costs exactly H*W*C*log(V) nats (8
+    bits/dim for 8-bit data, 1 for binary) whatever it shows."""
+    model, params = tiny(name)
+    config = model.config
+    images = jax.random.randint(jax.random.key(3), (2, SIZE, SIZE, config.channels), 0, 256).astype(jnp.uint8)
+    x = (images > 127 if values == 2 else images / 255.0 * 2 - 1).astype(jnp.float32)
+    apply = jax.jit(model.apply)
+    raw = apply({"params": params}, x)
+    per_image = nll(config, raw, images)
+    assert per_image.shape == (2,)
+    np.testing.assert_allclose(per_image, -log_likelihoods(config, raw, images).sum(axis=(1, 2, 3)), rtol=1e-6)
+    zeroed = {**params, "head": {**params["head"], "logits": jax.tree.map(jnp.zeros_like, params["head"]["logits"])}}
+    raw = apply({"params": zeroed}, x)
+    np.testing.assert_allclose(nll(config, raw, images), SIZE * SIZE * config.channels * np.log(values), rtol=1e-6)
 
 
 # --- samplers ------------------------------------------------------------------------------------

@@ -1,0 +1,297 @@
+#!/usr/bin/env python
+"""Mutation check, run by hand (not in CI): does the test suite notice plausible one-line bugs?
+
+Each mutant replaces one snippet of a core module (masks, samplers, heads, losses, evaluation,
+checkpoint policy, data split) with a plausible wrong version. The script copies the repository to
+a temporary directory once (the working tree as git sees it: tracked and untracked, not ignored,
+files; or ``--head``: the last commit), checks that the chosen tests pass there unmutated, then
+for each mutant in turn edits the copy, runs that mutant's fast subset of tests (stopping at the
+first failure) and restores the file. The repository itself is never modified.
+
+    python tools/mutate.py                 # every mutant
+    python tools/mutate.py --list          # names, files and tests
+    python tools/mutate.py eval-            # only mutants whose name starts with "eval-"
+    python tools/mutate.py --head --keep   # the last commit; keep the copy for a look
+
+It prints killed / SURVIVED per mutant (and the test that killed it) and exits 1 if any survived.
+A mutant marked ``equivalent`` behaves exactly like the original (the entry says why); its survival
+is expected and reported as such. ``error`` means the tests could not run (e.g. the mutant broke an
+import): it counts as neither.
+The runs share one JAX compilation cache, so programs a mutant does not change compile once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROPS = "tests/test_properties.py"
+PIXELCNN = "tests/test_pixelcnn.py"
+DATA = "tests/test_data.py"
+CAUSAL = [PIXELCNN, "-k", "raster_mask or causality or masked_and_cropped"]
+SAMPLERS = [PIXELCNN, "-k", "samplers_agree"]
+EVAL = [PROPS, "-k", "eval_is"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    original: str  # must occur exactly once in the file
+    mutated: str
+    tests: tuple[str, ...]  # pytest arguments: the fast subset expected to kill it
+    equivalent: str = ""  # why no test can kill it (same behaviour): its survival is expected
+
+
+def m(name, file, original, mutated, tests, equivalent=""):
+    return Mutant(name, file, original, mutated, tuple(tests), equivalent)
+
+
+MUTANTS = [
+    # --- masks (jaxconv/models/masked.py) ---------------------------------------------------------
+    m("mask-A-sees-own-group", "jaxconv/models/masked.py",
+      'allowed = gin < gout if mask_type == "A" else gin <= gout',
+      'allowed = gin <= gout if mask_type == "A" else gin <= gout', CAUSAL),
+    m("mask-centre-row-includes-centre", "jaxconv/models/masked.py",
+      "mask[r, :r] = 1.0", "mask[r, :r + 1] = 1.0", CAUSAL,
+      equivalent="the next line sets the centre tap mask[r, r] again, from the colour groups"),
+    m("mask-centre-ignores-colours", "jaxconv/models/masked.py",
+      "mask[r, r] = centre_mask(cin, cout, colours, mask_type, out_tiles)",
+      "mask[r, r] = centre_mask(cin, cout, 1, mask_type, out_tiles)", CAUSAL),
+    m("mask-whole-centre-row", "jaxconv/models/masked.py",
+      "mask[:r] = 1.0", "mask[:r + 1] = 1.0", CAUSAL),
+    m("mask-interleaved-colour-groups", "jaxconv/models/masked.py",
+      "np.tile(np.arange(block) * colours // block, tiles)", "np.tile(np.arange(block) % colours, tiles)", CAUSAL),
+    m("horizontal-first-layer-mask-B", "jaxconv/models/masked.py",
+      "mask[0, r] = centre_mask(cin, self.features, self.colours, self.mask_type, self.out_tiles)",
+      'mask[0, r] = centre_mask(cin, self.features, self.colours, "B", self.out_tiles)', CAUSAL),
+    m("vertical-first-layer-not-shifted", "jaxconv/models/masked.py",
+      "top = r + 1 if self.shifted else d * r", "top = r if self.shifted else d * r", CAUSAL),
+    # --- samplers (jaxconv/sampling.py) -----------------------------------------------------------
+    m("cached-key-ignores-channel", "jaxconv/sampling.py",
+      "n = (i * w + j) * channels + c\n    pixel", "n = (i * w + j) * channels\n    pixel", SAMPLERS),
+    m("cached-overwrites-last-given-row", "jaxconv/sampling.py",
+      "keep = i < known_rows", "keep = i <= known_rows", SAMPLERS),
+    m("naive-resamples-given-rows", "jaxconv/sampling.py",
+      "return jax.lax.fori_loop(known_rows, h, row, values)", "return jax.lax.fori_loop(0, h, row, values)",
+      SAMPLERS),
+    m("gated-cached-skips-first-free-row", "jaxconv/sampling.py",
+      "values = jax.lax.cond(i < known_rows,", "values = jax.lax.cond(i <= known_rows,", SAMPLERS),
+    m("naive-reads-position-transposed", "jaxconv/sampling.py",
+      "dynamic_index_in_dim(raw, i, 1, False), j, 1, False)", "dynamic_index_in_dim(raw, j, 1, False), i, 1, False)",
+      SAMPLERS),
+    m("cached-ignores-temperature", "jaxconv/sampling.py",
+      "out = run(model, known_rows, progress, params, key, values, labels, jnp.float32(temperature))",
+      "out = run(model, known_rows, progress, params, key, values, labels, jnp.float32(1.0))",
+      [PROPS, "-k", "cached_sampler"]),
+    # --- heads (jaxconv/models/pixelcnn.py) -------------------------------------------------------
+    m("temperature-multiplies", "jaxconv/models/pixelcnn.py",
+      "log_p / temperature + gumbel", "log_p * temperature + gumbel",
+      [PROPS, "-k", "sample_variable or cached_sampler"]),
+    m("bernoulli-sign-swapped", "jaxconv/models/pixelcnn.py",
+      "jnp.where(values == 1, params, -params)", "jnp.where(values == 0, params, -params)",
+      [PROPS, "-k", "sample_variable"]),
+    m("softmax-logits-interleaved", "jaxconv/models/pixelcnn.py",
+      "raw.reshape(*raw.shape[:-1], config.channels, 256)",
+      "raw.reshape(*raw.shape[:-1], 256, config.channels).swapaxes(-1, -2)", CAUSAL),
+    m("mixture-green-mean-from-green", "jaxconv/models/pixelcnn.py",
+      "means[..., 1, :] + a * r_val", "means[..., 1, :] + a * g_val",
+      [PIXELCNN, "-k", "logistic_mixture or causality"]),
+    m("mixture-lower-edge-bin", "jaxconv/models/pixelcnn.py",
+      "jnp.where(v == 0, jax.nn.log_sigmoid(upper)", "jnp.where(v == 0, jax.nn.log_sigmoid(lower)",
+      [PIXELCNN, "-k", "logistic_mixture"]),
+    m("mixture-bin-half-width", "jaxconv/models/pixelcnn.py",
+      "upper, lower = inv_scale * (centred + 1.0 / 255.0), inv_scale * (centred - 1.0 / 255.0)",
+      "upper, lower = inv_scale * (centred + 0.5 / 255.0), inv_scale * (centred - 0.5 / 255.0)",
+      [PIXELCNN, "-k", "logistic_mixture"]),
+    m("nll-mean-not-sum", "jaxconv/models/pixelcnn.py",
+      "return -jnp.sum(log_likelihoods(config, raw, images), axis=(1, 2, 3))",
+      "return -jnp.mean(log_likelihoods(config, raw, images), axis=(1, 2, 3))", [PIXELCNN, "-k", "nll"]),
+    m("binarise-at-127-inclusive", "jaxconv/models/pixelcnn.py",
+      "return (images > 127).astype(jnp.int32) if", "return (images >= 127).astype(jnp.int32) if",
+      [PROPS, "-k", "binarisation"]),
+    m("pipeline-binarise-at-128", "jaxconv/data/pipeline.py",
+      "return (images > 127).astype(dtype)", "return (images > 128).astype(dtype)", [PROPS, "-k", "binarisation"]),
+    # --- losses (jaxconv/losses.py) and density sums (jaxconv/tasks.py) ---------------------------
+    m("top1-ignores-mask", "jaxconv/losses.py",
+      "jnp.sum(hits[:, 0] * mask)", "jnp.sum(hits[:, 0])", EVAL),
+    m("top5-ignores-mask", "jaxconv/losses.py",
+      "jnp.sum(jnp.any(hits, axis=-1) * mask)", "jnp.sum(jnp.any(hits, axis=-1))", EVAL),
+    m("ce-loss-ignores-mask", "jaxconv/losses.py",
+      "jnp.sum(loss * mask)", "jnp.sum(loss)", EVAL),
+    m("top5-is-top4", "jaxconv/losses.py", "k = min(5, logits.shape[-1])", "k = min(4, logits.shape[-1])", EVAL),
+    m("top1-is-last-of-top5", "jaxconv/losses.py", "jnp.sum(hits[:, 0] * mask)", "jnp.sum(hits[:, -1] * mask)", EVAL),
+    m("bits-per-dim-in-nats", "jaxconv/losses.py",
+      "return nll_nats / (num_dims * jnp.log(2.0))", "return nll_nats / num_dims", EVAL),
+    m("density-loss-ignores-mask", "jaxconv/tasks.py",
+      "jnp.sum(nats / dims * mask)", "jnp.sum(nats / dims)", EVAL),
+    m("density-nll-ignores-mask", "jaxconv/tasks.py",
+      "jnp.sum(nats * mask)", "jnp.sum(nats)", EVAL),
+    m("density-bits-ignores-mask", "jaxconv/tasks.py",
+      "jnp.sum(losses.bits_per_dim(nats, dims) * mask)", "jnp.sum(losses.bits_per_dim(nats, dims))", EVAL),
+    m("density-dims-without-channels", "jaxconv/tasks.py",
+      'dims = int(np.prod(batch["images"].shape[1:]))', 'dims = int(np.prod(batch["images"].shape[1:3]))',
+      ["tests/test_train.py", "-k", "colour and cifar10"]),
+    # --- evaluation (jaxconv/train/loop.py, jaxconv/data/pipeline.py) -----------------------------
+    m("eval-keeps-last-batch-only", "jaxconv/train/loop.py",
+      "total = sums if total is None else jax.tree.map(jnp.add, total, sums)", "total = sums", EVAL),
+    m("eval-defaults-to-train-split", "jaxconv/train/loop.py",
+      "data = run.val_data if data is None else data", "data = run.train_data if data is None else data",
+      [PROPS, "-k", "best_checkpoint_by_default"]),
+    m("eval-batches-mask-nothing", "jaxconv/data/pipeline.py", "mask[:len(idx)] = 1.0", "mask[:] = 1.0", EVAL),
+    m("eval-batches-drop-remainder", "jaxconv/data/pipeline.py",
+      "for start in range(0, len(data), batch_size):", "for start in range(0, len(data) - batch_size + 1, batch_size):",
+      EVAL),
+    m("eval-batches-pad-by-wrapping", "jaxconv/data/pipeline.py", 'mode="edge")[sl]', 'mode="wrap")[sl]', EVAL,
+      equivalent="padding is masked out of every sum, so which examples pad the last batch cannot matter"),
+    m("eval-batches-every-host-first-slice", "jaxconv/data/pipeline.py",
+      "sl = slice(process_index * local, (process_index + 1) * local)", "sl = slice(0, local)",
+      [DATA, "-k", "every_host"]),
+    # --- checkpoint policy (jaxconv/train/checkpoint.py, jaxconv/train/loop.py) -------------------
+    m("best-n-keeps-the-worst", "jaxconv/train/checkpoint.py",
+      'reverse=config.best_mode == "min"', 'reverse=config.best_mode == "max"', [PROPS, "-k", "checkpoint"]),
+    m("best-step-always-max", "jaxconv/train/checkpoint.py",
+      "best_mode=config.best_mode,", 'best_mode="max",', [PROPS, "-k", "checkpoint"]),
+    m("latest-n-keeps-one-more", "jaxconv/train/checkpoint.py",
+      "policies.LatestN(config.keep_latest)", "policies.LatestN(config.keep_latest + 1)", [PROPS, "-k", "checkpoint"]),
+    m("best-n-keeps-one-more", "jaxconv/train/checkpoint.py",
+      "n=config.keep_best,", "n=config.keep_best + 1,", [PROPS, "-k", "checkpoint"]),
+    m("eval-best-means-latest", "jaxconv/train/loop.py",
+      'if name == "best":\n        step = checkpoints.best_step()',
+      'if name == "best":\n        step = checkpoints.latest_step()', [PROPS, "-k", "checkpoint"]),
+    # --- data split (jaxconv/data/sources.py) ----------------------------------------------------
+    m("mnist-401-train-per-digit", "jaxconv/data/sources.py",
+      "keep = rank_within_digit < MNIST_TRAIN_PER_DIGIT", "keep = rank_within_digit <= MNIST_TRAIN_PER_DIGIT",
+      [DATA, "-k", "embedded_mnist"]),
+    m("mnist-val-is-train", "jaxconv/data/sources.py",
+      'if split == "val":\n        keep = ~keep', 'if split == "val":\n        keep = keep',
+      [DATA, "-k", "embedded_mnist"]),
+    m("synthetic-val-is-train-prefix", "jaxconv/data/sources.py",
+      "np.random.default_rng([config.seed, SPLITS.index(split)])", "np.random.default_rng([config.seed, 0])",
+      [PROPS, "-k", "synthetic"]),
+]
+
+
+def copy_repository(dest: Path, head: bool) -> None:
+    if head:
+        archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        return
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():  # a tracked file deleted in the working tree is skipped
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def pytest_args(tests: tuple[str, ...]) -> list[list[str]]:
+    """A mutant's tests as one or more pytest invocations: each ``-k`` applies to the files before it."""
+    runs, current = [], []
+    for arg in tests:
+        current.append(arg)
+        if current[-2:-1] == ["-k"]:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return runs
+
+
+def run_tests(copy: Path, tests: tuple[str, ...], env: dict, timeout: float) -> tuple[str, str, float]:
+    """('passed' | 'failed' | 'error', the first failing test or error line, seconds)."""
+    start = time.perf_counter()
+    for args in pytest_args(tests):
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", "-rf", *args]
+        try:
+            done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return "failed", f"timeout after {timeout:.0f} s", time.perf_counter() - start
+        output = done.stdout + done.stderr
+        if done.returncode == 1:
+            failed = re.search(r"^FAILED (\S+)", output, re.M)
+            return "failed", failed.group(1) if failed else "a test failed", time.perf_counter() - start
+        if done.returncode != 0:
+            lines = [line for line in output.splitlines() if line.strip()]
+            return "error", f"pytest exit {done.returncode}: {lines[-1] if lines else ''}", time.perf_counter() - start
+    return "passed", "", time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("prefixes", nargs="*", help="run only mutants whose name starts with one of these")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--head", action="store_true", help="mutate the last commit, not the working tree")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per pytest run (a timeout kills)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the tests")
+    args = parser.parse_args()
+    mutants = [x for x in MUTANTS if not args.prefixes or x.name.startswith(tuple(args.prefixes))]
+    if args.list:
+        for x in mutants:
+            print(f"{x.name:40s} {x.file:30s} {' '.join(x.tests)}")
+        return 0
+    if not mutants:
+        parser.error("no mutant matches")
+    copy = Path(tempfile.mkdtemp(prefix="jaxconv-mutants-"))
+    try:
+        copy_repository(copy, args.head)
+        for x in mutants:  # every snippet occurs once: a stale entry is an error, not a silent survivor
+            found = (copy / x.file).read_text().count(x.original)
+            if found != 1:
+                raise SystemExit(f"mutant {x.name}: its original snippet occurs {found} times in {x.file}")
+        env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1",
+               "JAX_COMPILATION_CACHE_DIR": str(copy / ".jax-cache")}
+        print(f"copy of {'HEAD' if args.head else 'the working tree'} in {copy}; {len(mutants)} mutants", flush=True)
+        if not args.no_baseline:
+            union = []
+            for x in mutants:
+                for group in pytest_args(x.tests):
+                    if group not in union:
+                        union.append(group)
+            for group in union:
+                status, detail, seconds = run_tests(copy, tuple(group), env, args.timeout)
+                if status != "passed":
+                    raise SystemExit(f"unmutated copy: {' '.join(group)} {status}: {detail}")
+            print(f"baseline: {len(union)} test selections pass unmutated", flush=True)
+        results = []
+        for x in mutants:
+            path = copy / x.file
+            original = path.read_text()
+            path.write_text(original.replace(x.original, x.mutated))
+            try:
+                status, detail, seconds = run_tests(copy, x.tests, env, args.timeout)
+            finally:
+                path.write_text(original)
+            verdict = {"failed": "killed", "passed": "SURVIVED", "error": "error"}[status]
+            if verdict == "SURVIVED" and x.equivalent:
+                verdict, detail = "equivalent", x.equivalent
+            results.append((x, verdict))
+            print(f"{verdict:10s} {x.name:40s} {seconds:6.1f} s  {detail}", flush=True)
+        counts = {v: sum(r == v for _, r in results) for v in ("killed", "SURVIVED", "equivalent", "error")}
+        print(f"\n{len(results)} mutants: {counts['killed']} killed, {counts['SURVIVED']} survived, "
+              f"{counts['equivalent']} equivalent (expected to survive), {counts['error']} errors")
+        for x, verdict in results:
+            if verdict != "killed":
+                print(f"  {verdict}: {x.name} ({x.file}): {x.original!r} -> {x.mutated!r}")
+        return 1 if counts["SURVIVED"] else 0
+    finally:
+        if args.keep:
+            print(f"kept {copy}")
+        else:
+            shutil.rmtree(copy, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
