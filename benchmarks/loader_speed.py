@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import experiments  # noqa: E402
+from jaxconv import experiments  # noqa: E402
 from jaxconv.config import apply_overrides  # noqa: E402
 from jaxconv.data import prepared  # noqa: E402
 from jaxconv.data.pipeline import Prefetcher, train_batches  # noqa: E402

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -131,7 +132,7 @@ def _add_train_args(parser: argparse.ArgumentParser, with_name: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import experiments
+    from jaxconv import experiments
     from jaxconv.config import apply_overrides
     from jaxconv.train.loop import train
 
@@ -151,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_study(args: argparse.Namespace, workdir: Path) -> int:
-    import experiments
+    from jaxconv import experiments
     from jaxconv.config import apply_overrides
     from jaxconv.study import markdown_table, run_study
 
@@ -222,7 +223,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    import experiments
+    from jaxconv import experiments
     from jaxconv.models import PRESETS
 
     print("experiments:")
@@ -284,12 +285,26 @@ def main(argv: list[str] | None = None, stop: stopping.StopRequest | None = None
     args = _parser().parse_args(argv)
     args.argv, args.stop = argv, stop
     try:
-        return COMMANDS[args.command](args)
+        with _quiet_absl():
+            return COMMANDS[args.command](args)
     except JaxconvError as e:
         if args.debug:
             raise
         print(f"jaxconv: error: {e}", file=sys.stderr)
         return e.exit_code
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """orbax logs through absl what a command reports itself in one line (a restore that failed) and
+    warnings about its own options (a read-only manager); while a command runs, absl logs nothing."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _ignore_closed_event_loop(default_hook):
@@ -307,7 +322,7 @@ def _ignore_closed_event_loop(default_hook):
 
 
 def run_experiment_module(name: str) -> None:
-    """``python -m experiments.NAME [--workdir ...] [--set ...] [--smoke]`` == ``jaxconv train NAME ...``."""
+    """``python -m jaxconv.experiments.NAME [--workdir ...] [--set ...] [--smoke]`` == ``jaxconv train NAME ...``."""
     argv = sys.argv[1:]
     debug = ["--debug"] if "--debug" in argv else []
     entry([*debug, "train", name, *[a for a in argv if a != "--debug"]])
@@ -321,5 +336,6 @@ def entry(argv: list[str] | None = None) -> None:
     # the one-line error already reports; asyncio would log each again as "never retrieved", and the
     # writes it never started as "coroutine ... was never awaited".
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax's threads may log after the command returns
     warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
     sys.exit(main(argv, stop))

@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import experiments
 from jaxconv import config as config_lib
-from jaxconv import tasks
+from jaxconv import experiments, tasks
 from jaxconv.config import Config, DataConfig, ParallelConfig, TrainConfig
 from jaxconv.errors import ConfigError
 from jaxconv.models import PRESETS, build_model

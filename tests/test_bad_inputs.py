@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-import experiments
 from conftest import REPO
-from jaxconv import cli
+from jaxconv import cli, experiments
 from jaxconv.config import apply_overrides
 from jaxconv.errors import CheckpointError, ConfigError, DataError, StorageError
 from jaxconv.train import loop

@@ -31,7 +31,7 @@ def test_list_and_module_entry_point(tmp_path):
     listed = run_cli("list")
     assert listed.returncode == 0 and listed.stderr == "", listed.stderr
     assert "lenet_mnist" in listed.stdout and "lenet5_modern" in listed.stdout
-    done = subprocess.run([sys.executable, "-m", "experiments.lenet_mnist", *SMOKE, "--set", "train.steps=3",
+    done = subprocess.run([sys.executable, "-m", "jaxconv.experiments.lenet_mnist", *SMOKE, "--set", "train.steps=3",
                            "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "lenet_mnist: step 3, validation" in done.stdout

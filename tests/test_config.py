@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-import experiments
 from jaxconv import config as config_lib
+from jaxconv import experiments
 from jaxconv.errors import ConfigError
 
 

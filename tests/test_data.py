@@ -103,7 +103,7 @@ def test_every_host_reads_its_slice_and_the_union_is_every_example_once(batch_si
 
 @pytest.fixture(scope="module")
 def eval_config():
-    import experiments
+    from jaxconv import experiments
     from jaxconv.config import apply_overrides
 
     return apply_overrides(experiments.load("lenet_modern_mnist", smoke=True), [
@@ -181,8 +181,7 @@ def test_augmentation_is_a_pure_function_of_the_key_and_off_in_eval():
     import flax.linen as nn
     import jax
 
-    import experiments
-    from jaxconv import tasks
+    from jaxconv import experiments, tasks
     from jaxconv.config import apply_overrides
     from jaxconv.data import augment
 
@@ -210,7 +209,7 @@ def test_augmentation_is_a_pure_function_of_the_key_and_off_in_eval():
 
 
 def test_augmentation_config_is_checked():
-    import experiments
+    from jaxconv import experiments
     from jaxconv.config import apply_overrides
     from jaxconv.errors import ConfigError
 

@@ -20,9 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-import experiments
 from conftest import run_cli, start_cli
-from jaxconv import cli
+from jaxconv import cli, experiments
 from jaxconv.config import apply_overrides
 from jaxconv.train import loop
 from jaxconv.train.metrics import read_metrics

@@ -471,7 +471,7 @@ def test_train_step_and_evaluation_on_prepared_imagenet32_with_augmentation(prep
     import jax
     import jax.numpy as jnp
 
-    import experiments
+    from jaxconv import experiments
     from jaxconv.config import apply_overrides
     from jaxconv.data.pipeline import Prefetcher
     from jaxconv.models import build_model

@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-import experiments
+from jaxconv import experiments
 from jaxconv.config import apply_overrides
 from jaxconv.data.pipeline import train_batches
 from jaxconv.errors import ConfigError
@@ -45,7 +45,7 @@ def test_multi_process_runs_initialize_jax_distributed(monkeypatch):
     from jaxconv.train import parallel
 
     calls = []
-    monkeypatch.setattr(parallel, "_distributed_initialized", lambda: False)
+    monkeypatch.setattr(parallel.jax.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(parallel.jax.distributed, "initialize", lambda **kw: calls.append(kw))
     monkeypatch.setattr(parallel.jax.config, "update", lambda *a: calls.append(a))
     parallel.maybe_initialize_distributed(ParallelConfig())  # single process, no cluster: nothing

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import experiments
 from conftest import run_cli
-from jaxconv import viz
+from jaxconv import experiments, viz
 from jaxconv.config import apply_overrides
 from jaxconv.errors import ConfigError, DataError
 from jaxconv.plots import plot_runs

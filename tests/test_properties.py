@@ -14,8 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import experiments
-from jaxconv import cli, sampling
+from jaxconv import cli, experiments, sampling
 from jaxconv.config import CheckpointConfig, DataConfig, apply_overrides
 from jaxconv.data.pipeline import scale_pixels
 from jaxconv.data.sources import Split, load_split

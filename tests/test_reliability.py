@@ -22,8 +22,8 @@ import jax
 import numpy as np
 import pytest
 
-import experiments
 from conftest import REPO, run_cli, start_cli
+from jaxconv import experiments
 from jaxconv.config import ParallelConfig, apply_overrides
 from jaxconv.errors import NonFiniteError
 from jaxconv.train import loop
@@ -224,7 +224,7 @@ def logged_since(workdir: Path, since: float) -> int:
 # started from the shell would; the run that finishes is a fresh `python -m jaxconv` process.
 ZYGOTE = """
 import json, os, sys
-import experiments, experiments.lenet_modern_mnist, jaxconv.cli, jaxconv.train.loop
+import jaxconv.experiments.lenet_modern_mnist, jaxconv.cli, jaxconv.train.loop
 for line in sys.stdin:
     argv, out = json.loads(line)
     pid = os.fork()

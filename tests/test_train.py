@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import experiments
+from jaxconv import experiments
 from jaxconv.config import apply_overrides
 from jaxconv.train import loop
 from jaxconv.train.checkpoint import Checkpoints

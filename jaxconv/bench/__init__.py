@@ -19,11 +19,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-import sys
 from pathlib import Path
 from typing import Callable
 
-BENCHMARKS = ("conv", "sample", "train")
+from jaxconv.bench.results import BENCHMARKS
 
 
 @dataclasses.dataclass
@@ -48,15 +47,18 @@ class Options:
 
 
 def force_host_devices(count: int) -> None:
-    """Asks XLA for ``count`` fake CPU devices, if JAX's backends have not started (else a no-op)."""
-    if "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-        return
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
+    """Asks JAX for ``count`` CPU devices (``jax_num_cpu_devices``) unless the user chose a count (that
+    option or XLA's ``--xla_force_host_platform_device_count``) or JAX's backends have started (then the
+    device count is fixed and this is a no-op)."""
+    import jax
 
-        if xla_bridge.backends_are_initialized():
-            return
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}").strip()
+    if "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or \
+            jax.config.jax_num_cpu_devices >= 0:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # the backends have started: JAX refuses a new count
+        pass
 
 
 def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
@@ -74,7 +76,7 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
 
     import jax
 
-    from jaxconv.bench import conv, device, results, sample, train
+    from jaxconv.bench import conv, device, report, results, sample, train
 
     names = BENCHMARKS if options.what == "all" else (options.what,)
     env = device.environment(torch=options.torch)
@@ -107,7 +109,8 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
         doc = results.document(bench, command=command, quick=options.quick, device=name, environment=env,
                                peaks=peaks, settings=result["settings"], rows=result["rows"],
                                targets=result["targets"], notes=result["notes"])
-        files = results.write(doc, out, plots=options.plots)
+        path = results.write(doc, out)
+        files = [path, *report.render(results.load(path), out, plots=options.plots)]
         if bench == "conv":
             files.append(conv.write_table(result["table"], out))
         for t in doc["targets"]:

@@ -1,9 +1,11 @@
 """Markdown tables and plots of benchmark results, and the README summary.
 
-``MARKDOWN[name](doc)`` -> NAME.md text; ``PLOTS[name](doc, out_dir)`` writes NAME*.png (matplotlib,
-Agg backend) and returns the paths; ``summary_markdown(dir)`` is the README's table built from a
-results directory's JSON files; ``update_readme(readme, text)`` puts it between the README's
-``<!-- bench:begin -->`` and ``<!-- bench:end -->`` markers.
+``render(doc, out_dir)`` writes NAME.md (``MARKDOWN[name](doc)``) and NAME*.png (``PLOTS[name](doc,
+out_dir)``, matplotlib's Agg backend) for one results document (``jaxconv.bench.results``: the schema and
+NAME.json) and returns the paths; ``regenerate(dir)`` does so for every NAME.json of a directory;
+``summary_markdown(dir)`` is the README's table built from a results directory's JSON files;
+``update_readme(readme, text)`` puts it between the README's ``<!-- bench:begin -->`` and
+``<!-- bench:end -->`` markers.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+
+from jaxconv.bench.results import BENCHMARKS, load
 
 SECTION_ORDER = [(m, d) for d in ("float32", "bfloat16")
                  for m in ("forward_backward", "forward", "input_grad", "kernel_grad")]
@@ -279,6 +283,14 @@ MARKDOWN = {"conv": conv_markdown, "sample": sample_markdown, "train": train_mar
 PLOTS = {"conv": conv_plots, "sample": sample_plots, "train": train_plots}
 
 
+def render(doc: dict, out_dir: Path, plots: bool = True) -> list[Path]:
+    """NAME.md (and the plots) for one document; returns the paths written."""
+    name = doc["benchmark"]
+    md = Path(out_dir) / f"{name}.md"
+    md.write_text(MARKDOWN[name](doc))
+    return [md, *(PLOTS[name](doc, Path(out_dir)) if plots else [])]
+
+
 # ----------------------------------------------------------------------------------------------
 # README summary
 
@@ -290,10 +302,8 @@ def _geomean(values: list[float]) -> float | None:
 
 def summary_markdown(results_dir: Path) -> str:
     """The README table for one results directory (the JSON files present)."""
-    from jaxconv.bench.results import load
-
     results_dir = Path(results_dir)
-    docs = {name: load(results_dir / f"{name}.json") for name in ("conv", "sample", "train")
+    docs = {name: load(results_dir / f"{name}.json") for name in BENCHMARKS
             if (results_dir / f"{name}.json").exists()}
     if not docs:
         return f"_No results in {results_dir} yet: run `jaxconv bench all`._\n"
@@ -386,10 +396,8 @@ def update_readme(readme: Path, text: str) -> None:
 
 def regenerate(results_dir: Path, plots: bool = True) -> list[Path]:
     """Rebuilds every NAME.md (and plot) of a results directory from its JSON files."""
-    from jaxconv.bench.results import load, render
-
     written = []
-    for name in ("conv", "sample", "train"):
+    for name in BENCHMARKS:
         path = Path(results_dir) / f"{name}.json"
         if path.exists():
             written += render(load(path), Path(results_dir), plots)

@@ -1,4 +1,4 @@
-"""Result files: the versioned JSON schema, a validator, markdown tables and plots.
+"""Result files: the versioned JSON schema, its validator, and NAME.json (tables and plots: ``report``).
 
 A run of ``jaxconv bench NAME`` writes, in its results directory (``benchmarks/results/<device>/``):
 ``NAME.json`` (the data), ``NAME.md`` (tables) and ``NAME*.png`` (plots). ``jaxconv bench report DIR``
@@ -205,8 +205,8 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write(doc: dict, out_dir: Path, plots: bool = True) -> list[Path]:
-    """Validates ``doc`` and writes NAME.json, NAME.md and the plots; returns the paths written."""
+def write(doc: dict, out_dir: Path) -> Path:
+    """Validates ``doc`` and writes NAME.json; returns its path (``report.render`` writes NAME.md and plots)."""
     doc = _clean(doc)
     validate(doc)
     out_dir = Path(out_dir)
@@ -214,8 +214,7 @@ def write(doc: dict, out_dir: Path, plots: bool = True) -> list[Path]:
     name = doc["benchmark"]
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
-    written = [path] + render(doc, out_dir, plots)
-    return written
+    return path
 
 
 def load(path: Path) -> dict:
@@ -223,15 +222,3 @@ def load(path: Path) -> dict:
     validate(doc)
     return doc
 
-
-def render(doc: dict, out_dir: Path, plots: bool = True) -> list[Path]:
-    """NAME.md (and the plots) for one document."""
-    from jaxconv.bench import report
-
-    name = doc["benchmark"]
-    md = out_dir / f"{name}.md"
-    md.write_text(report.MARKDOWN[name](doc))
-    written = [md]
-    if plots:
-        written += report.PLOTS[name](doc, out_dir)
-    return written

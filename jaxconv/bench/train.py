@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import experiments
+from jaxconv import experiments
 from jaxconv.bench.models import forward_flops, preset_image, random_params
 from jaxconv.bench.timing import time_calls
 from jaxconv.config import (CheckpointConfig, Config, DataConfig, OptimConfig, ParallelConfig,

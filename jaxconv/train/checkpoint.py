@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 from pathlib import Path
@@ -26,9 +25,6 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxconv.config import CheckpointConfig
 from jaxconv.errors import CheckpointError, StorageError
-
-# orbax warns for every save without metrics and logs restore failures that we report in one line
-logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 # How the OS reports a full or unwritable disk (orbax/tensorstore wrap these in ValueError etc.)
 _STORAGE_FAILURES = ("No space left on device", "File too large", "Disk quota exceeded", "Read-only file system",

@@ -30,7 +30,7 @@ _CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", 
 
 def maybe_initialize_distributed(config: ParallelConfig) -> None:
     """Calls ``jax.distributed.initialize`` when the run has (or a cluster says it has) several processes."""
-    if config.distributed == "off" or _distributed_initialized():
+    if config.distributed == "off" or jax.distributed.is_initialized():  # initialize() twice is an error
         return
     explicit = config.num_processes > 1
     if not explicit and not any(os.environ.get(k) for k in _CLUSTER_ENV):
@@ -48,12 +48,6 @@ def maybe_initialize_distributed(config: ParallelConfig) -> None:
     if config.process_id >= 0:
         kwargs["process_id"] = config.process_id
     jax.distributed.initialize(**kwargs)
-
-
-def _distributed_initialized() -> bool:
-    from jax._src import distributed  # no public query exists; initialize() twice is an error
-
-    return distributed.global_state.client is not None
 
 
 class DataParallel:

@@ -1,7 +1,7 @@
 """PixelCNN (van den Oord et al. 2016, masks A/B) on binarised embedded MNIST; NLL in nats per image.
 
-Run: ``jaxconv train pixelcnn_mnist`` (or ``python -m experiments.pixelcnn_mnist``); ``--smoke`` for the
-tests' size. Binarisation: fixed threshold, pixel > 127 -> 1. Recipe: Adam 1e-3, batch 64, cosine decay,
+Run: ``jaxconv train pixelcnn_mnist`` (or ``python -m jaxconv.experiments.pixelcnn_mnist``); ``--smoke``
+for the tests' size. Binarisation: fixed threshold, pixel > 127 -> 1. Recipe: Adam 1e-3, batch 64, cosine decay,
 3,000 steps. The paper's 81.30 nats is on the 60k-image binarised MNIST with a larger network.
 """
 

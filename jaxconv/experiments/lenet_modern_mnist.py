@@ -1,6 +1,6 @@
 """Modern LeNet-5 (ReLU, max pooling, full C3, softmax) on the embedded MNIST.
 
-Run: ``jaxconv train lenet_modern_mnist`` (or ``python -m experiments.lenet_modern_mnist``);
+Run: ``jaxconv train lenet_modern_mnist`` (or ``python -m jaxconv.experiments.lenet_modern_mnist``);
 ``--smoke`` for the tests' size. Recipe: Adam, lr 2e-3 with 50 warm-up steps then cosine decay,
 batch 64, 1,500 steps (24 epochs of the 4,000-image train split).
 """

@@ -1,7 +1,7 @@
 """LeNet-5 as in LeCun et al. 1998 (tanh-family, sum-pool subsampling, C3 table) on the embedded MNIST.
 
-Run: ``jaxconv train lenet_mnist`` (or ``python -m experiments.lenet_mnist``); ``--smoke`` for the
-tests' size. Recipe: SGD with momentum 0.9, lr 0.05 with 100 warm-up steps then cosine decay,
+Run: ``jaxconv train lenet_mnist`` (or ``python -m jaxconv.experiments.lenet_mnist``); ``--smoke``
+for the tests' size. Recipe: SGD with momentum 0.9, lr 0.05 with 100 warm-up steps then cosine decay,
 batch 64, 3,000 steps (48 epochs of the 4,000-image train split).
 """
 

@@ -1,7 +1,11 @@
 """Runnable experiments: one module each, exposing ``CONFIG`` (full size) and ``SMOKE`` (tests, CI).
 
 A study module exposes ``VARIANTS`` and ``SMOKE_VARIANTS`` (name -> Config) instead; see
-``jaxconv.study``. ``jaxconv train NAME`` and ``python -m experiments.NAME`` run the same thing.
+``jaxconv.study``. ``jaxconv train NAME`` and ``python -m jaxconv.experiments.NAME`` run the same thing.
+
+This package is data below the CLI: it imports ``jaxconv.config`` and ``jaxconv.models`` (presets), never the CLI.
+An experiment's ``if __name__ == "__main__":`` block, which runs only when the file is the program,
+hands its command line to ``jaxconv.cli.run_experiment_module``.
 """
 
 from __future__ import annotations
