@@ -28,12 +28,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, run_cli
-from jaxconv import cli
-
-try:  # the experiments package moves from the repository's root into jaxconv
-    from jaxconv import experiments
-except ImportError:
-    import experiments
+from jaxconv import cli, experiments
 
 # What a clean process never writes: C++ aborts, tracebacks, swallowed exceptions, crashes.
 UNCLEAN = ("Traceback", "terminate called", "Exception ignored", "Segmentation fault", "Fatal Python error")
