@@ -1,4 +1,4 @@
-"""Training throughput: ``jaxconv bench train`` (this script is a thin alias kept for old links).
+"""Training throughput and MFU per preset and device count, vs PyTorch: ``jaxconv bench train``.
 
     python benchmarks/train_throughput.py [jaxconv bench options, e.g. --quick --presets lenet5_modern]
 

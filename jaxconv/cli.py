@@ -27,6 +27,20 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
     evaluate.add_argument("--split", default="val", choices=("val", "train"))
 
+    _add_sample_parser(commands)
+    _add_data_parser(commands)
+    _add_bench_parser(commands)
+    commands.add_parser("list", help="list experiments and model presets")
+
+    plot = commands.add_parser("plot", help="training/validation curves of one or more runs (PNG and SVG)")
+    plot.add_argument("workdirs", type=Path, nargs="+")
+    plot.add_argument("--out", type=Path, default=Path("curves.png"), help="written with .png and .svg suffixes")
+
+    _add_viz_parser(commands)
+    return parser
+
+
+def _add_sample_parser(commands) -> None:
     sample = commands.add_parser("sample", help="draw images from a PixelCNN run and write a PNG grid")
     sample.add_argument("workdir", type=Path)
     sample.add_argument("--num", type=int, default=16, help="images, 1..10,000 (default 16)")
@@ -41,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
     sample.add_argument("--out", type=Path, help="default: WORKDIR/samples.png")
 
+
+def _add_data_parser(commands) -> None:
     data = commands.add_parser("data", help="prepare datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     prepare = data_commands.add_parser(
@@ -50,13 +66,17 @@ def _parser() -> argparse.ArgumentParser:
                          help="directory with train_data_batch_1..10.npz and val_data.npz")
     prepare.add_argument("--out", type=Path, required=True, help="new directory to write (then: data.path=OUT)")
 
+
+def _add_bench_parser(commands) -> None:
+    from jaxconv.bench.results import BENCHMARKS
+
     bench = commands.add_parser(
         "bench", help="benchmarks: conv layers, sampling, training (results in benchmarks/results/<device>/)",
         description="Benchmark suite. conv: every conv layer shape of jaxconv's models, implementation by "
                     "implementation, vs PyTorch; sample: naive vs cached PixelCNN sampling; train: training "
                     "throughput and MFU; all: the three; report DIR: rebuild a results directory's markdown and "
                     "plots and print the README table.")
-    bench.add_argument("what", choices=("conv", "sample", "train", "all", "report"))
+    bench.add_argument("what", choices=(*BENCHMARKS, "all", "report"))
     bench.add_argument("dir", nargs="?", type=Path, help="report: the results directory")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (tests, CI): checks everything runs")
     bench.add_argument("--out", type=Path, help="results directory (default: benchmarks/results/<device>)")
@@ -79,12 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     bench.add_argument("--readme", type=Path, help="report: also write the table into this README's bench markers")
 
-    commands.add_parser("list", help="list experiments and model presets")
 
-    plot = commands.add_parser("plot", help="training/validation curves of one or more runs (PNG and SVG)")
-    plot.add_argument("workdirs", type=Path, nargs="+")
-    plot.add_argument("--out", type=Path, default=Path("curves.png"), help="written with .png and .svg suffixes")
-
+def _add_viz_parser(commands) -> None:
     viz = commands.add_parser("viz", help="pictures that explain the models").add_subparsers(dest="picture", required=True)
     deps = viz.add_parser("deps", help="which earlier pixels one output pixel sees (blind spot of PixelCNN)")
     deps.add_argument("--presets", default="pixelcnn_mnist,gated_pixelcnn_mnist", help="comma-separated presets")
@@ -104,7 +120,6 @@ def _parser() -> argparse.ArgumentParser:
     features.add_argument("--index", type=int, default=0, help="validation image")
     features.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
     features.add_argument("--out", type=Path, help="default: WORKDIR/features.png")
-    return parser
 
 
 def _names(text: str) -> list[str]:

@@ -307,6 +307,18 @@ def summary_markdown(results_dir: Path) -> str:
             if (results_dir / f"{name}.json").exists()}
     if not docs:
         return f"_No results in {results_dir} yet: run `jaxconv bench all`._\n"
+    lines = _summary_header(results_dir, docs)
+    for name, summary in (("conv", _conv_summary), ("sample", _sample_summary), ("train", _train_summary)):
+        if name in docs:
+            lines += [*summary(docs[name]), ""]
+    targets = [t for d in docs.values() for t in d.get("targets", [])]
+    if targets:
+        lines += [*_targets_summary(targets), ""]
+    return "\n".join(lines)
+
+
+def _summary_header(results_dir: Path, docs: dict) -> list[str]:
+    """The machine, software versions and measured peaks, and links to each NAME.md."""
     any_doc = next(iter(docs.values()))
     env, peaks = any_doc["environment"], any_doc["peaks"]
     mm = peaks["matmul_flops_per_s"]
@@ -318,70 +330,84 @@ def summary_markdown(results_dir: Path) -> str:
              + ", ".join(f"[{n}.md]({(results_dir / f'{n}.md').as_posix()})" for n in docs) + ".", ""]
     if any(d.get("quick") for d in docs.values()):
         lines += ["**Placeholder: these are --quick numbers (tiny sizes, meaningless).**", ""]
-    if "conv" in docs:
-        rows = [r for r in docs["conv"]["rows"] if r["mode"] == "forward_backward" and r["dtype"] == "float32"]
-        sets = list(dict.fromkeys(r["shape"].split(":")[0] for r in rows))
-        lines += ["Conv layers, float32, forward + backward (`conv.md`):", "",
-                  "| shape set | layers x batches | default / PyTorch (geo-mean) | worst | best JAX variant / PyTorch "
-                  "(geo-mean) | where an alternative beats the default |", "|---|---|---|---|---|---|"]
-        for s in sets:
-            sel = [r for r in rows if r["shape"].split(":")[0] == s]
-            ratios = [r["default_vs_torch"] for r in sel]
-            worst = min((r for r in sel if r["default_vs_torch"]), key=lambda r: r["default_vs_torch"], default=None)
-            best = []
-            wins = []
-            for r in sel:
-                res = {_variant(x): x for x in r["results"]}
-                bj = r["best_jax"]
-                if bj:
-                    best.append(res[f"{bj['impl']}/{bj['layout']}"]["vs_torch"])
-                    if (bj["impl"], bj["layout"]) != (r["default_impl"], "NHWC"):
-                        default = res.get(f"{r['default_impl']}/NHWC", {})
-                        if default.get("time_s"):
-                            gain = default["time_s"] / res[f"{bj['impl']}/{bj['layout']}"]["time_s"]
-                            if gain > 1.1:
-                                wins.append(f"{bj['impl']}/{bj['layout']} {gain:.1f}x")
-            worst_txt = f"{_x(worst['default_vs_torch'])} ({worst['shape'].split(':', 1)[1]})" if worst else "-"
-            lines.append(f"| {s} | {len(sel)} | {_x(_geomean(ratios))} | {worst_txt} | {_x(_geomean(best))} | "
-                         f"{len(wins)} of {len(sel)}"
-                         + (f" ({', '.join(sorted(set(w.split()[0] for w in wins)))})" if wins else "")
-                         + " |")
-        lines.append("")
-    if "sample" in docs:
-        rows = docs["sample"]["rows"]
-        batches = sorted({r["batch"] for r in rows})
-        lines += ["Sampling, cached vs naive (`sample.md`; naive extrapolated from a fixed number of variables):", "",
-                  "| preset | " + " | ".join(f"batch {b}: cached img/s (speed-up)" for b in batches) + " |",
-                  "|---|" + "---|" * len(batches)]
-        for preset in dict.fromkeys(r["preset"] for r in rows):
-            cells = []
-            for b in batches:
-                r = next((r for r in rows if r["preset"] == preset and r["batch"] == b), None)
-                cells.append(f"{_g(r['cached']['images_per_s'])} ({r['speedup']:.0f}x)" if r else "-")
-            lines.append(f"| {preset} | " + " | ".join(cells) + " |")
-        lines.append("")
-    if "train" in docs:
-        rows = docs["train"]["rows"]
-        lines += ["Training (`train.md`; batch = global batch):", "",
-                  "| preset | dtype | batch | img/s, 1 device | MFU | first step s | vs PyTorch | img/s, most devices |",
-                  "|---|---|---|---|---|---|---|---|"]
-        keys = list(dict.fromkeys((r["preset"], r["dtype"], r["batch"]) for r in rows if r["framework"] == "jax"))
-        for preset, dtype, batch in keys:
-            sel = sorted((r for r in rows if r["framework"] == "jax" and (r["preset"], r["dtype"], r["batch"])
-                          == (preset, dtype, batch)), key=lambda r: r["devices"])
-            one, most = sel[0], sel[-1]
-            lines.append(f"| {preset} | {dtype} | {batch} | {_g(one['images_per_s'], 4)} | {_pct(one['mfu'])} | "
-                         f"{one['compile_s']:.1f} | {_x(one['vs_torch'])} | "
-                         f"{_g(most['images_per_s'], 4)} ({most['devices']} device{'s' if most['devices'] > 1 else ''}) |")
-        lines.append("")
-    targets = [t for d in docs.values() for t in d.get("targets", [])]
-    if targets:
-        lines += ["| target | value | goal | met |", "|---|---|---|---|"]
-        for t in targets:
-            lines.append(f"| {t['name']} | {_g(t['value'])} | {t['goal']} | "
-                         f"{ {True: 'yes', False: '**no**', None: '-'}[t['met']]} |")
-        lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def _conv_summary(doc: dict) -> list[str]:
+    """Per shape set, float32 forward + backward: the default's and the best JAX variant's speed vs PyTorch."""
+    rows = [r for r in doc["rows"] if r["mode"] == "forward_backward" and r["dtype"] == "float32"]
+    lines = ["Conv layers, float32, forward + backward (`conv.md`):", "",
+             "| shape set | layers x batches | default / PyTorch (geo-mean) | worst | best JAX variant / PyTorch "
+             "(geo-mean) | where an alternative beats the default |", "|---|---|---|---|---|---|"]
+    for s in dict.fromkeys(r["shape"].split(":")[0] for r in rows):
+        sel = [r for r in rows if r["shape"].split(":")[0] == s]
+        ratios = [r["default_vs_torch"] for r in sel]
+        worst = min((r for r in sel if r["default_vs_torch"]), key=lambda r: r["default_vs_torch"], default=None)
+        best, wins = [], []
+        for r in sel:
+            ratio, win = _best_jax(r)
+            best += [ratio] if ratio is not None else []
+            wins += [win] if win else []
+        worst_txt = f"{_x(worst['default_vs_torch'])} ({worst['shape'].split(':', 1)[1]})" if worst else "-"
+        lines.append(f"| {s} | {len(sel)} | {_x(_geomean(ratios))} | {worst_txt} | {_x(_geomean(best))} | "
+                     f"{len(wins)} of {len(sel)}"
+                     + (f" ({', '.join(sorted(set(w.split()[0] for w in wins)))})" if wins else "")
+                     + " |")
+    return lines
+
+
+def _best_jax(row: dict) -> tuple[float | None, str | None]:
+    """A conv row's best JAX variant: its speed vs PyTorch, and "impl/layout GAINx" when it beats the
+    default (NHWC) by more than 10%."""
+    bj = row["best_jax"]
+    if not bj:
+        return None, None
+    res = {_variant(x): x for x in row["results"]}
+    best = res[f"{bj['impl']}/{bj['layout']}"]
+    if (bj["impl"], bj["layout"]) == (row["default_impl"], "NHWC"):
+        return best["vs_torch"], None
+    default = res.get(f"{row['default_impl']}/NHWC", {})
+    gain = default["time_s"] / best["time_s"] if default.get("time_s") else 0
+    return best["vs_torch"], f"{bj['impl']}/{bj['layout']} {gain:.1f}x" if gain > 1.1 else None
+
+
+def _sample_summary(doc: dict) -> list[str]:
+    """Cached sampler images/s and its speed-up over the naive one, per preset and batch."""
+    rows = doc["rows"]
+    batches = sorted({r["batch"] for r in rows})
+    lines = ["Sampling, cached vs naive (`sample.md`; naive extrapolated from a fixed number of variables):", "",
+             "| preset | " + " | ".join(f"batch {b}: cached img/s (speed-up)" for b in batches) + " |",
+             "|---|" + "---|" * len(batches)]
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        cells = []
+        for b in batches:
+            r = next((r for r in rows if r["preset"] == preset and r["batch"] == b), None)
+            cells.append(f"{_g(r['cached']['images_per_s'])} ({r['speedup']:.0f}x)" if r else "-")
+        lines.append(f"| {preset} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _train_summary(doc: dict) -> list[str]:
+    """Per JAX (preset, dtype, batch): one device's images/s, MFU and first step, and the most devices'."""
+    rows = [r for r in doc["rows"] if r["framework"] == "jax"]
+    lines = ["Training (`train.md`; batch = global batch):", "",
+             "| preset | dtype | batch | img/s, 1 device | MFU | first step s | vs PyTorch | img/s, most devices |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key in dict.fromkeys((r["preset"], r["dtype"], r["batch"]) for r in rows):
+        sel = sorted((r for r in rows if (r["preset"], r["dtype"], r["batch"]) == key), key=lambda r: r["devices"])
+        one, most = sel[0], sel[-1]
+        lines.append(f"| {' | '.join(map(str, key))} | {_g(one['images_per_s'], 4)} | {_pct(one['mfu'])} | "
+                     f"{one['compile_s']:.1f} | {_x(one['vs_torch'])} | "
+                     f"{_g(most['images_per_s'], 4)} ({most['devices']} device{'s' if most['devices'] > 1 else ''}) |")
+    return lines
+
+
+def _targets_summary(targets: list[dict]) -> list[str]:
+    lines = ["| target | value | goal | met |", "|---|---|---|---|"]
+    for t in targets:
+        lines.append(f"| {t['name']} | {_g(t['value'])} | {t['goal']} | "
+                     f"{ {True: 'yes', False: '**no**', None: '-'}[t['met']]} |")
+    return lines
 
 
 def update_readme(readme: Path, text: str) -> None:
