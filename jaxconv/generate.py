@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jaxconv import config as config_lib
 from jaxconv import sampling
-from jaxconv.errors import ConfigError, StorageError
-from jaxconv.models import build_model
+from jaxconv.config import Config
+from jaxconv.data.sources import Split, load_split
+from jaxconv.errors import ConfigError, DataError, StorageError
 from jaxconv.models.pixelcnn import AUTOREGRESSIVE_CONFIGS
-from jaxconv.train.loop import restore_workdir
+from jaxconv.train.restore import RunSpec, check_data, load_config, model_of, restore_workdir, run_spec
 
 SAMPLERS = {"cached": sampling.sample_cached, "naive": sampling.sample_naive}
 
@@ -82,11 +82,14 @@ def sample_workdir(workdir: Path, out: Path, *, num: int = 16, seed: int = 0, te
     A class-conditional run (model.num_classes > 0) draws every image of class ``label``; without it,
     image k is of class k % num_classes, and completions (``complete_rows``) keep their own image's class.
     Every argument is checked (ConfigError) before the checkpoint is restored: see ``check_sample_args``.
+    Reads the work directory alone (config.json, run.json, the checkpoint); completions also read the
+    run's validation split (the images they complete).
     """
     check_sample_args(num=num, seed=seed, temperature=temperature, sampler=sampler, complete_rows=complete_rows,
                       label=label, checkpoint=checkpoint, out=out)
     workdir, out = Path(workdir), Path(out)
-    config = config_lib.load(workdir / "config.json").model
+    run_config = load_config(workdir)
+    config = run_config.model
     if not isinstance(config, AUTOREGRESSIVE_CONFIGS):
         raise ConfigError(f"{workdir} holds a {config.family} run; sampling needs a PixelCNN-family model")
     if label is not None and not config.num_classes:
@@ -94,25 +97,37 @@ def sample_workdir(workdir: Path, out: Path, *, num: int = 16, seed: int = 0, te
     if label is not None and not 0 <= label < config.num_classes:
         raise ConfigError(f"--label must be in 0..{config.num_classes - 1} (model.num_classes={config.num_classes}), "
                           f"got {label}")
-    run, _, state = restore_workdir(workdir, checkpoint)
-    config = run.config.model
-    shape = (num, *run.val_data.images.shape[1:])
+    spec = run_spec(workdir, run_config)
+    shape = (num, *spec.image_shape)
     if not complete_rows < shape[1]:
         raise ConfigError(f"--complete must be in 0..{shape[1] - 1} rows, got {complete_rows}")
-    images = jnp.asarray(np.resize(run.val_data.images, shape)) if complete_rows else None
+    val = _completed_split(run_config, spec, workdir) if complete_rows else None
+    images = jnp.asarray(np.resize(val.images, shape)) if complete_rows else None
     labels = None
     if label is not None:
         labels = jnp.full((num,), label, jnp.int32)
     elif config.num_classes and complete_rows:
-        labels = jnp.asarray(np.resize(run.val_data.labels, num), jnp.int32)  # the completed images' own classes
+        labels = jnp.asarray(np.resize(val.labels, num), jnp.int32)  # the completed images' own classes
     elif config.num_classes:
         labels = jnp.arange(num, dtype=jnp.int32) % config.num_classes
-    model = build_model(config, jnp.dtype(run.config.train.dtype))
+    run_config, _, state = restore_workdir(workdir, checkpoint)
+    model = model_of(run_config)
     params = jax.device_get(state.params)
     samples = np.asarray(SAMPLERS[sampler](model, params, jax.random.key(seed), shape, labels=labels, images=images,
                                            known_rows=complete_rows, temperature=float(temperature), progress=True))
     write_image(image_grid(samples), out)
     return samples
+
+
+def _completed_split(config: Config, spec: RunSpec, workdir: Path) -> Split:
+    """The run's validation split, whose images ``--complete`` completes."""
+    try:
+        val = load_split(config.data, "val")
+    except DataError as e:
+        raise DataError(f"--complete completes the validation images of {workdir}'s data, which cannot be read: "
+                        f"{e} (sampling without --complete needs no data)") from None
+    check_data(spec, val, f"{config.data.source}:val")
+    return val
 
 
 def write_image(image: Image.Image, out: Path) -> None:

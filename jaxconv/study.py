@@ -48,7 +48,7 @@ def _run_variant(name: str, config: Config, workdir: Path, stop: StopRequest | N
     if result.get("terminated"):
         return None
     seconds = time.perf_counter() - clock
-    run, _, state = loop.restore_workdir(workdir, "latest")
+    _, _, state = loop.restore_workdir(workdir, "latest")
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     val = result["val"]
     row = {"variant": name, "head": config.model.head, "family": config.model.family,

@@ -12,10 +12,10 @@ import numpy as np
 from jaxconv.config import DataConfig
 from jaxconv.data.pipeline import scale_pixels
 from jaxconv.data.sources import load_split
-from jaxconv.errors import ConfigError
+from jaxconv.errors import ConfigError, DataError
 from jaxconv.models import build_model, causality, preset
 from jaxconv.models.pixelcnn import AUTOREGRESSIVE_CONFIGS
-from jaxconv.train.loop import restore_workdir
+from jaxconv.train.restore import check_data, load_config, restore_workdir, run_spec
 
 
 def dependency_picture(out: Path, presets: tuple[str, ...] = ("pixelcnn_mnist", "gated_pixelcnn_mnist"),
@@ -70,8 +70,9 @@ def hand_kernels_picture(out: Path, index: int = 0) -> Path:
 
 
 def filters_picture(workdir: Path, out: Path, checkpoint: str = "best") -> Path:
-    """The first convolution's kernels of a trained run, one tile per output channel."""
-    run, step, state = restore_workdir(workdir, checkpoint)
+    """The first convolution's kernels of a trained run, one tile per output channel (reads the work
+    directory alone: no data)."""
+    config, step, state = restore_workdir(workdir, checkpoint)
     kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
                if getattr(path[-1], "key", None) == "kernel" and np.ndim(leaf) == 4]
     if not kernels:
@@ -80,19 +81,27 @@ def filters_picture(workdir: Path, out: Path, checkpoint: str = "best") -> Path:
     tiles = [(f"{k}", kernel[..., k] if kernel.shape[2] == 3 else kernel[..., 0, k]) for k in range(kernel.shape[-1])]
     columns = 8
     rows = [(f"filters {r * columns}..", tiles[r * columns:(r + 1) * columns]) for r in range(-(-len(tiles) // columns))]
-    return _grid_figure(rows, out, title=f"{run.config.name}: first conv {kernel.shape}, step {step}")
+    return _grid_figure(rows, out, title=f"{config.name}: first conv {kernel.shape}, step {step}")
 
 
 def features_picture(workdir: Path, out: Path, layers: tuple[str, ...] = (), index: int = 0,
                      checkpoint: str = "best", max_channels: int = 8) -> Path:
     """A validation image and its feature maps after the chosen layers (default: every layer with
-    spatial output, captured through Flax's ``capture_intermediates``)."""
-    run, step, state = restore_workdir(workdir, checkpoint)
-    images = run.val_data.images
+    spatial output, captured through Flax's ``capture_intermediates``). Reads the run's validation split
+    (the image shown) besides its work directory."""
+    config = load_config(workdir)
+    try:
+        val = load_split(config.data, "val")
+    except DataError as e:
+        raise DataError(f"viz features shows a validation image of {workdir}'s data, which cannot be read: {e} "
+                        f"(viz filters needs no data)") from None
+    check_data(run_spec(workdir, config, val), val, f"{config.data.source}:val")
+    images = val.images
     if not 0 <= index < len(images):
         raise ConfigError(f"--index must be in 0..{len(images) - 1}, got {index}")
-    model = build_model(run.config.model)
-    x = scale_pixels(jnp.asarray(images[index:index + 1]), run.config.data.pixels, jnp.float32)
+    _, step, state = restore_workdir(workdir, checkpoint)
+    model = build_model(config.model)
+    x = scale_pixels(jnp.asarray(images[index:index + 1]), config.data.pixels, jnp.float32)
     _, captured = model.apply({"params": jax.device_get(state.params)}, x, train=False,
                               capture_intermediates=True, mutable=["intermediates"])
     maps = {name: value["__call__"][0] for name, value in captured["intermediates"].items()
@@ -106,7 +115,7 @@ def features_picture(workdir: Path, out: Path, layers: tuple[str, ...] = (), ind
     for name in layers or tuple(maps):
         fmap = np.asarray(maps[name][0], np.float32)  # [H, W, C]
         rows.append((f"{name} {fmap.shape}", [(str(c), fmap[..., c]) for c in range(min(max_channels, fmap.shape[-1]))]))
-    return _grid_figure(rows, out, title=f"{run.config.name}: feature maps, step {step}")
+    return _grid_figure(rows, out, title=f"{config.name}: feature maps, step {step}")
 
 
 def _grid_figure(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], out: Path, title: str = "") -> Path:

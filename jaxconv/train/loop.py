@@ -25,9 +25,10 @@ from jaxconv import losses, stopping, tasks
 from jaxconv.config import Config
 from jaxconv.data.pipeline import Prefetcher, eval_batches, train_batches
 from jaxconv.data.sources import Split, image_mean, load_split
-from jaxconv.errors import CheckpointError, ConfigError, NonFiniteError
+from jaxconv.errors import ConfigError, NonFiniteError
 from jaxconv.models import build_model
 from jaxconv.stopping import StopRequest
+from jaxconv.train import restore as restore_lib
 from jaxconv.train import workdir as workdir_lib
 from jaxconv.train.checkpoint import Checkpoints
 from jaxconv.train.metrics import MetricsWriter, read_metrics
@@ -164,6 +165,7 @@ def _start_state(run: Run, checkpoints: Checkpoints, latest: int | None, workdir
             print(f"resuming from checkpoint {latest}", flush=True)
     if jax.process_index() == 0:
         workdir_lib.write_config(run.config, workdir)
+        restore_lib.write_run_files(workdir, run.config, run.train_data)  # what restoring needs of the data
         if dropped := sum(record["step"] > start for record in read_metrics(workdir)):
             log(f"jaxconv: warning: {workdir / 'metrics.jsonl'} held {dropped} record(s) after step {start}, the "
                 f"last complete checkpoint; dropped them (this run computes those steps again)")
@@ -281,40 +283,30 @@ def _flush(run: Run, pending: list[dict[str, jax.Array]], done: int, nonfinite: 
     return {k: float(np.mean(v)) for k, v in stacked.items()}
 
 
-def restore_workdir(workdir: Path, checkpoint: str = "best") -> tuple[Run, int, TrainState]:
-    """A run's config rebuilt, and its best/latest/numbered checkpoint restored onto this host's devices."""
-    workdir = Path(workdir)
-    config = config_lib.load(workdir / "config.json")
-    run = build_run(config)
-    if not (workdir / "checkpoints").is_dir():
-        raise CheckpointError(f"{workdir} has no checkpoints/ directory")
-    checkpoints = Checkpoints(workdir / "checkpoints", config.checkpoint, read_only=True)
-    try:
-        step = _named_step(checkpoints, checkpoint, workdir)
-        return run, step, checkpoints.restore(step, jax.eval_shape(run.init))
-    finally:
-        checkpoints.close()
+def restore_workdir(workdir: Path, checkpoint: str = "best") -> tuple[Config, int, TrainState]:
+    """(config, step, train state) of a run's best/latest/numbered checkpoint, on this host's first device.
 
-
-def _named_step(checkpoints: Checkpoints, name: str, workdir: Path) -> int:
-    """The step that ``best``, ``latest`` or a step number names."""
-    if name == "best":
-        step = checkpoints.best_step()
-    elif name == "latest":
-        step = checkpoints.latest_step()
-    elif name.isascii() and name.isdigit():
-        step = int(name)
-        if step not in checkpoints.all_steps():
-            raise CheckpointError(f"no checkpoint {step} in {workdir}; steps: {checkpoints.all_steps()}")
-    else:
-        raise ConfigError(f"bad checkpoint {name!r}; allowed values: best, latest, a step number")
-    if step is None:
-        raise CheckpointError(f"{workdir} holds no checkpoint")
-    return step
+    Reads the work directory alone (config.json, run.json, the checkpoint): no data split is opened,
+    nothing is compiled; see :mod:`jaxconv.train.restore`."""
+    return restore_lib.restore_workdir(workdir, checkpoint)
 
 
 def evaluate_workdir(workdir: Path, checkpoint: str = "best", split: str = "val") -> tuple[int, dict[str, float]]:
-    """Restores a run's best/latest/numbered checkpoint and evaluates it on ``split``."""
-    run, step, state = restore_workdir(workdir, checkpoint)
-    data = run.val_data if split == "val" else run.train_data
-    return step, evaluate(run, run.par.place_state(state).params, data)
+    """Restores a run's best/latest/numbered checkpoint and evaluates it on ``split``.
+
+    Opens only that split; a data.subtract_mean run centres its inputs with the train mean image
+    recorded in the work directory (``train_mean.npy``), so evaluating on val needs no train split."""
+    workdir = Path(workdir)
+    config = restore_lib.load_config(workdir)
+    maybe_initialize_distributed(config.parallel)
+    par = DataParallel(config.parallel, config.data.batch_size, config.data.eval_batch_size)
+    spec = restore_lib.run_spec(workdir, config)
+    step, state = restore_lib.restore_state(workdir, config, spec, checkpoint, par.replicated)
+    data = load_split(config.data, split)
+    restore_lib.check_data(spec, data, f"{config.data.source}:{split}")
+    mean = restore_lib.train_mean(workdir, config) if config.data.subtract_mean else None  # [H, W, C]
+    forward, sums = tasks.for_model(restore_lib.model_of(config), config, mean)
+    # Evaluation needs only these parts of a Run: no train split, optimizer or train step.
+    run = Run(config, par, train_data=None, val_data=data, tx=None, schedule=None, train_step=None,
+              eval_step=par.compile(make_eval_step(forward, sums, axis_name=par.axis_name), donate=False), init=None)
+    return step, evaluate(run, par.place_state(state).params, data)
