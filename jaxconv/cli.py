@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -146,6 +147,15 @@ def _add_train_args(parser: argparse.ArgumentParser, with_name: bool) -> None:
     parser.add_argument("--smoke", action="store_true", help="the experiment's tiny variant")
 
 
+# The conv policy's environment variables: --set overrides applied before the command line's own.
+CONV_ENVIRONMENT = {"JAXCONV_CONV_IMPL": "conv.impl", "JAXCONV_CONV_TABLE": "conv.table",
+                    "JAXCONV_CONV_RULES": "conv.rules"}
+
+
+def _conv_overrides() -> list[str]:
+    return [f"{key}={os.environ[name]}" for name, key in CONV_ENVIRONMENT.items() if os.environ.get(name)]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from jaxconv import experiments
     from jaxconv.config import apply_overrides
@@ -154,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     workdir = args.workdir or Path("runs") / (args.name + ("-smoke" if args.smoke else ""))
     if experiments.is_study(args.name):
         return _train_study(args, workdir)
-    config = apply_overrides(experiments.load(args.name, args.smoke), args.overrides)
+    config = apply_overrides(experiments.load(args.name, args.smoke), [*_conv_overrides(), *args.overrides])
     result = train(config, workdir, stop=args.stop)
     if "val" in result:
         print(_table(f"{args.name}: step {result['step']}, validation", result["val"]))
@@ -171,7 +181,7 @@ def _train_study(args: argparse.Namespace, workdir: Path) -> int:
     from jaxconv.config import apply_overrides
     from jaxconv.study import markdown_table, run_study
 
-    variants = {name: apply_overrides(config, args.overrides)
+    variants = {name: apply_overrides(config, [*_conv_overrides(), *args.overrides])
                 for name, config in experiments.load_study(args.name, args.smoke).items()}
     rows = run_study(variants, workdir, args.stop)
     if len(rows) < len(variants):
@@ -211,7 +221,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from jaxconv import bench
-    from jaxconv.errors import ConfigError
+    from jaxconv.config import ConvConfig, section_overrides
 
     if args.what == "report":
         from jaxconv.bench import report
@@ -232,7 +242,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         what=args.what, quick=args.quick, out=args.out, shapes=args.shapes, sets=args.sets,
         batch_sizes=args.batch_sizes, dtypes=args.dtypes, modes=args.modes, layouts=args.layouts, impls=args.impls,
         presets=args.presets, devices=args.devices, naive_variables=args.naive_variables, repeats=args.repeats,
-        torch=args.torch, plots=args.plots, command=bench.command_line(sys.argv[1:] if args.argv is None else args.argv))
+        torch=args.torch, plots=args.plots, command=bench.command_line(sys.argv[1:] if args.argv is None else args.argv),
+        conv=section_overrides(ConvConfig(), "conv", _conv_overrides()))
     bench.run(options, log=lambda line: print(line, flush=True))
     return 0
 

@@ -116,6 +116,18 @@ class ParallelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConvConfig:
+    """How each conv layer is computed: ``jaxconv.models.conv_policy`` (the environment variables
+    JAXCONV_CONV_IMPL, JAXCONV_CONV_TABLE and JAXCONV_CONV_RULES set these at the command line)."""
+
+    # One implementation everywhere: xla, im2col, taps, fft, or a forward/input_grad/kernel_grad triple
+    # such as xla/im2col/im2col; "" = the table, then the rules.
+    impl: str = ""
+    table: str = ""  # an autotune table from `jaxconv bench conv` (its conv_table.json); "" = none
+    rules: Literal["default", "none"] = "default"  # none: XLA's conv wherever no table entry applies
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     name: str
     model: Any  # a model family's frozen config dataclass (jaxconv.models.MODEL_CONFIGS)
@@ -125,12 +137,13 @@ class Config:
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     parallel: ParallelConfig = ParallelConfig()
+    conv: ConvConfig = ConvConfig()
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
 
-SECTIONS = ("model", "data", "optim", "schedule", "train", "checkpoint", "parallel")
+SECTIONS = ("model", "data", "optim", "schedule", "train", "checkpoint", "parallel", "conv")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,20 +153,35 @@ SECTIONS = ("model", "data", "optim", "schedule", "train", "checkpoint", "parall
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
     """Returns ``config`` with each ``section.key=value`` applied, type-checked against the field."""
     for item in overrides:
-        path, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        section_name, dot, key = path.strip().partition(".")
-        if not dot or section_name not in SECTIONS:
-            raise ConfigError(f"unknown config section in {path!r}; sections: {', '.join(SECTIONS)}")
+        section_name, key, value = _override(item, lambda name: getattr(config, name, None))
         section = getattr(config, section_name)
-        hints = _field_types(type(section))
-        if key not in hints:
-            raise ConfigError(f"unknown config key {path!r}; keys of {section_name!r}: {', '.join(hints)}")
-        value = parse_value(text.strip(), hints[key], path)
         config = dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{key: value})})
     validate(config)
     return config
+
+
+def section_overrides(section: Any, name: str, overrides: list[str]) -> Any:
+    """One section (``name``) with ``name.key=value`` overrides applied, type-checked (e.g. the conv
+    policy of a benchmark, which has no run config)."""
+    for item in overrides:
+        _, key, value = _override(item, lambda other: section if other == name else None)
+        section = dataclasses.replace(section, **{key: value})
+    return section
+
+
+def _override(item: str, section_of) -> tuple[str, str, Any]:
+    """``section.key=value`` -> (section, key, typed value), checked against ``section_of(section)``'s fields."""
+    path, sep, text = item.partition("=")
+    if not sep:
+        raise ConfigError(f"override {item!r} is not of the form section.key=value")
+    section_name, dot, key = path.strip().partition(".")
+    section = section_of(section_name) if dot and section_name in SECTIONS else None
+    if section is None:
+        raise ConfigError(f"unknown config section in {path!r}; sections: {', '.join(SECTIONS)}")
+    hints = _field_types(type(section))
+    if key not in hints:
+        raise ConfigError(f"unknown config key {path!r}; keys of {section_name!r}: {', '.join(hints)}")
+    return section_name, key, parse_value(text.strip(), hints[key], path)
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -319,6 +347,13 @@ def validate(config: Config) -> None:
             check_crop_size(config.data, (config.data.image_size, config.data.image_size))
         elif config.data.source == "synthetic":
             check_crop_size(config.data, config.data.image_shape[:2])
+    if config.conv.impl:
+        from jaxconv.models.conv_impls import parse_impl  # the models import config: import late
+
+        try:
+            parse_impl(config.conv.impl)
+        except ValueError as e:
+            raise ConfigError(f"conv.impl: {e}") from None
     validate_model = getattr(config.model, "validate", None)
     if validate_model is not None:
         validate_model()
@@ -365,7 +400,7 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 _SECTION_CLASSES = (("data", DataConfig), ("optim", OptimConfig), ("schedule", ScheduleConfig), ("train", TrainConfig),
-                    ("checkpoint", CheckpointConfig), ("parallel", ParallelConfig))
+                    ("checkpoint", CheckpointConfig), ("parallel", ParallelConfig), ("conv", ConvConfig))
 
 
 def from_dict(raw: Any) -> Config:

@@ -21,7 +21,9 @@ from jaxconv.bench import report, results
 from jaxconv.bench import train as train_bench
 from jaxconv.bench.models import forward_flops, random_params, traced_convs
 from jaxconv.errors import ConfigError
-from jaxconv.models import build_model, conv as conv_lib, preset
+from jaxconv.config import ConvConfig
+from jaxconv.models import build_model, conv as conv_lib, conv_impls, preset
+from jaxconv.models.conv_policy import ConvPolicy, Rule, signature
 from jaxconv.models.lenet import LeNetConfig
 
 # (x shape, kernel shape, strides, padding, dilation, groups): stride, dilation + groups, odd padding and kernel.
@@ -49,7 +51,7 @@ def test_conv_implementations_match_xla(case):
     x = jnp.asarray(rng.standard_normal(xs), jnp.float32)
     k = jnp.asarray(rng.standard_normal(ks) / np.sqrt(np.prod(ks[:3])), jnp.float32)
 
-    impls = [*conv_lib.IMPLEMENTATIONS, "taps/fft/im2col"]  # a per-pass triple: a custom_vjp
+    impls = [*conv_impls.IMPLEMENTATIONS, "taps/fft/im2col"]  # a per-pass triple: a custom_vjp
 
     @jax.jit
     def value_and_grads(x, k):
@@ -62,7 +64,7 @@ def test_conv_implementations_match_xla(case):
 
     outs = value_and_grads(x, k)
     ref = outs[0]
-    expected = jax.lax.conv_general_dilated(x, k, conv_lib._pair(strides), padding, rhs_dilation=conv_lib._pair(dilation),
+    expected = jax.lax.conv_general_dilated(x, k, conv_impls.pair(strides), padding, rhs_dilation=conv_impls.pair(dilation),
                                             feature_group_count=groups, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_array_equal(ref[0], expected)
     for impl, out in zip(impls, outs):
@@ -70,7 +72,20 @@ def test_conv_implementations_match_xla(case):
             np.testing.assert_allclose(a, b, atol=2e-4 * float(jnp.max(jnp.abs(b))), err_msg=impl)
 
 
-def test_layers_use_the_chosen_conv_and_match(monkeypatch):
+def primitives(jaxpr) -> set[str]:
+    """Every primitive of a jaxpr, nested ones (custom_vjp, pjit) included."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        found.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found |= primitives(inner)
+    return found
+
+
+def test_layers_use_the_chosen_conv_and_match():
     # LeNet's Conv is a drop-in for nn.Conv: same parameters, same outputs.
     x = jax.random.uniform(jax.random.key(1), (2, 12, 12, 1))
     for kwargs in ({"padding": "VALID"}, {"padding": ((1, 1), (2, 0)), "strides": 2}):
@@ -78,50 +93,77 @@ def test_layers_use_the_chosen_conv_and_match(monkeypatch):
         params = a.init(jax.random.key(0), x)
         assert jax.tree.structure(params) == jax.tree.structure(b.init(jax.random.key(0), x))
         np.testing.assert_array_equal(a.apply(params, x), b.apply(params, x))
-    # Forcing each implementation through the models: LeNet faithful (C1, sparse C3, C5) and a small
-    # PixelCNN (masked 3x3 mask A and B layers in both forms).
+    # Forcing each implementation through the models' policy: LeNet faithful (C1, sparse C3, C5) and a
+    # small PixelCNN (masked 3x3 mask A and B layers in both forms).
     small = dataclasses.replace(preset("pixelcnn_mnist"), hidden=4, num_blocks=1, first_kernel=3, output_features=4)
-    models = [(build_model(LeNetConfig(variant="faithful")), (2, 28, 28, 1)), (build_model(small), (2, 8, 8, 1)),
-              (build_model(dataclasses.replace(small, conv_form="cropped")), (2, 8, 8, 1))]
-    for (model, shape), impl in zip(models, ("fft", "taps", "im2col")):
+    configs = [(LeNetConfig(variant="faithful"), (2, 28, 28, 1)), (small, (2, 8, 8, 1)),
+               (dataclasses.replace(small, conv_form="cropped"), (2, 8, 8, 1))]
+    for (config, shape), impl in zip(configs, ("fft", "taps", "im2col")):
+        model = build_model(config)
         params = {"params": random_params(model, shape[1:])}
         inp = (jax.random.uniform(jax.random.key(2), shape) > 0.5).astype(jnp.float32)
-        monkeypatch.delenv("JAXCONV_CONV_IMPL", raising=False)
         ref = jax.jit(model.apply)(params, inp)
-        monkeypatch.setenv("JAXCONV_CONV_IMPL", impl)
-        out = jax.jit(model.apply)(params, inp)  # a fresh jit: traced again with the new choice
+        forced = build_model(config, policy=ConvPolicy(forced=impl))
+        ops = primitives(jax.make_jaxpr(forced.apply)(params, inp).jaxpr)
+        assert "conv_general_dilated" not in ops, impl  # the policy reached every layer
+        out = jax.jit(forced.apply)(params, inp)
         np.testing.assert_allclose(out, ref, atol=1e-4 * float(jnp.max(jnp.abs(ref))) + 1e-5, err_msg=impl)
-    monkeypatch.setenv("JAXCONV_CONV_IMPL", "nonsense")
-    with pytest.raises(ValueError, match="JAXCONV_CONV_IMPL"):
-        conv_lib.conv(x, jnp.zeros((3, 3, 1, 2)))
+    with pytest.raises(ConfigError, match="conv.impl"):
+        ConvPolicy.from_config(ConvConfig(impl="nonsense"))
 
 
-def test_choice_rules_and_autotune_table(tmp_path, monkeypatch):
-    monkeypatch.delenv("JAXCONV_CONV_IMPL", raising=False)
-    sig = conv_lib.signature((8, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
-    assert conv_lib.choose(sig) == "xla"  # single input channel, but batch 8 < 32: the taps rule does not apply
-    rules = [conv_lib.Rule("taps", backend="gpu"), conv_lib.Rule("im2col", backend="cpu", cin=(1, 3), taps=(25, 121))]
-    assert conv_lib.choose(sig, rules) == "im2col"
-    assert conv_lib.choose(sig, [conv_lib.Rule("fft")]) == "fft"
-    bf16 = conv_lib.signature((8, 32, 32, 1), (5, 5, 1, 6), jnp.bfloat16, backend="cpu")
-    assert conv_lib.choose(bf16, [conv_lib.Rule("fft")]) == "xla"  # fft has no bfloat16: falls back
+def test_the_conv_policy_is_data_recorded_in_the_run(tmp_path):
+    """The environment variable reaches the config at the command line, config.json records it, and a
+    bad one is a one-line config error; nothing below the CLI reads the environment to choose a conv."""
+    import os
+
+    env = dict(os.environ, JAXCONV_CONV_IMPL="im2col")
+    done = run_cli("train", "lenet_modern_mnist", "--smoke", "--set", "train.steps=2", "--set", "parallel.num_devices=1",
+                   "--workdir", str(tmp_path / "run"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["conv"] == {
+        "impl": "im2col", "table": "", "rules": "default"}
+    done = run_cli("train", "lenet_modern_mnist", "--smoke", "--workdir", str(tmp_path / "bad"),
+                   env=dict(os.environ, JAXCONV_CONV_IMPL="bogus"))
+    assert done.returncode == ConfigError.exit_code and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("jaxconv: error: conv.impl: conv implementation 'bogus'")
+    from pathlib import Path
+
+    library = Path(conv_lib.__file__).parent
+    readers = [p.name for p in library.glob("*.py") if "os.environ" in p.read_text()]
+    assert readers == []
+
+
+def test_choice_rules_and_autotune_table(tmp_path):
+    policy = ConvPolicy()
+    sig = signature((8, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
+    assert policy.choose(sig) == "xla"  # single input channel, but batch 8 < 32: the taps rule does not apply
+    rules = (Rule("taps", backend="gpu"), Rule("im2col", backend="cpu", cin=(1, 3), taps=(25, 121)))
+    assert ConvPolicy(rules=rules).choose(sig) == "im2col"
+    assert ConvPolicy(rules=(Rule("fft"),)).choose(sig) == "fft"
+    bf16 = signature((8, 32, 32, 1), (5, 5, 1, 6), jnp.bfloat16, backend="cpu")
+    assert ConvPolicy(rules=(Rule("fft"),)).choose(bf16) == "xla"  # fft has no bfloat16: falls back
     table = tmp_path / "conv_table.json"
     table.write_text(json.dumps({"winners": {sig.key(): "taps"}}))
-    monkeypatch.setenv("JAXCONV_CONV_TABLE", str(table))
-    assert conv_lib.choose(sig) == "taps"
-    assert conv_lib.choose(bf16) == "xla"
-    monkeypatch.delenv("JAXCONV_CONV_TABLE")
-    grouped = conv_lib.signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="cpu")
-    one_by_one = conv_lib.signature((8, 28, 28, 64), (1, 1, 64, 32), jnp.float32, backend="cpu")
-    first = conv_lib.signature((64, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
-    wide = conv_lib.signature((64, 29, 30, 32), (2, 3, 32, 64), jnp.float32, backend="cpu")
-    strided = conv_lib.signature((8, 227, 227, 3), (11, 11, 3, 96), jnp.float32, strides=4, backend="cpu")
-    assert [conv_lib.choose(s) for s in (grouped, one_by_one, first, wide, strided)] == [
+    tabled = ConvPolicy.from_config(ConvConfig(table=str(table)))  # the file is read here, once
+    table.unlink()
+    assert tabled.choose(sig) == "taps"
+    assert tabled.choose(bf16) == "xla"
+    assert ConvPolicy(forced="im2col", table=tabled.table).choose(sig) == "im2col"  # forced wins over the table
+    grouped = signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="cpu")
+    one_by_one = signature((8, 28, 28, 64), (1, 1, 64, 32), jnp.float32, backend="cpu")
+    first = signature((64, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
+    wide = signature((64, 29, 30, 32), (2, 3, 32, 64), jnp.float32, backend="cpu")
+    strided = signature((8, 227, 227, 3), (11, 11, 3, 96), jnp.float32, strides=4, backend="cpu")
+    assert [policy.choose(s) for s in (grouped, one_by_one, first, wide, strided)] == [
         "taps", "im2col", "taps", "xla/im2col/im2col", "xla"]
-    on_gpu = conv_lib.signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="gpu")
-    assert conv_lib.choose(on_gpu) == "xla"  # the rules are CPU findings
-    monkeypatch.setenv("JAXCONV_CONV_RULES", "none")
-    assert [conv_lib.choose(s) for s in (grouped, one_by_one, first, wide)] == ["xla"] * 4
+    on_gpu = signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="gpu")
+    assert policy.choose(on_gpu) == "xla"  # the rules are CPU findings
+    no_rules = ConvPolicy.from_config(ConvConfig(rules="none"))
+    assert [no_rules.choose(s) for s in (grouped, one_by_one, first, wide)] == ["xla"] * 4
+    for bad, message in ((ConvConfig(table=str(table)), "not found"), (ConvConfig(rules="some"), "conv.rules")):
+        with pytest.raises(ConfigError, match=message):
+            ConvPolicy.from_config(bad)
 
 
 def test_traced_shapes_and_flops():
@@ -232,7 +274,7 @@ def test_schema_rejects_bad_documents(quick_results):
 
 def test_agreement_check_catches_a_wrong_implementation(monkeypatch):
     def flipped(shape, layout):  # a plausible bug: convolution instead of cross-correlation
-        return lambda x, w: conv_lib.conv_xla(x, w[::-1, ::-1], shape.stride, shape.padding, shape.dilation, shape.groups)
+        return lambda x, w: conv_impls.conv_xla(x, w[::-1, ::-1], shape.stride, shape.padding, shape.dilation, shape.groups)
 
     monkeypatch.setitem(conv_bench.EXTRA_JAX, "flipped", flipped)
     from jaxconv.bench.device import measure_peaks
@@ -263,7 +305,7 @@ def test_cli_bench_conv_and_report(tmp_path):
     assert doc["command"].startswith("jaxconv bench conv")
     assert all(x["status"] == "ok" for r in doc["rows"] for x in r["results"])
     (winner,) = json.loads((out / "conv_table.json").read_text())["winners"].values()
-    assert conv_lib.parse_impl(winner)  # a per-pass triple (or one name) of the fastest passes
+    assert conv_impls.parse_impl(winner)  # a per-pass triple (or one name) of the fastest passes
     done = run_cli("bench", "report", str(out), "--no-plots")
     assert done.returncode == 0 and "Conv layers" in done.stdout, done.stderr
     done = run_cli("bench", "conv", "--shape", "1,2,3")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from jaxconv.bench.results import BENCHMARKS
+from jaxconv.config import ConvConfig
 
 
 @dataclasses.dataclass
@@ -44,6 +45,7 @@ class Options:
     torch: bool = True
     plots: bool = True
     command: str = ""
+    conv: ConvConfig = ConvConfig()  # the layers' conv policy (conv and train benchmarks)
 
 
 def force_host_devices(count: int) -> None:
@@ -77,9 +79,11 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
     import jax
 
     from jaxconv.bench import conv, device, report, results, sample, train
+    from jaxconv.models.conv_policy import ConvPolicy
 
+    policy = ConvPolicy.from_config(options.conv)
     names = BENCHMARKS if options.what == "all" else (options.what,)
-    env = device.environment(torch=options.torch)
+    env = {**device.environment(torch=options.torch), "conv": dataclasses.asdict(options.conv)}
     name = device.results_name(jax.device_count() if jax.default_backend() != "cpu" else None)
     out = Path(options.out) if options.out else Path("benchmarks") / "results" / name
     command = options.command or "jaxconv bench " + options.what + (" --quick" if options.quick else "")
@@ -96,7 +100,7 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
                               dtypes=options.dtypes or conv.DTYPES, modes=options.modes or conv.MODES,
                               layouts=options.layouts or ("NHWC", "NCHW"), impls=options.impls,
                               batch_sizes=options.batch_sizes, torch=options.torch, repeats=options.repeats,
-                              peaks=peaks, log=log)
+                              peaks=peaks, log=log, policy=policy)
         elif bench == "sample":
             result = sample.run(quick=options.quick, presets=options.presets if options.what == "sample" else None,
                                 batch_sizes=options.batch_sizes if options.what == "sample" else None,
@@ -105,7 +109,7 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
             result = train.run(quick=options.quick, presets=options.presets if options.what == "train" else None,
                                batch_sizes=options.batch_sizes if options.what == "train" else None,
                                devices=options.devices, dtypes=options.dtypes if options.what == "train" else None,
-                               torch=options.torch, repeats=options.repeats, peaks=peaks, log=log)
+                               torch=options.torch, repeats=options.repeats, peaks=peaks, log=log, conv=options.conv)
         doc = results.document(bench, command=command, quick=options.quick, device=name, environment=env,
                                peaks=peaks, settings=result["settings"], rows=result["rows"],
                                targets=result["targets"], notes=result["notes"])

@@ -30,11 +30,11 @@ agreeing variant is timed (``jaxconv.bench.timing``); a PyTorch variant predicte
 FLOP/s on a medium conv, measured at the start) to take over ``max_call_s`` per call is "skipped"
 (PyTorch's bfloat16 conv on CPUs without bf16 units runs at well under 1 GFLOP/s).
 
-The default path (what ``jaxconv.models.conv.choose`` picks, the layers' choice) is reported against
-PyTorch's best layout: ``default_vs_torch`` > 1 means jaxconv is faster. ``conv_table.json`` (the
-fastest ``jaxconv.models.conv`` implementation per layer signature and dtype: a per-pass triple when
-the single-pass modes were measured) is an autotune table:
-``JAXCONV_CONV_TABLE=benchmarks/results/<device>/conv_table.json``.
+The default path (what the conv policy picks, the layers' choice: ``jaxconv.models.conv_policy``) is
+reported against PyTorch's best layout: ``default_vs_torch`` > 1 means jaxconv is faster.
+``conv_table.json`` (the fastest ``jaxconv.models.conv_impls`` implementation per layer signature and
+dtype: a per-pass triple when the single-pass modes were measured) is an autotune table:
+``--set conv.table=benchmarks/results/<device>/conv_table.json`` (or ``JAXCONV_CONV_TABLE=...``).
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ from jaxconv.bench.models import masked_layers, preset_image, traced_convs
 from jaxconv.bench.timing import time_calls
 from jaxconv.errors import ConfigError
 from jaxconv.models import conv as conv_lib
+from jaxconv.models import conv_impls
+from jaxconv.models.conv import DEFAULT_POLICY
+from jaxconv.models.conv_policy import ConvPolicy, signature
 from jaxconv.models.masked import MaskedConv2D, masked_to_cropped, raster_mask
 
 MODES = ("forward", "forward_backward")  # the default sweep
@@ -89,8 +92,8 @@ class ConvShape:
         return "masked" if self.mask else "conv"
 
     def out_hw(self) -> tuple[int, int]:
-        return (conv_lib.out_size(self.height, self.kh, self.stride[0], self.dilation[0], self.padding[0]),
-                conv_lib.out_size(self.width, self.kw, self.stride[1], self.dilation[1], self.padding[1]))
+        return (conv_impls.out_size(self.height, self.kh, self.stride[0], self.dilation[0], self.padding[0]),
+                conv_impls.out_size(self.width, self.kw, self.stride[1], self.dilation[1], self.padding[1]))
 
     def geometry(self) -> tuple:
         return (self.height, self.width, self.cin, self.cout, self.kh, self.kw, self.stride, self.dilation,
@@ -280,7 +283,7 @@ def _plain(shape, dtype):
 
 
 def _fft_applies(shape, dtype):
-    return conv_lib.supports("fft", dtype) and shape.kh * shape.kw >= 25
+    return conv_impls.supports("fft", dtype) and shape.kh * shape.kw >= 25
 
 
 VARIANTS: list[Variant] = [
@@ -461,7 +464,8 @@ def _torch_available() -> bool:
 
 
 def measure_case(shape: ConvShape, batch: int, dtype: str, mode: str, peaks: dict, *, variants: list[Variant],
-                 timing: dict, torch_rates: dict | None = None, max_call_s: float | None = None, seed: int = 0) -> dict:
+                 timing: dict, torch_rates: dict | None = None, max_call_s: float | None = None, seed: int = 0,
+                 policy: ConvPolicy = DEFAULT_POLICY) -> dict:
     """One row: agreement check of every variant, then timing of the agreeing ones.
 
     ``torch_rates``: PyTorch's FLOP/s per dtype on a medium conv (``calibrate_torch``); a PyTorch variant
@@ -486,9 +490,9 @@ def measure_case(shape: ConvShape, batch: int, dtype: str, mode: str, peaks: dic
     intensity = flops / bytes_
     peak = peaks["matmul_flops_per_s"][dtype]
     roof = device_lib.roofline(peaks, dtype, intensity)
-    sig = conv_lib.signature((batch, shape.height, shape.width, shape.cin), (shape.kh, shape.kw, 0, shape.cout), dtype,
+    sig = signature((batch, shape.height, shape.width, shape.cin), (shape.kh, shape.kw, 0, shape.cout), dtype,
                              shape.stride, shape.padding, shape.dilation, shape.groups)
-    default_impl = "masked" if shape.mask else conv_lib.choose(sig)
+    default_impl = "masked" if shape.mask else policy.choose(sig)
     default_key = (default_impl, "NHWC")
     if not any((v.impl, v.layout) == default_key for v in variants):  # a rule's triple, say
         variants = [Variant(default_impl, "jax", "NHWC"), *variants]
@@ -578,10 +582,10 @@ def autotune_table(rows: list[dict], backend: str) -> dict:
         if row["kind"] != "conv":
             continue
         cands = [r for r in row["results"] if r["status"] == "ok" and r["framework"] == "jax"
-                 and r["layout"] == "NHWC" and r["impl"] in conv_lib.IMPLEMENTATIONS]
+                 and r["layout"] == "NHWC" and r["impl"] in conv_impls.IMPLEMENTATIONS]
         if not cands:
             continue
-        sig = conv_lib.signature((row["batch"], row["height"], row["width"], row["cin"]),
+        sig = signature((row["batch"], row["height"], row["width"], row["cin"]),
                                  (row["kh"], row["kw"], 0, row["cout"]), row["dtype"], tuple(row["stride"]),
                                  tuple(tuple(p) for p in row["padding"]), tuple(row["dilation"]), row["groups"], backend)
         best.setdefault((sig.key(), row["input_grad"]), {})[row["mode"]] = min(cands, key=lambda r: r["time_s"])["impl"]
@@ -592,13 +596,15 @@ def autotune_table(rows: list[dict], backend: str) -> dict:
             winners[key] = triple[0] if len(set(triple)) == 1 else "/".join(triple)
         elif "forward_backward" in modes:
             winners[key] = modes["forward_backward"]
-    return {"description": "jaxconv.models.conv autotune table: JAXCONV_CONV_TABLE=this file", "winners": winners}
+    return {"description": "jaxconv.models.conv_policy autotune table: --set conv.table=this file", "winners": winners}
 
 
 def run(*, quick: bool = False, sets: list[str] | None = None, user_shapes: list[str] = (), dtypes=DTYPES,
         modes=MODES, layouts=("NHWC", "NCHW"), impls: list[str] | None = None, batch_sizes: list[int] | None = None,
-        torch: bool = True, repeats: int | None = None, peaks: dict, log: Callable[[str], None] = print) -> dict:
-    """The sweep; returns {"rows", "settings", "targets", "notes", "table"}."""
+        torch: bool = True, repeats: int | None = None, peaks: dict, log: Callable[[str], None] = print,
+        policy: ConvPolicy = DEFAULT_POLICY) -> dict:
+    """The sweep; returns {"rows", "settings", "targets", "notes", "table"}. ``policy``: the layers'
+    choice, reported as the default path."""
     accelerator = jax.default_backend() != "cpu"
     if sets is None and quick:
         cases = [(s, b, [d for d in ds if d in dtypes], [m for m in ms if m in modes]) for s, b, ds, ms in QUICK_CASES]
@@ -638,14 +644,15 @@ def run(*, quick: bool = False, sets: list[str] | None = None, user_shapes: list
                 for mode in [m for m in case_modes if m != "input_grad" or shape.input_grad]:
                     done += 1
                     row = measure_case(shape, batch, dtype, mode, peaks, variants=variants, timing=timing,
-                                       torch_rates=torch_rates, max_call_s=max_call_s)
+                                       torch_rates=torch_rates, max_call_s=max_call_s, policy=policy)
                     rows.append(row)
                     log(_progress_line(done, total, row))
     settings = {"quick": quick, "sets": sets if sets is not None else ("quick" if quick else list(SETS)),
                 "user_shapes": list(user_shapes), "dtypes": list(dtypes), "modes": list(modes), "layouts": list(layouts),
                 "variants": [f"{v.impl}/{v.layout}" for v in variants], "timing": timing, "tolerance": TOLERANCE,
                 "max_call_s": max_call_s, "torch_calibration_flops_per_s": torch_rates,
-                "torch": have_torch, "conv_rules": [dataclasses.asdict(r) for r in conv_lib._active_rules()]}
+                "torch": have_torch, "conv_rules": [dataclasses.asdict(r) for r in policy.rules],
+                "conv_forced": policy.forced, "conv_table_entries": len(policy.table)}
     if have_torch:
         import torch as torch_mod
 

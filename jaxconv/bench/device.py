@@ -88,7 +88,6 @@ def environment(torch: bool = True) -> dict:
         "numpy": np.__version__,
         "torch": torch_info,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "conv_choice": {k: os.environ.get(k, "") for k in ("JAXCONV_CONV_IMPL", "JAXCONV_CONV_TABLE", "JAXCONV_CONV_RULES")},
         "platform": platform.platform(),
     }
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.models import PRESETS, build_model, pixelcnn
-from jaxconv.models import conv as conv_lib
+from jaxconv.models.conv_policy import ConvPolicy, Signature, signature
 
 # Input image of each preset (H, W, C); presets not listed: 28x28 for one channel, 32x32 for three.
 PRESET_IMAGES: dict[str, tuple[int, int, int]] = {
@@ -46,15 +46,18 @@ def _eqns(jaxpr) -> Iterator[Any]:
                     yield from _eqns(sub.jaxpr)
 
 
+# The models' convs as conv ops in the trace, whichever implementation a rule would pick.
+AS_CONV_OPS = ConvPolicy(forced="xla")
+
+
 def _jaxpr(model, image: tuple[int, int, int], batch: int = 1):
     x = jnp.zeros((1, *image), jnp.float32)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
     spec = jax.ShapeDtypeStruct((batch, *image), jnp.float32)
-    with conv_lib.forced_impl("xla"):  # the model's convs as conv ops, whichever implementation a rule picks
-        return jax.make_jaxpr(lambda p, v: model.apply(p, v))(params, spec).jaxpr
+    return jax.make_jaxpr(lambda p, v: model.apply(p, v))(params, spec).jaxpr
 
 
-def _conv_of(eqn) -> tuple[str, conv_lib.Signature] | None:
+def _conv_of(eqn) -> tuple[str, Signature] | None:
     p = eqn.params
     lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
     dn = p["dimension_numbers"]
@@ -63,15 +66,15 @@ def _conv_of(eqn) -> tuple[str, conv_lib.Signature] | None:
     ls, rs = dn.lhs_spec, dn.rhs_spec
     x_nhwc = (lhs[ls[0]], lhs[ls[2]], lhs[ls[3]], lhs[ls[1]])
     kernel_hwio = (rhs[rs[2]], rhs[rs[3]], rhs[rs[1]], rhs[rs[0]])
-    return str(eqn.source_info.name_stack), conv_lib.signature(
+    return str(eqn.source_info.name_stack), signature(
         x_nhwc, kernel_hwio, eqn.invars[0].aval.dtype, tuple(p["window_strides"]),
         tuple(tuple(q) for q in p["padding"]), tuple(p["rhs_dilation"]), p["feature_group_count"])
 
 
-def traced_convs(name: str, config: Any = None) -> list[tuple[str, conv_lib.Signature]]:
+def traced_convs(name: str, config: Any = None) -> list[tuple[str, Signature]]:
     """Every convolution of the preset's forward pass, in order: (module path, its layer signature)."""
     config = PRESETS[name] if config is None else config
-    jaxpr = _jaxpr(build_model(config), preset_image(name, config))
+    jaxpr = _jaxpr(build_model(config, policy=AS_CONV_OPS), preset_image(name, config))
     return [c for e in _eqns(jaxpr) if e.primitive.name == "conv_general_dilated" and (c := _conv_of(e))]
 
 
@@ -93,7 +96,7 @@ def jaxpr_flops(jaxpr) -> float:
 def forward_flops(name: str, config: Any = None) -> float:
     """Forward FLOPs per image of a preset (convs and matmuls)."""
     config = PRESETS[name] if config is None else config
-    return jaxpr_flops(_jaxpr(build_model(config), preset_image(name, config)))
+    return jaxpr_flops(_jaxpr(build_model(config, policy=AS_CONV_OPS), preset_image(name, config)))
 
 
 def param_count(name: str, config: Any = None) -> int:

@@ -32,12 +32,12 @@ import numpy as np
 from jaxconv import experiments
 from jaxconv.bench.models import forward_flops, preset_image, random_params
 from jaxconv.bench.timing import time_calls
-from jaxconv.config import (CheckpointConfig, Config, DataConfig, OptimConfig, ParallelConfig,
+from jaxconv.config import (CheckpointConfig, Config, ConvConfig, DataConfig, OptimConfig, ParallelConfig,
                             apply_overrides)
 from jaxconv.data.pipeline import train_batches
 from jaxconv.data.sources import load_split
 from jaxconv.errors import ConfigError
-from jaxconv.models import PRESETS, build_model
+from jaxconv.models import PRESETS, build_run_model
 from jaxconv.models.alexnet import IMAGENET_MEAN_RGB, scaled_width
 from jaxconv.train.loop import build_run
 from jaxconv.train.state import TrainState
@@ -56,7 +56,7 @@ ACCELERATOR_PRESETS = CPU_PRESETS + ("pixelcnn_cifar", "gated_pixelcnn_imagenet3
 TARGET_MFU = 0.4  # Gated PixelCNN ImageNet32, bf16, accelerator
 
 
-def run_config(name: str, batch: int, devices: int, dtype: str, quick: bool) -> Config:
+def run_config(name: str, batch: int, devices: int, dtype: str, quick: bool, conv: ConvConfig = ConvConfig()) -> Config:
     model = PRESETS[name]
     if quick and model.family == "alexnet":
         model = dataclasses.replace(model, width=QUICK_ALEXNET_WIDTH)
@@ -74,16 +74,16 @@ def run_config(name: str, batch: int, devices: int, dtype: str, quick: bool) -> 
                         optim=OptimConfig(name="adam", learning_rate=1e-3, grad_clip_norm=1.0),
                         checkpoint=CheckpointConfig(keep_best=0))  # the bench saves nothing
     config = config.replace(train=dataclasses.replace(config.train, progress=False),
-                            parallel=ParallelConfig(num_devices=devices))
+                            parallel=ParallelConfig(num_devices=devices), conv=conv)
     return apply_overrides(config, [f"data.batch_size={batch}", f"data.eval_batch_size={batch}",
                                     f"train.dtype={dtype}"])
 
 
 def measure(name: str, batch: int, devices: int, dtype: str, *, quick: bool, timing: dict, peaks: dict,
-            flops_per_image: float | None) -> dict:
-    config = run_config(name, batch, devices, dtype, quick)
+            flops_per_image: float | None, conv: ConvConfig = ConvConfig()) -> dict:
+    config = run_config(name, batch, devices, dtype, quick, conv)
     run = build_run(config)
-    model = build_model(config.model, jnp.dtype(dtype))
+    model = build_run_model(config)
     params = random_params(model, tuple(run.train_data.images.shape[1:]))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=run.tx.init(params),
                        rng=jax.random.key_data(jax.random.key(0)))
@@ -170,7 +170,9 @@ def measure_torch(name: str, model, batch: int, images: np.ndarray, labels: np.n
 
 def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: list[int] | None = None,
         devices: list[int] | None = None, dtypes: list[str] | None = None, torch: bool = True,
-        repeats: int | None = None, peaks: dict, log: Callable[[str], None] = print) -> dict:
+        repeats: int | None = None, peaks: dict, log: Callable[[str], None] = print,
+        conv: ConvConfig = ConvConfig()) -> dict:
+    """Training throughput per preset, batch, dtype and device count; ``conv``: the layers' conv policy."""
     accelerator = jax.default_backend() != "cpu"
     available = len(jax.local_devices())
     presets = presets or (["lenet5_modern", "alexnet32", "gated_pixelcnn_mnist"] if quick else
@@ -201,7 +203,8 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                         notes.append(f"{name} batch {batch} skipped on {d} devices (does not divide)")
                         continue
                     start = time.perf_counter()
-                    row = measure(name, batch, d, dtype, quick=quick, timing=timing, peaks=peaks, flops_per_image=flops)
+                    row = measure(name, batch, d, dtype, quick=quick, timing=timing, peaks=peaks, flops_per_image=flops,
+                                  conv=conv)
                     rows.append(row)
                     log(f"{name} {dtype} batch {batch} on {d} device(s): {row['images_per_s']:.4g} img/s, "
                         f"first step {row['compile_s']:.2f} s, MFU {row['mfu'] or 0:.2%} "

@@ -12,6 +12,8 @@ import flax.linen as nn
 from jaxconv.errors import ConfigError
 from jaxconv.models import pixelcnn
 from jaxconv.models.alexnet import AlexNet, AlexNetConfig
+from jaxconv.models.conv import DEFAULT_POLICY
+from jaxconv.models.conv_policy import ConvPolicy
 from jaxconv.models.lenet import LeNet5, LeNetConfig
 
 MODEL_CONFIGS: dict[str, type] = {cls.family: cls for cls in (LeNetConfig, AlexNetConfig, *pixelcnn.AUTOREGRESSIVE_CONFIGS)}
@@ -33,12 +35,18 @@ def preset(name: str):
     return PRESETS[name]
 
 
-def build_model(config, dtype: jnp.dtype = jnp.float32) -> nn.Module:
-    """The Flax module for a model config; ``dtype`` is the compute dtype (params stay float32)."""
+def build_model(config, dtype: jnp.dtype = jnp.float32, policy: ConvPolicy = DEFAULT_POLICY) -> nn.Module:
+    """The Flax module for a model config; ``dtype`` is the compute dtype (params stay float32);
+    ``policy`` picks each conv layer's implementation."""
     if isinstance(config, LeNetConfig):
-        return LeNet5(config, dtype=dtype)
+        return LeNet5(config, dtype=dtype, policy=policy)
     if isinstance(config, AlexNetConfig):
-        return AlexNet(config, dtype=dtype)
+        return AlexNet(config, dtype=dtype, policy=policy)
     if isinstance(config, pixelcnn.AUTOREGRESSIVE_CONFIGS):
-        return pixelcnn.build(config, dtype)
+        return pixelcnn.build(config, dtype, policy)
     raise ConfigError(f"no model builder for {type(config).__name__}")
+
+
+def build_run_model(config) -> nn.Module:
+    """The model of a run's ``jaxconv.config.Config``: its model, compute dtype and conv policy."""
+    return build_model(config.model, jnp.dtype(config.train.dtype), ConvPolicy.from_config(config.conv))

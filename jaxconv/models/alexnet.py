@@ -80,7 +80,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv.errors import ConfigError
-from jaxconv.models.conv import Conv
+from jaxconv.models.conv import DEFAULT_POLICY, Conv
+from jaxconv.models.conv_policy import ConvPolicy
 
 VARIANTS = ("faithful", "single", "cifar32")
 IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)  # per-channel mean of ImageNet training pixels, 0..255
@@ -137,6 +138,7 @@ def scaled_width(channels: int, width: float, multiple: int = 1) -> int:
 class AlexNet(nn.Module):
     config: AlexNetConfig
     dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
+    policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
@@ -154,7 +156,7 @@ class AlexNet(nn.Module):
         def conv(features, kernel, name, *, strides=1, padding=None, groups=1, bias_one=False):
             same = ((kernel // 2, kernel // 2),) * 2  # 'SAME' for the odd kernels at stride 1
             return Conv(features, (kernel, kernel), strides=strides, padding=same if padding is None else padding,
-                        groups=groups, dtype=self.dtype, kernel_init=kernel_init, bias_init=bias(bias_one), name=name)
+                        groups=groups, dtype=self.dtype, policy=self.policy, kernel_init=kernel_init, bias_init=bias(bias_one), name=name)
 
         def dense(features, name, bias_one=False, init=kernel_init):
             return nn.Dense(features, dtype=self.dtype, kernel_init=init, bias_init=bias(bias_one), name=name)

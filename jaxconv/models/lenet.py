@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.errors import ConfigError
-from jaxconv.models.conv import Conv, conv
+from jaxconv.models.conv import DEFAULT_POLICY, Conv, conv
+from jaxconv.models.conv_policy import ConvPolicy
 
 # LeCun et al. 1998, Table I: which S2 maps (rows 0..5) feed each C3 map (columns 0..15).
 C3_TABLE = (
@@ -65,6 +66,7 @@ class Subsample(nn.Module):
     """S2/S4: 2x2 sum pooling, times a trainable per-map coefficient, plus a per-map bias."""
 
     dtype: jnp.dtype = jnp.float32
+    policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -79,6 +81,7 @@ class SparseC3(nn.Module):
     """C3: a 5x5 convolution whose (in, out) map pairs follow ``C3_TABLE``."""
 
     dtype: jnp.dtype = jnp.float32
+    policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -88,7 +91,7 @@ class SparseC3(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (len(C3_TABLE),))
         kernel = jnp.zeros((5, 5, x.shape[-1], len(C3_TABLE)), weights.dtype)
         kernel = kernel.at[:, :, pairs[:, 0], pairs[:, 1]].set(weights)  # [5, 5, 6, 16]
-        y = conv(x, kernel.astype(self.dtype))
+        y = conv(x, kernel.astype(self.dtype), policy=self.policy)
         return y + bias.astype(self.dtype)
 
 
@@ -105,6 +108,7 @@ def _scaled_uniform(fan_in: np.ndarray):
 class LeNet5(nn.Module):
     config: LeNetConfig
     dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
+    policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
@@ -112,7 +116,7 @@ class LeNet5(nn.Module):
         x = x.astype(self.dtype)
         if x.shape[1] == 28:
             x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))  # [B, 32, 32, C]
-        conv = lambda n, name: Conv(n, (5, 5), padding="VALID", dtype=self.dtype, name=name)
+        conv = lambda n, name: Conv(n, (5, 5), padding="VALID", dtype=self.dtype, policy=self.policy, name=name)
         dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name)
         if self.config.variant == "faithful":
             x = lecun_tanh(Subsample(self.dtype, name="S2")(conv(6, "C1")(x)))  # [B, 14, 14, 6]

@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.models.conv import conv
+from jaxconv.models.conv import DEFAULT_POLICY, conv
+from jaxconv.models.conv_policy import ConvPolicy
 
 MaskType = Literal["A", "B"]
 KERNEL_INIT = nn.initializers.lecun_normal()
@@ -61,9 +62,9 @@ def raster_mask(k: int, cin: int, cout: int, colours: int, mask_type: MaskType,
     return mask
 
 
-def conv_valid(x: jax.Array, kernel: jax.Array, dilation: int = 1) -> jax.Array:
-    """VALID stride-1 convolution by jaxconv's chosen implementation (``jaxconv.models.conv``)."""
-    return conv(x, kernel, 1, "VALID", dilation)
+def conv_valid(x: jax.Array, kernel: jax.Array, dilation: int, policy: ConvPolicy) -> jax.Array:
+    """VALID stride-1 convolution by the implementation ``policy`` picks (``jaxconv.models.conv``)."""
+    return conv(x, kernel, 1, "VALID", dilation, policy=policy)
 
 
 def _pad(x: jax.Array, top: int, bottom: int, left: int, right: int) -> jax.Array:
@@ -85,6 +86,7 @@ class MaskedConv2D(nn.Module):
     out_tiles: int = 1  # the output is this many concatenated blocks, each grouped (gated units)
     form: Literal["masked", "cropped"] = "masked"
     dtype: Any = jnp.float32
+    policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     @nn.compact
     def __call__(self, x: jax.Array, *, padded: bool = False) -> jax.Array:
@@ -98,16 +100,16 @@ class MaskedConv2D(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         if self.form == "masked":
             kernel = self.param("kernel", KERNEL_INIT, (k, k, cin, self.features))
-            y = conv_valid(x, (kernel * mask).astype(self.dtype), d)
+            y = conv_valid(x, (kernel * mask).astype(self.dtype), d, self.policy)
         else:
             h, w = x.shape[1] - 2 * p, x.shape[2] - 2 * p
             row = self.param("kernel_row", KERNEL_INIT, (1, r + 1, cin, self.features))
             # Centre row: output column j reads input columns j - p .. j (the padded columns j .. j + p).
-            y = conv_valid(x[:, p:p + h, :w + p], (row * mask[r:r + 1, :r + 1]).astype(self.dtype), d)
+            y = conv_valid(x[:, p:p + h, :w + p], (row * mask[r:r + 1, :r + 1]).astype(self.dtype), d, self.policy)
             if r > 0:
                 above = self.param("kernel_above", KERNEL_INIT, (r, k, cin, self.features))
                 # Rows above: dropping the last rows of the padded input shifts it down by d.
-                y = y + conv_valid(x[:, :h + d * (r - 1)], above.astype(self.dtype), d)
+                y = y + conv_valid(x[:, :h + d * (r - 1)], above.astype(self.dtype), d, self.policy)
         return y + bias.astype(self.dtype)
 
 
@@ -140,6 +142,7 @@ class VerticalConv(nn.Module):
     dilation: int = 1
     shifted: bool = False
     dtype: Any = jnp.float32
+    policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     @nn.compact
     def __call__(self, x: jax.Array, *, padded: bool = False) -> jax.Array:
@@ -150,7 +153,7 @@ class VerticalConv(nn.Module):
             x = _pad(x, top, 0, d * r, d * r)[:, :x.shape[1] + top - (1 if self.shifted else 0)]
         kernel = self.param("kernel", KERNEL_INIT, (r + 1, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv_valid(x.astype(self.dtype), kernel.astype(self.dtype), d) + bias.astype(self.dtype)
+        return conv_valid(x.astype(self.dtype), kernel.astype(self.dtype), d, self.policy) + bias.astype(self.dtype)
 
 
 class HorizontalConv(nn.Module):
@@ -167,6 +170,7 @@ class HorizontalConv(nn.Module):
     dilation: int = 1
     out_tiles: int = 1
     dtype: Any = jnp.float32
+    policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     @nn.compact
     def __call__(self, x: jax.Array, *, padded: bool = False) -> jax.Array:
@@ -178,4 +182,4 @@ class HorizontalConv(nn.Module):
         mask[0, r] = centre_mask(cin, self.features, self.colours, self.mask_type, self.out_tiles)
         kernel = self.param("kernel", KERNEL_INIT, (1, r + 1, cin, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv_valid(x.astype(self.dtype), (kernel * mask).astype(self.dtype), d) + bias.astype(self.dtype)
+        return conv_valid(x.astype(self.dtype), (kernel * mask).astype(self.dtype), d, self.policy) + bias.astype(self.dtype)

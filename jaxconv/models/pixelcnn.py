@@ -61,6 +61,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.errors import ConfigError
+from jaxconv.models.conv import DEFAULT_POLICY
+from jaxconv.models.conv_policy import ConvPolicy
 from jaxconv.models.masked import HorizontalConv, MaskedConv2D, VerticalConv
 
 HEADS = ("bernoulli", "softmax", "logistic_mixture")
@@ -282,10 +284,11 @@ class OutputHead(nn.Module):
     colours: int
     form: str = "masked"
     dtype: Any = jnp.float32
+    policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = lambda n, name: MaskedConv2D(n, 1, "B", self.colours, form=self.form, dtype=self.dtype, name=name)
+        conv = lambda n, name: MaskedConv2D(n, 1, "B", self.colours, form=self.form, dtype=self.dtype, policy=self.policy, name=name)
         x = nn.relu(conv(self.features, "hidden")(nn.relu(x)))
         return conv(self.out_channels, "logits")(x).astype(jnp.float32)
 
@@ -299,9 +302,10 @@ class ResidualBlock(nn.Module):
     colours: int
     form: str = "masked"
     dtype: Any = jnp.float32
+    policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     def setup(self):
-        conv = lambda n, k, d=1: MaskedConv2D(n, k, "B", self.colours, d, form=self.form, dtype=self.dtype)
+        conv = lambda n, k, d=1: MaskedConv2D(n, k, "B", self.colours, d, form=self.form, dtype=self.dtype, policy=self.policy)
         self.reduce = conv(self.hidden, 1)
         self.spatial = conv(self.hidden, self.kernel, self.dilation)
         self.expand = conv(2 * self.hidden, 1)
@@ -320,13 +324,14 @@ class ResidualBlock(nn.Module):
 class PixelCNN(nn.Module):
     config: PixelCNNConfig
     dtype: Any = jnp.float32
+    policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     def setup(self):
         c = self.config
-        self.first = MaskedConv2D(2 * c.hidden, c.first_kernel, "A", c.colours, form=c.conv_form, dtype=self.dtype)
-        self.blocks = [ResidualBlock(c.hidden, c.kernel, d, c.colours, c.conv_form, self.dtype)
+        self.first = MaskedConv2D(2 * c.hidden, c.first_kernel, "A", c.colours, form=c.conv_form, dtype=self.dtype, policy=self.policy)
+        self.blocks = [ResidualBlock(c.hidden, c.kernel, d, c.colours, c.conv_form, self.dtype, self.policy)
                        for d in _cycle(c.dilations, c.num_blocks)]
-        self.head = OutputHead(c.output_features, c.head_channels, c.colours, c.conv_form, self.dtype)
+        self.head = OutputHead(c.output_features, c.head_channels, c.colours, c.conv_form, self.dtype, self.policy)
 
     def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = False) -> jax.Array:
         del train  # no dropout or batch statistics
@@ -361,15 +366,16 @@ class GatedLayer(nn.Module):
     colours: int
     num_classes: int = 0
     dtype: Any = jnp.float32
+    policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     def setup(self):
         f = self.features
-        self.vertical_conv = VerticalConv(2 * f, self.kernel, self.dilation, dtype=self.dtype)
+        self.vertical_conv = VerticalConv(2 * f, self.kernel, self.dilation, dtype=self.dtype, policy=self.policy)
         self.horizontal_conv = HorizontalConv(2 * f, self.kernel, "B", self.colours, self.dilation, out_tiles=2,
-                                              dtype=self.dtype)
+                                              dtype=self.dtype, policy=self.policy)
         # The vertical stack sees only rows above, so the link needs no channel mask.
-        self.link = MaskedConv2D(2 * f, 1, "B", colours=1, dtype=self.dtype)
-        self.residual = MaskedConv2D(f, 1, "B", self.colours, dtype=self.dtype)
+        self.link = MaskedConv2D(2 * f, 1, "B", colours=1, dtype=self.dtype, policy=self.policy)
+        self.residual = MaskedConv2D(f, 1, "B", self.colours, dtype=self.dtype, policy=self.policy)
         if self.num_classes:
             self.class_bias = nn.Embed(self.num_classes, 2 * f)
 
@@ -396,14 +402,15 @@ class GatedLayer(nn.Module):
 class GatedPixelCNN(nn.Module):
     config: GatedPixelCNNConfig
     dtype: Any = jnp.float32
+    policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     def setup(self):
         c = self.config
-        self.vertical_first = VerticalConv(c.features, c.kernel, 1, shifted=True, dtype=self.dtype)
-        self.horizontal_first = HorizontalConv(c.features, c.kernel, "A", c.colours, 1, dtype=self.dtype)
-        self.layers = [GatedLayer(c.features, c.kernel, d, c.colours, c.num_classes, self.dtype)
+        self.vertical_first = VerticalConv(c.features, c.kernel, 1, shifted=True, dtype=self.dtype, policy=self.policy)
+        self.horizontal_first = HorizontalConv(c.features, c.kernel, "A", c.colours, 1, dtype=self.dtype, policy=self.policy)
+        self.layers = [GatedLayer(c.features, c.kernel, d, c.colours, c.num_classes, self.dtype, self.policy)
                        for d in _cycle(c.dilations, c.num_layers)]
-        self.head = OutputHead(c.output_features, c.head_channels, c.colours, dtype=self.dtype)
+        self.head = OutputHead(c.output_features, c.head_channels, c.colours, dtype=self.dtype, policy=self.policy)
 
     def __call__(self, x: jax.Array, labels: jax.Array | None = None, train: bool = False) -> jax.Array:
         del train
@@ -474,7 +481,8 @@ def layer_dilations(config: PixelCNNConfig | GatedPixelCNNConfig) -> list[int]:
     return _cycle(config.dilations, count)
 
 
-def build(config: PixelCNNConfig | GatedPixelCNNConfig, dtype: Any = jnp.float32) -> nn.Module:
-    """The module for a validated config; ``dtype`` is the compute dtype (params stay float32)."""
-    config.validate()
-    return PixelCNN(config, dtype) if isinstance(config, PixelCNNConfig) else GatedPixelCNN(config, dtype)
+def build(config: PixelCNNConfig | GatedPixelCNNConfig, dtype: Any = jnp.float32,
+          policy: ConvPolicy = DEFAULT_POLICY) -> nn.Module:
+    """The module for a config; ``dtype`` is the compute dtype (params stay float32)."""
+    family = PixelCNN if isinstance(config, PixelCNNConfig) else GatedPixelCNN
+    return family(config, dtype, policy)

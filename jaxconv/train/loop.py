@@ -26,7 +26,7 @@ from jaxconv.config import Config
 from jaxconv.data.pipeline import Prefetcher, eval_batches, train_batches
 from jaxconv.data.sources import Split, image_mean, load_split
 from jaxconv.errors import ConfigError, NonFiniteError
-from jaxconv.models import build_model
+from jaxconv.models import build_run_model
 from jaxconv.stopping import StopRequest
 from jaxconv.train import restore as restore_lib
 from jaxconv.train import workdir as workdir_lib
@@ -71,7 +71,7 @@ def build_run(config: Config) -> Run:
     if config.data.crop_size:
         for data in (train_data, val_data):
             config_lib.check_crop_size(config.data, data.images.shape[1:3])
-    model = build_model(config.model, jnp.dtype(config.train.dtype))
+    model = build_run_model(config)
     mean = image_mean(train_data) if config.data.subtract_mean else None  # [H, W, C], pixel units
     forward, sums = tasks.for_model(model, config, mean)
     tx, schedule = make_optimizer(config.optim, config.schedule, config.train.steps)

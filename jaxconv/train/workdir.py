@@ -27,6 +27,7 @@ LOCK = "lock"
 # run restarted with another value would be neither the old run nor a new one.
 RESTART_MAY_CHANGE = {
     "parallel": None,  # the whole section
+    "conv": None,  # another implementation rounds differently, but computes the same model
     "train": ("progress", "log_every", "eval_every"),
     "checkpoint": ("every", "keep_latest", "keep_best", "async_save"),
     "data": ("eval_batch_size", "prefetch", "path"),

@@ -1,0 +1,165 @@
+"""The conv implementations: the maths, each tested equal to XLA's convolution (tests/test_bench.py).
+
+Shapes: B batch, H/W input height/width, Ho/Wo output height/width, G feature groups, T = kh * kw taps.
+x [B, H, W, Cin] (NHWC), kernel [kh, kw, Cin / G, Cout] (HWIO), result [B, Ho, Wo, Cout]; ``padding``
+is explicit ((top, bottom), (left, right)); ``strides`` and ``dilation`` are pairs. The semantics are
+``lax.conv_general_dilated``'s (cross-correlation, ``feature_group_count=G``, output channel o in group
+o // (Cout / G)).
+
+- ``xla``: ``lax.conv_general_dilated``, XLA's convolution (on CPU its own/XNNPACK kernels, on GPU cuDNN).
+- ``im2col``: the T strided, dilated views of the padded input concatenated to a [B, Ho, Wo, T * Cin]
+  patch matrix, then one matmul (per group).
+- ``taps``: the sum over the T taps of (view) @ kernel[i, j]: T matmuls with K = Cin, no patch matrix
+  (summed in float32 for bfloat16 inputs).
+- ``fft``: float32 only; products of 2-D real FFTs of the padded input and the (dilated) kernel, summed
+  over input channels; any stride (computed at stride 1, then subsampled), meant for large kernels.
+
+An implementation name can also be a triple "forward/input_grad/kernel_grad", e.g. "taps/xla/fft":
+the output by ``taps``, and in the backward pass the input gradient as ``xla``'s and the kernel
+gradient as ``fft``'s (a ``jax.custom_vjp``); XLA's backward convs are the slow part on some shapes.
+Which implementation a layer uses is the conv policy's choice (``jaxconv.models.conv_policy``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (int(v), int(v)) if np.ndim(v) == 0 else (int(v[0]), int(v[1]))
+
+
+def out_size(size: int, kernel: int, stride: int, dilation: int, pad: tuple[int, int]) -> int:
+    return (size + pad[0] + pad[1] - dilation * (kernel - 1) - 1) // stride + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Implementations: (x, kernel, strides, padding, dilation, groups) -> y, all NHWC / HWIO.
+
+
+def conv_xla(x, kernel, strides, padding, dilation, groups):
+    return lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation, feature_group_count=groups,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _views(x, kh: int, kw: int, strides, padding, dilation):
+    """The T views x_pad[:, i*dh + s*a, j*dw + s*b, :] for a < Ho, b < Wo, taps in (i, j) raster order."""
+    x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    b, h, w, c = x.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+    return [lax.slice(x, (0, i * dh, j * dw, 0), (b, i * dh + sh * (ho - 1) + 1, j * dw + sw * (wo - 1) + 1, c),
+                      (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+
+
+def conv_im2col(x, kernel, strides, padding, dilation, groups):
+    kh, kw, cg, cout = kernel.shape
+    views = _views(x, kh, kw, strides, padding, dilation)
+    b, ho, wo, _ = views[0].shape
+    t = kh * kw
+    if groups == 1:
+        cols = jnp.concatenate(views, axis=-1)  # [B, Ho, Wo, T*Cin], tap-major like the HWIO kernel
+        return jnp.dot(cols, kernel.reshape(t * cg, cout), preferred_element_type=x.dtype)
+    cols = jnp.stack(views, axis=3).reshape(b, ho, wo, t, groups, cg)  # [B, Ho, Wo, T, G, Cg]
+    k = kernel.reshape(t, cg, groups, cout // groups)  # [T, Cg, G, Og]
+    y = jnp.einsum("bhwtgc,tcgo->bhwgo", cols, k, preferred_element_type=x.dtype)
+    return y.reshape(b, ho, wo, cout)
+
+
+def conv_taps(x, kernel, strides, padding, dilation, groups):
+    kh, kw, cg, cout = kernel.shape
+    views = _views(x, kh, kw, strides, padding, dilation)
+    b, ho, wo, _ = views[0].shape
+    acc = jnp.promote_types(x.dtype, jnp.float32)  # the sum over taps in float32 (bfloat16 inputs)
+    y = None
+    for t, view in enumerate(views):
+        k = kernel[t // kw, t % kw]  # [Cg, Cout]
+        if groups == 1:
+            term = jnp.dot(view, k, preferred_element_type=acc)
+        else:
+            term = jnp.einsum("bhwgc,cgo->bhwgo", view.reshape(b, ho, wo, groups, cg),
+                              k.reshape(cg, groups, cout // groups), preferred_element_type=acc)
+            term = term.reshape(b, ho, wo, cout)
+        y = term if y is None else y + term
+    return y.astype(x.dtype)
+
+
+def conv_fft(x, kernel, strides, padding, dilation, groups):
+    kh, kw, cg, cout = kernel.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    b, h, w, cin = x.shape
+    ekh, ekw = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # dilated kernel extent
+    ho, wo = h - ekh + 1, w - ekw + 1  # stride-1 valid output
+    k = jnp.zeros((ekh, ekw, cg, cout), kernel.dtype).at[::dh, ::dw].set(kernel)
+    # Circular cross-correlation over [H, W]: outputs o < H - ekh + 1 never wrap, so they are the valid ones.
+    xf = jnp.fft.rfft2(jnp.moveaxis(x, -1, 1), s=(h, w))  # [B, Cin, H, W//2+1]
+    kf = jnp.fft.rfft2(jnp.transpose(k, (2, 3, 0, 1)), s=(h, w))  # [Cg, Cout, H, W//2+1]
+    og = cout // groups
+    yf = jnp.einsum("bgcuv,cgouv->bgouv", xf.reshape(b, groups, cg, *xf.shape[2:]),
+                    jnp.conj(kf).reshape(cg, groups, og, *kf.shape[2:]))
+    y = jnp.fft.irfft2(yf.reshape(b, cout, *yf.shape[3:]), s=(h, w))[:, :, :ho:sh, :wo:sw]
+    return jnp.moveaxis(y, 1, -1).astype(x.dtype)
+
+
+IMPLEMENTATIONS: dict[str, Callable] = {"xla": conv_xla, "im2col": conv_im2col, "taps": conv_taps, "fft": conv_fft}
+
+
+def parse_impl(impl: str) -> tuple[str, str, str]:
+    """"name" or "forward/input_grad/kernel_grad" (e.g. "taps/xla/fft") -> the three pass implementations."""
+    parts = impl.split("/")
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or any(p not in IMPLEMENTATIONS for p in parts):
+        raise ValueError(f"conv implementation {impl!r}: expected one of {', '.join(IMPLEMENTATIONS)} "
+                         f"or three of them as forward/input_grad/kernel_grad")
+    return tuple(parts)
+
+
+def supports(impl: str, dtype: Any) -> bool:
+    """Whether ``impl`` computes in ``dtype`` (fft: float32 only; jnp.fft has no bfloat16)."""
+    return "fft" not in parse_impl(impl) or jnp.dtype(dtype) == jnp.float32
+
+
+@functools.lru_cache(maxsize=None)
+def composite(fwd: str, dx: str, dw: str, strides, padding, dilation, groups):
+    """A conv computing its output, input gradient and kernel gradient with three implementations.
+
+    Each gradient is the VJP of its implementation with respect to one argument; under jit the
+    unused parts (the primal of the VJPs, an input gradient nobody needs) are dead code.
+    """
+    args = (strides, padding, dilation, groups)
+
+    @jax.custom_vjp
+    def f(x, kernel):
+        return IMPLEMENTATIONS[fwd](x, kernel, *args)
+
+    def f_fwd(x, kernel):
+        return f(x, kernel), (x, kernel)
+
+    def f_bwd(res, g):
+        x, kernel = res
+        gx = jax.vjp(lambda v: IMPLEMENTATIONS[dx](v, kernel, *args), x)[1](g)[0]
+        gk = jax.vjp(lambda k: IMPLEMENTATIONS[dw](x, k, *args), kernel)[1](g)[0]
+        return gx, gk
+
+    f.defvjp(f_fwd, f_bwd)
+    return f
+
+
+
+
+def apply(impl: str, x, kernel, strides, padding, dilation, groups):
+    """``impl`` (a name or a "forward/input_grad/kernel_grad" triple) on one conv."""
+    fwd, dx, dw = parse_impl(impl)
+    if fwd == dx == dw:
+        return IMPLEMENTATIONS[fwd](x, kernel, strides, padding, dilation, groups)
+    return composite(fwd, dx, dw, strides, padding, dilation, groups)(x, kernel)

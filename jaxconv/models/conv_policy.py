@@ -1,0 +1,167 @@
+"""The conv policy: which implementation (``jaxconv.models.conv_impls``) each conv layer uses.
+
+A ``ConvPolicy`` is data, built once from the run's ``conv`` config section (``ConvPolicy.from_config``)
+and passed down to every layer, the way Flax's examples pass ``conv: ModuleDef``; nothing here reads the
+environment. Its choice for one layer (``choose``), first match wins:
+1. ``forced``: that implementation everywhere (benchmarks, debugging; config ``conv.impl``);
+2. ``table``: an autotune table written by ``jaxconv bench conv`` (its ``conv_table.json``, config
+   ``conv.table``): the measured winner for this exact layer signature on this backend;
+3. ``rules`` (``RULES``, or none with config ``conv.rules=none``, to compare with XLA everywhere), in
+   order: a rule names an implementation for a backend, a dtype and ranges of Cin, Cout, T, stride,
+   output pixels, feature groups and batch size;
+4. ``xla``.
+An implementation that cannot run a layer (``fft`` in bfloat16) falls back to ``xla``.
+
+``RULES`` holds the CPU rules, each for a shape class where XLA:CPU's conv misses its fast path
+(single-input-channel layers, grouped convs, one-pixel outputs, 1x1 convs, and the backward pass of
+every stride-1 conv with 16+ input channels; README, Benchmarks); each ``note`` quotes the
+measurement behind it. To adopt a measured winner for another shape class, add a ``Rule``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxconv.errors import ConfigError
+from jaxconv.models.conv_impls import Padding, out_size, pair, parse_impl, supports
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """What the choice may depend on: one layer's static description."""
+
+    backend: str
+    dtype: str
+    batch: int
+    height: int
+    width: int
+    cin: int
+    cout: int
+    kh: int
+    kw: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: Padding
+    groups: int
+
+    @property
+    def taps(self) -> int:
+        return self.kh * self.kw
+
+    @property
+    def out_pixels(self) -> int:
+        return (out_size(self.height, self.kh, self.stride[0], self.dilation[0], self.padding[0])
+                * out_size(self.width, self.kw, self.stride[1], self.dilation[1], self.padding[1]))
+
+    def key(self) -> str:
+        """The autotune table's key: every field but the batch size (tables are per shape class)."""
+        p = self.padding
+        return (f"{self.backend}/{self.dtype}/{self.height}x{self.width}x{self.cin}->{self.cout}/"
+                f"k{self.kh}x{self.kw}/s{self.stride[0]}x{self.stride[1]}/d{self.dilation[0]}x{self.dilation[1]}/"
+                f"p{p[0][0]},{p[0][1]},{p[1][0]},{p[1][1]}/g{self.groups}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Use ``impl`` for layers matching every given condition (ranges are inclusive, None = any)."""
+
+    impl: str
+    backend: str | None = None  # "cpu", "gpu", "tpu"
+    dtype: str | None = None  # "float32", "bfloat16"
+    cin: tuple[int, int] | None = None
+    cout: tuple[int, int] | None = None
+    taps: tuple[int, int] | None = None  # kh * kw
+    stride: tuple[int, int] | None = None
+    out_pixels: tuple[int, int] | None = None  # Ho * Wo
+    groups: tuple[int, int] | None = None
+    batch: tuple[int, int] | None = None
+    note: str = ""  # the measurement that justifies the rule
+
+    def matches(self, sig: Signature) -> bool:
+        inside = lambda value, span: span is None or span[0] <= value <= span[1]
+        return ((self.backend is None or self.backend == sig.backend) and (self.dtype is None or self.dtype == sig.dtype)
+                and inside(sig.cin, self.cin) and inside(sig.cout, self.cout) and inside(sig.taps, self.taps)
+                and inside(max(sig.stride), self.stride) and inside(sig.out_pixels, self.out_pixels)
+                and inside(sig.groups, self.groups) and inside(sig.batch, self.batch))
+
+
+ANY = (1, 1 << 62)  # an open range's upper end
+
+# XLA:CPU's conv misses its fast path on these shape classes; each alternative is tested equal to XLA's
+# conv (tests/test_bench.py). The notes quote `jaxconv bench all --dtypes float32` on the 2-core AMD EPYC
+# (benchmarks/results/cpu-amd-epyc-2c, ms forward + backward, float32).
+RULES: tuple[Rule, ...] = (
+    Rule("im2col", backend="cpu", out_pixels=(1, 1),
+         note="one output pixel (LeNet C5, the cached samplers' windows) is one matmul: LeNet C5 b256 1.9 vs "
+              "XLA 11.9"),
+    Rule("taps", backend="cpu", cin=(1, 1), taps=(2, 49), batch=(32, ANY[1]),
+         note="single-input-channel layers: LeNet C1 b256 14.6 vs XLA 28.2, PixelCNN 7x7 mask A b64 10.2 vs 37.6; "
+              "at batch 1 XLA is as fast"),
+    Rule("taps", backend="cpu", groups=(2, ANY[1]),
+         note="grouped convs: AlexNet conv2/conv4/conv5 b8 148/56/30 vs XLA 876/268/229 (im2col 204/72/43)"),
+    Rule("im2col", backend="cpu", taps=(1, 1),
+         note="1x1 convs (PixelCNN): the same contraction as one dot"),
+    Rule("im2col", backend="cpu", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1),
+         note="few input channels, big kernel: AlexNet-32 conv1 b32 20.9 vs XLA 72.7"),
+    # XLA:CPU's forward conv is good, its backward convs are not (a generic loop): keep XLA's forward,
+    # take both gradients from im2col's matmuls.
+    Rule("xla/im2col/im2col", backend="cpu", cin=(16, ANY[1]), stride=(1, 1),
+         note="Gated PixelCNN MNIST 2x3 32->64 b64: XLA forward 33 + im2col backward 55 vs XLA 520; "
+              "LeNet C3 b256 ~17 vs 32; AlexNet-224 conv3 b8 ~52 vs 71"),
+)
+
+
+def signature(x_shape, kernel_shape, dtype, strides=1, padding: Padding = ((0, 0), (0, 0)), dilation=1,
+              groups: int = 1, backend: str | None = None) -> Signature:
+    kh, kw, _, cout = kernel_shape
+    return Signature(backend or jax.default_backend(), jnp.dtype(dtype).name, int(x_shape[0]), int(x_shape[1]),
+                     int(x_shape[2]), int(x_shape[3]), int(cout), int(kh), int(kw), pair(strides), pair(dilation),
+                     tuple(tuple(int(v) for v in p) for p in padding), int(groups))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvPolicy:
+    """How every conv layer of a model is computed (see the module docstring for the order)."""
+
+    forced: str = ""  # one implementation (or forward/input_grad/kernel_grad triple) everywhere
+    table: tuple[tuple[str, str], ...] = ()  # (Signature.key(), implementation): measured winners
+    rules: tuple[Rule, ...] = RULES
+
+    def choose(self, sig: Signature) -> str:
+        impl = self.forced or dict(self.table).get(sig.key()) or next(
+            (rule.impl for rule in self.rules if rule.matches(sig)), "xla")
+        return impl if supports(impl, sig.dtype) else "xla"
+
+    @classmethod
+    def from_config(cls, config: Any) -> ConvPolicy:
+        """From a ``jaxconv.config.ConvConfig`` (reads ``config.table``'s file once); ConfigError if bad."""
+        if config.impl:
+            try:
+                parse_impl(config.impl)
+            except ValueError as e:
+                raise ConfigError(f"conv.impl: {e}") from None
+        if config.rules not in ("default", "none"):
+            raise ConfigError(f"bad value {config.rules!r} for conv.rules; allowed values: default, none")
+        return cls(forced=config.impl, table=load_table(config.table) if config.table else (),
+                   rules=() if config.rules == "none" else RULES)
+
+
+def load_table(path: str) -> tuple[tuple[str, str], ...]:
+    """An autotune table's winners (``jaxconv bench conv``'s ``conv_table.json``), sorted by key."""
+    try:
+        winners = json.loads(Path(path).read_text()).get("winners", {})
+        if not isinstance(winners, dict):
+            raise ValueError("'winners' is not an object")
+        for impl in winners.values():
+            parse_impl(impl)
+    except FileNotFoundError:
+        raise ConfigError(f"conv.table: {path} not found") from None
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise ConfigError(f"conv.table: {path} is not a conv table ({e})") from None
+    return tuple(sorted(winners.items()))
