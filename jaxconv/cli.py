@@ -218,6 +218,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{split} {entry['count']:,}" for split, entry in manifest["splits"].items())
     print(f"{args.dataset}: {counts} images of {'x'.join(map(str, manifest['image_shape']))} -> {args.out}")
     print(f"train with: --set data.source={args.dataset} --set data.path={args.out}")
+    return 0
+
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from jaxconv import bench

@@ -45,7 +45,7 @@ def plot_runs(workdirs: list[Path], out: Path) -> list[Path]:
         records = read_metrics(Path(workdir))
         if not records:
             raise DataError(f"{workdir} has no metrics.jsonl records to plot")
-        runs[Path(workdir).name or str(workdir)] = records
+        runs[_label(Path(workdir), workdirs)] = records
     panels = [p for p in PANELS if any(curves(r, split, p[1])[0] for r in runs.values() for split in p[2])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -74,3 +74,9 @@ def plot_runs(workdirs: list[Path], out: Path) -> list[Path]:
     finally:
         plt.close(fig)
     return paths
+
+
+def _label(workdir: Path, workdirs) -> str:
+    """A run's name in the legend: its directory name, or its whole path where two runs share the name."""
+    name = workdir.name or str(workdir)
+    return str(workdir) if sum((Path(w).name or str(w)) == name for w in workdirs) > 1 else name

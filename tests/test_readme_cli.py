@@ -167,6 +167,29 @@ def test_eval_numbered_checkpoint_on_the_train_split_under_open_mpi(lenet):
     assert table["count"] == 4000 and 0 <= table["accuracy"] <= 1  # the train split: 400 images per digit
 
 
+@pytest.mark.parametrize("variable, value", [("SLURM_NTASKS", "1"), ("OMPI_COMM_WORLD_SIZE", "1"),
+                                             ("JAX_COORDINATOR_ADDRESS", "127.0.0.1:61999")])
+def test_a_partial_cluster_environment_is_one_line_exit_2(lenet, variable, value):
+    """One launcher variable without the rest JAX needs (a shell inside salloc, Open MPI 5's mpirun)."""
+    workdir, _ = lenet
+    done = run_cli("eval", str(workdir), env=cluster_env(free_port(), **{variable: value}))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"jaxconv: error: cannot start a multi-process run ({variable} set)")
+    assert "parallel.distributed=off" in lines[-1] and "Traceback" not in done.stderr
+
+
+def test_bench_report_readme_without_markers_is_one_line_exit_2(tmp_path, capfd):
+    (tmp_path / "results").mkdir()
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers here\n")
+    capfd.readouterr()
+    assert cli.main(["bench", "report", str(tmp_path / "results"), "--readme", str(readme), "--no-plots"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "has no <!-- bench:begin -->" in err
+    assert readme.read_text() == "# no markers here\n"
+
+
 def test_mpi_collectives_override_is_honoured(lenet):
     """``JAX_CPU_COLLECTIVES_IMPLEMENTATION=mpi`` wins over jaxconv's gloo: here, without an MPI library,
     MPItrampoline's own one-line error (with gloo the same job runs: the Slurm test above)."""

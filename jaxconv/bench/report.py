@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from jaxconv.bench.results import BENCHMARKS, load
+from jaxconv.errors import ConfigError, StorageError
 
 SECTION_ORDER = [(m, d) for d in ("float32", "bfloat16")
                  for m in ("forward_backward", "forward", "input_grad", "kernel_grad")]
@@ -413,11 +414,17 @@ def _targets_summary(targets: list[dict]) -> list[str]:
 def update_readme(readme: Path, text: str) -> None:
     """Replaces what is between the README's bench markers with ``text``."""
     readme = Path(readme)
-    content = readme.read_text()
+    try:
+        content = readme.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--readme {readme}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     if BEGIN not in content or END not in content:
-        raise ValueError(f"{readme} has no {BEGIN} ... {END} markers")
+        raise ConfigError(f"--readme {readme} has no {BEGIN} ... {END} markers to write the table between")
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text.strip()}\n{END}", content, count=1))
+    try:
+        readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text.strip()}\n{END}", content, count=1))
+    except OSError as e:
+        raise StorageError(f"cannot write {readme}: {e.strerror or e}") from None
 
 
 def regenerate(results_dir: Path, plots: bool = True) -> list[Path]:

@@ -47,7 +47,13 @@ def maybe_initialize_distributed(config: ParallelConfig) -> None:
         kwargs["num_processes"] = config.num_processes
     if config.process_id >= 0:
         kwargs["process_id"] = config.process_id
-    jax.distributed.initialize(**kwargs)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except ValueError as e:  # JAX found a cluster variable but not the rest of what it needs
+        found = ", ".join(k for k in _CLUSTER_ENV if os.environ.get(k))
+        raise ConfigError(f"cannot start a multi-process run ({found or 'parallel.num_processes'} set): {e}; set "
+                          f"parallel.coordinator_address, parallel.num_processes and parallel.process_id, or "
+                          f"parallel.distributed=off for one process") from None
 
 
 class DataParallel:
