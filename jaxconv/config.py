@@ -29,8 +29,10 @@ class DataConfig:
     # The source's file or directory; empty = its default (mnist: the embedded file; tfds: the TFDS
     # data_dir, $TFDS_DATA_DIR or ~/tensorflow_datasets). imagenet32/64: the prepared directory.
     path: str = ""
-    # How pixels reach the model: "unit" = x/255 in [0,1]; "binary" = (x > 127) in {0,1} (fixed
-    # threshold, see jaxconv.data.sources); "uint8" = raw 0..255 integers (8-bit density models).
+    # How pixels reach a classifier (jaxconv.preprocess): "unit" = x/255 in [0,1]; "binary" = (x > 127)
+    # in {0,1} (a fixed threshold); "uint8" = raw 0..255 integers. PixelCNN models take the values their
+    # head models (bernoulli: binary; softmax, logistic_mixture: uint8): data.pixels may name those, and
+    # "unit" (the default) leaves it to the head; anything else is a config error (jaxconv.tasks).
     pixels: Literal["unit", "binary", "uint8"] = "unit"
     batch_size: int = 128  # global batch, divided over all devices of all hosts; at most MAX_BATCH (65,536)
     # Rounded up to a multiple of the device count; the last batch is masked. At most MAX_BATCH (65,536).
@@ -41,7 +43,7 @@ class DataConfig:
     num_classes: int = 10  # synthetic source only
     prefetch: int = 2  # batches staged on the devices ahead of the step; at most MAX_PREFETCH (64)
     # Augmentation (classification only): on the device inside the jitted train step, random from
-    # (train.seed, step); evaluation never augments. See jaxconv.data.augment.
+    # (train.seed, step); evaluation never augments. See jaxconv.preprocess.
     augment_crop_pad: int = 0  # pad each side by P pixels, then crop a random H x W window; 0 = off
     augment_flip: bool = False  # random horizontal flip, probability 1/2
     # Subtract the train split's mean image (after scaling to [0, 1]); in training *and* evaluation,
@@ -361,13 +363,10 @@ def validate(config: Config) -> None:
 
 def validation_metrics(model: Any) -> tuple[str, ...]:
     """The metric names a model family's task logs at each evaluation (besides "count"): what
-    checkpoint.best_metric may name. The same dispatch as ``jaxconv.tasks.for_model``."""
-    from jaxconv import losses
-    from jaxconv.models import pixelcnn  # models import config; import late to avoid a cycle
+    checkpoint.best_metric may name."""
+    from jaxconv.tasks import task_class  # tasks import config; import late to avoid a cycle
 
-    if isinstance(model, pixelcnn.AUTOREGRESSIVE_CONFIGS):
-        return losses.DENSITY_METRICS
-    return losses.CLASSIFICATION_METRICS
+    return task_class(model).metric_names
 
 
 def _numbers(config: Config):

@@ -13,7 +13,7 @@ import optax
 # The metrics each task logs at every evaluation (its sums, divided by "count"): the names that
 # checkpoint.best_metric may take (jaxconv.config.validate), in the order the sums list them.
 # Classification: this module's classification_sums; density models (PixelCNN family):
-# jaxconv.tasks.density.
+# jaxconv.tasks.Density.
 CLASSIFICATION_METRICS = ("loss", "accuracy", "top5_accuracy")
 DENSITY_METRICS = ("loss", "nll_nats", "bits_per_dim")
 

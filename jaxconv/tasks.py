@@ -1,76 +1,152 @@
-"""What a model family is trained to do: its forward pass from a batch, and its metric sums.
+"""What a model family is trained to do: one task object per family.
 
-A task turns (model, config) into the two pure functions the train/eval steps take.
+A task owns what "a batch" means to its models: the device-side preprocessing from the uint8 batch to
+the model's input (``jaxconv.preprocess``), the forward pass, the metric sums and their names, and
+``validate``, every check that needs the data, run once before anything is written or compiled
+(the config's own checks are ``jaxconv.config.validate``).
+
+- ``Classification`` (LeNet, AlexNet): cross-entropy, top-1 and top-5 accuracy.
+- ``Density`` (the PixelCNN family): the loss is the NLL in nats per dimension; it also logs
+  nats/image and bits/dim.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv import losses
-from jaxconv.config import Config
-from jaxconv.data import augment
-from jaxconv.data.pipeline import scale_pixels
+from jaxconv import losses, preprocess
+from jaxconv.config import Config, check_crop_size
 from jaxconv.errors import ConfigError
 from jaxconv.models import pixelcnn
 
 AUGMENT_STREAM = 1  # fold_in tag: the augmentation key is independent of the dropout key
 
 
-def classification(model: nn.Module, config: Config, mean: np.ndarray | None = None):
-    """``mean``: the train split's mean image [H, W, C] in pixel units, needed when data.subtract_mean."""
-    data, dtype = config.data, jnp.dtype(config.train.dtype)
-    augmenting = data.augment_crop_pad > 0 or data.augment_flip or data.crop_size > 0
-    if data.subtract_mean and mean is None:
-        raise ValueError("data.subtract_mean needs the train split's mean image")
-    mean_x = jnp.asarray(np.asarray(mean, np.float32) / 255.0) if data.subtract_mean else None  # [H, W, C]
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """What a task checks the config against: the data as loaded."""
 
-    def forward(params: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool) -> jax.Array:
-        x = scale_pixels(batch["images"], data.pixels, dtype)  # [B, H, W, C]
-        if mean_x is not None:
-            x = augment.subtract_mean(x, mean_x)
-        if train and augmenting:
-            x = augment.augment(x, jax.random.fold_in(rng, AUGMENT_STREAM), crop_pad=data.augment_crop_pad,
-                                flip=data.augment_flip, crop_size=data.crop_size)  # [B, S, S, C] with crop_size
-        elif data.crop_size:
-            x = augment.center_crop(x, data.crop_size)  # [B, S, S, C]
-        return model.apply({"params": params}, x, train=train, rngs={"dropout": rng})  # [B, classes]
+    image_shape: tuple[int, int, int]  # [H, W, C]
+    num_classes: int
+    train_examples: int
 
-    def sums(logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+
+class Task:
+    """(params, batch, rng, train) -> outputs, and (outputs, batch) -> metric sums (``losses``)."""
+
+    metric_names: ClassVar[tuple[str, ...]]
+
+    def __init__(self, model: nn.Module, config: Config):
+        self.model, self.config = model, config
+
+    def validate(self, data: DataSpec) -> None:
+        """ConfigError when the config cannot run on ``data``."""
+        cfg = self.config
+        if data.train_examples < cfg.data.batch_size:
+            raise ConfigError(f"data.batch_size={cfg.data.batch_size} exceeds the {data.train_examples} training "
+                              f"examples")
+        num_classes = getattr(cfg.model, "num_classes", None)
+        if num_classes and num_classes != data.num_classes:
+            raise ConfigError(f"model.num_classes={num_classes} but the data has {data.num_classes} classes")
+        channels = getattr(cfg.model, "channels", data.image_shape[-1])
+        if channels != data.image_shape[-1]:
+            raise ConfigError(f"model.channels={channels} but the data has {data.image_shape[-1]} channels")
+
+    def inputs(self, images: jax.Array, rng: jax.Array, train: bool) -> jax.Array:
+        """uint8 images [B, H, W, C] -> the model's input."""
+        raise NotImplementedError
+
+    def forward(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool) -> Any:
+        raise NotImplementedError
+
+    def sums(self, outputs: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        raise NotImplementedError
+
+
+class Classification(Task):
+    metric_names = losses.CLASSIFICATION_METRICS
+
+    def __init__(self, model: nn.Module, config: Config, mean: np.ndarray | None = None):
+        """``mean``: the train split's mean image [H, W, C] in pixel units, needed when data.subtract_mean."""
+        super().__init__(model, config)
+        if config.data.subtract_mean and mean is None:
+            raise ValueError("data.subtract_mean needs the train split's mean image")
+        self.mean = jnp.asarray(np.asarray(mean, np.float32) / 255.0) if config.data.subtract_mean else None
+
+    def validate(self, data: DataSpec) -> None:
+        super().validate(data)
+        check_input = getattr(self.config.model, "check_input_shape", None)
+        if check_input is not None:
+            check_input(data.image_shape)
+        if self.config.data.crop_size:
+            check_crop_size(self.config.data, data.image_shape[:2])
+
+    def inputs(self, images: jax.Array, rng: jax.Array, train: bool) -> jax.Array:
+        data = self.config.data
+        x = preprocess.scale_pixels(images, data.pixels, jnp.dtype(self.config.train.dtype))  # [B, H, W, C]
+        if self.mean is not None:
+            x = preprocess.subtract_mean(x, self.mean)
+        if train and (data.augment_crop_pad > 0 or data.augment_flip or data.crop_size > 0):
+            return preprocess.augment(x, jax.random.fold_in(rng, AUGMENT_STREAM), crop_pad=data.augment_crop_pad,
+                                      flip=data.augment_flip, crop_size=data.crop_size)  # [B, S, S, C] with crop_size
+        if data.crop_size:
+            return preprocess.center_crop(x, data.crop_size)  # [B, S, S, C]
+        return x
+
+    def forward(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool) -> jax.Array:
+        x = self.inputs(batch["images"], rng, train)
+        return self.model.apply({"params": params}, x, train=train, rngs={"dropout": rng})  # [B, classes]
+
+    def sums(self, logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         return losses.classification_sums(logits, batch["labels"], batch["mask"])
 
-    return forward, sums
 
+class Density(Task):
+    """Autoregressive likelihood of the image's variables (``jaxconv.models.pixelcnn``)."""
 
-def density(model: nn.Module, config: Config):
-    """Autoregressive likelihood: loss is the NLL in nats per dimension; logs nats/image and bits/dim."""
-    mcfg, dtype = config.model, jnp.dtype(config.train.dtype)
-    if config.data.augment_crop_pad or config.data.augment_flip or config.data.subtract_mean or config.data.crop_size:
-        raise ConfigError("data.augment_crop_pad, data.augment_flip, data.subtract_mean and data.crop_size apply to "
-                          "classification models only")
+    metric_names = losses.DENSITY_METRICS
 
-    def forward(params: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool) -> jax.Array:
-        x = pixelcnn.scale_values(mcfg, pixelcnn.to_values(mcfg, batch["images"]), dtype)  # [B, H, W, C]
-        labels = batch["labels"] if mcfg.num_classes else None
-        return model.apply({"params": params}, x, labels=labels, train=train, rngs={"dropout": rng})  # [B, H, W, P]
+    def validate(self, data: DataSpec) -> None:
+        super().validate(data)
+        cfg = self.config
+        if cfg.data.augment_crop_pad or cfg.data.augment_flip or cfg.data.subtract_mean or cfg.data.crop_size:
+            raise ConfigError("data.augment_crop_pad, data.augment_flip, data.subtract_mean and data.crop_size apply "
+                              "to classification models only")
+        # The head decides the variables' values; data.pixels may say so, and must not say otherwise.
+        values = "binary" if cfg.model.head == "bernoulli" else "uint8"
+        if cfg.data.pixels not in ("unit", values):
+            raise ConfigError(f"data.pixels={cfg.data.pixels} does not fit model.head={cfg.model.head}, whose "
+                              f"variables are {values} pixels: use data.pixels={values}")
 
-    def sums(raw: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        nats = pixelcnn.nll(mcfg, raw, batch["images"])  # [B]
+    def inputs(self, images: jax.Array, rng: jax.Array, train: bool) -> jax.Array:
+        mcfg = self.config.model
+        return pixelcnn.scale_values(mcfg, pixelcnn.to_values(mcfg, images), jnp.dtype(self.config.train.dtype))
+
+    def forward(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool) -> jax.Array:
+        labels = batch["labels"] if self.config.model.num_classes else None
+        return self.model.apply({"params": params}, self.inputs(batch["images"], rng, train), labels=labels,
+                                train=train, rngs={"dropout": rng})  # [B, H, W, P]
+
+    def sums(self, raw: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        nats = pixelcnn.nll(self.config.model, raw, batch["images"])  # [B]
         dims = int(np.prod(batch["images"].shape[1:]))
         mask = batch["mask"]
         values = (jnp.sum(nats / dims * mask), jnp.sum(nats * mask), jnp.sum(losses.bits_per_dim(nats, dims) * mask))
-        return {**dict(zip(losses.DENSITY_METRICS, values, strict=True)), "count": jnp.sum(mask)}
-
-    return forward, sums
+        return {**dict(zip(self.metric_names, values, strict=True)), "count": jnp.sum(mask)}
 
 
-def for_model(model: nn.Module, config: Config, mean: np.ndarray | None = None):
-    """(forward, sums) for the model family's task; ``mean``: the train mean image (data.subtract_mean)."""
-    if isinstance(config.model, pixelcnn.AUTOREGRESSIVE_CONFIGS):
-        return density(model, config)
-    return classification(model, config, mean)
+def task_class(model_config: Any) -> type[Task]:
+    """The task of a model family's config."""
+    return Density if isinstance(model_config, pixelcnn.AUTOREGRESSIVE_CONFIGS) else Classification
+
+
+def task_for(model: nn.Module, config: Config, mean: np.ndarray | None = None) -> Task:
+    """The task of the run's model; ``mean``: the train mean image (data.subtract_mean)."""
+    cls = task_class(config.model)
+    return cls(model, config, mean) if cls is Classification else cls(model, config)

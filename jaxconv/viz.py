@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxconv import tasks
 from jaxconv.config import DataConfig
-from jaxconv.data.pipeline import scale_pixels
 from jaxconv.data.sources import load_split
 from jaxconv.errors import ConfigError, DataError
 from jaxconv.models import build_model, causality, preset
 from jaxconv.models.pixelcnn import AUTOREGRESSIVE_CONFIGS
-from jaxconv.train.restore import check_data, load_config, restore_workdir, run_spec
+from jaxconv.train.restore import check_data, load_config, model_of, restore_workdir, run_spec, train_mean
 
 
 def dependency_picture(out: Path, presets: tuple[str, ...] = ("pixelcnn_mnist", "gated_pixelcnn_mnist"),
@@ -100,8 +100,10 @@ def features_picture(workdir: Path, out: Path, layers: tuple[str, ...] = (), ind
     if not 0 <= index < len(images):
         raise ConfigError(f"--index must be in 0..{len(images) - 1}, got {index}")
     _, step, state = restore_workdir(workdir, checkpoint)
-    model = build_model(config.model)
-    x = scale_pixels(jnp.asarray(images[index:index + 1]), config.data.pixels, jnp.float32)
+    model = model_of(config)
+    mean = train_mean(workdir, config) if config.data.subtract_mean else None
+    # What the model sees in evaluation: the task's preprocessing (scaling, mean, central crop).
+    x = tasks.task_for(model, config, mean).inputs(jnp.asarray(images[index:index + 1]), jax.random.key(0), False)
     _, captured = model.apply({"params": jax.device_get(state.params)}, x, train=False,
                               capture_intermediates=True, mutable=["intermediates"])
     maps = {name: value["__call__"][0] for name, value in captured["intermediates"].items()

@@ -35,7 +35,7 @@ def task_inputs(crop_size: int, seed: int, step: int, train: bool, images: np.nd
     """The model's input for ``images`` at train step ``step``, back in pixel units."""
     cfg = Config(name="crop_test", model=PRESETS["alexnet32"],
                  data=DataConfig(source="synthetic", image_shape=images.shape[1:], crop_size=crop_size, **data))
-    forward, _ = tasks.classification(Identity(), cfg)
+    forward = tasks.Classification(Identity(), cfg).forward
     rng = jax.random.fold_in(jax.random.key(seed), step)  # as the train step derives it
     return np.rint(np.asarray(forward({}, {"images": images}, rng, train)) * 255).astype(int)
 
@@ -121,7 +121,7 @@ def test_full_configs_follow_the_recipes(name, size, steps, boundaries, factor):
                                        0.01 * factor ** 2, 0.01 * factor ** 3], rtol=1e-5)
     # The full-size forward pass on a batch of stored images, as shapes only (never compiled).
     model = build_model(cfg.model)
-    forward, _ = tasks.for_model(model, cfg)
+    forward = tasks.task_for(model, cfg).forward
     crop = cfg.data.crop_size or size
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, crop, crop, 3))))["params"]
     batch = {"images": jax.ShapeDtypeStruct((2, size, size, 3), jnp.uint8)}

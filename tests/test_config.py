@@ -125,7 +125,7 @@ def test_metric_names_are_the_names_the_tasks_log():
     assert tuple(k for k in sums if k != "count") == losses.CLASSIFICATION_METRICS
     assert config_lib.validation_metrics(experiments.load("lenet_mnist").model) == losses.CLASSIFICATION_METRICS
     config = experiments.load("pixelcnn_mnist", smoke=True)
-    _, density_sums = tasks.density(build_model(config.model), config)
+    density_sums = tasks.Density(build_model(config.model), config).sums
     images = jnp.zeros((2, 28, 28, 1), jnp.uint8)
     sums = density_sums(jnp.zeros((2, 28, 28, 1)), {"images": images, "mask": jnp.ones(2)})
     assert tuple(k for k in sums if k != "count") == losses.DENSITY_METRICS

@@ -150,7 +150,7 @@ def _images(n=64, h=6, w=5, c=3, seed=0):
 def test_flip_mirrors_about_half_of_the_images():
     import jax
 
-    from jaxconv.data import augment
+    from jaxconv import preprocess as augment
 
     x = _images()
     y = np.asarray(augment.augment(x, jax.random.key(3), flip=True))
@@ -162,7 +162,7 @@ def test_flip_mirrors_about_half_of_the_images():
 def test_crop_shifts_the_content_and_pads_with_zeros():
     import jax
 
-    from jaxconv.data import augment
+    from jaxconv import preprocess as augment
 
     x, pad = _images(), 2
     y = np.asarray(augment.augment(x, jax.random.key(4), crop_pad=pad))
@@ -183,7 +183,7 @@ def test_augmentation_is_a_pure_function_of_the_key_and_off_in_eval():
 
     from jaxconv import experiments, tasks
     from jaxconv.config import apply_overrides
-    from jaxconv.data import augment
+    from jaxconv import preprocess as augment
 
     class Echo(nn.Module):  # returns what the model would see
         @nn.compact
@@ -194,7 +194,7 @@ def test_augmentation_is_a_pure_function_of_the_key_and_off_in_eval():
         "data.augment_crop_pad=1", "data.augment_flip=true", "data.subtract_mean=true"])
     images = (np.arange(8 * 4 * 4 * 3) % 256).astype(np.uint8).reshape(8, 4, 4, 3)
     mean = images.mean(axis=0)
-    forward, _ = tasks.classification(Echo(), config, mean)
+    forward = tasks.Classification(Echo(), config, mean).forward
     forward = jax.jit(forward, static_argnums=3)
     batch, key = {"images": images}, jax.random.key(0)
     centred = images / 255.0 - mean / 255.0
@@ -221,5 +221,12 @@ def test_augmentation_config_is_checked():
     from jaxconv.models import build_model
 
     config = apply_overrides(experiments.load("pixelcnn_mnist"), ["data.augment_flip=true"])
+    mnist = tasks.DataSpec((28, 28, 1), num_classes=10, train_examples=4000)
     with pytest.raises(ConfigError, match="apply to classification models only"):
-        tasks.for_model(build_model(config.model), config)
+        tasks.task_for(build_model(config.model), config).validate(mnist)
+    # data.pixels for a density model may name the head's values, and nothing else
+    config = apply_overrides(experiments.load("pixelcnn_mnist"), ["data.pixels=uint8"])
+    with pytest.raises(ConfigError, match="data.pixels=uint8 does not fit model.head=bernoulli"):
+        tasks.task_for(build_model(config.model), config).validate(mnist)
+    config = apply_overrides(experiments.load("pixelcnn_mnist"), ["data.pixels=binary"])
+    tasks.task_for(build_model(config.model), config).validate(mnist)

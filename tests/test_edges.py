@@ -194,7 +194,7 @@ def test_corrupt_checkpoint_is_refused_by_eval_and_skipped_on_resume(finished, t
     done = train_e(workdir)
     assert done.returncode == 0, done.stderr
     assert_clean(done.stderr)
-    assert f"checkpoint 12 cannot be used: file default/ocdbt.process_0/d/" in done.stderr
+    assert "checkpoint 12 cannot be used: file default/ocdbt.process_0/d/" in done.stderr
     assert "resuming from checkpoint 8" in done.stdout
     assert (workdir / "corrupt-checkpoints" / "12" / "default").is_dir()  # kept aside, not deleted
     assert_same_run(workdir, finished)

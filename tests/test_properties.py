@@ -16,7 +16,7 @@ import pytest
 
 from jaxconv import cli, experiments, sampling
 from jaxconv.config import CheckpointConfig, DataConfig, apply_overrides
-from jaxconv.data.pipeline import scale_pixels
+from jaxconv.preprocess import scale_pixels
 from jaxconv.data.sources import Split, load_split
 from jaxconv.models import build_model
 from jaxconv.models.pixelcnn import (GatedPixelCNNConfig, PixelCNNConfig, build, sample_variable, to_images,

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.data.sources import Split
@@ -113,14 +112,3 @@ class Prefetcher:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def scale_pixels(images: jnp.ndarray, mode: str, dtype: Any = jnp.float32) -> jnp.ndarray:
-    """uint8 images -> model inputs; runs on device inside the jitted step (4x fewer bytes moved)."""
-    if mode == "unit":
-        return images.astype(dtype) / 255.0
-    if mode == "binary":  # fixed threshold: pixel > 127 -> 1
-        return (images > 127).astype(dtype)
-    if mode == "uint8":
-        return images.astype(jnp.int32)
-    raise ValueError(f"unknown pixel mode {mode!r}")

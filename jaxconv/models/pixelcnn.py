@@ -58,9 +58,9 @@ from typing import Any, ClassVar, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxconv.errors import ConfigError
+from jaxconv.preprocess import binarise
 from jaxconv.models.conv import DEFAULT_POLICY
 from jaxconv.models.conv_policy import ConvPolicy
 from jaxconv.models.masked import HorizontalConv, MaskedConv2D, VerticalConv
@@ -166,9 +166,9 @@ PIXELCNN_PRESETS: dict[str, _AutoregressiveConfig] = {
 
 
 def to_values(config: _AutoregressiveConfig, images: jax.Array) -> jax.Array:
-    """uint8 images [..., C] -> int32 variable values (bernoulli: pixel > 127)."""
+    """uint8 images [..., C] -> int32 variable values (bernoulli: ``preprocess.binarise``)."""
     images = jnp.asarray(images)
-    return (images > 127).astype(jnp.int32) if config.head == "bernoulli" else images.astype(jnp.int32)
+    return (binarise(images) if config.head == "bernoulli" else images).astype(jnp.int32)
 
 
 def to_images(config: _AutoregressiveConfig, values: jax.Array) -> jax.Array:

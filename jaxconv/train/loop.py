@@ -25,7 +25,7 @@ from jaxconv import losses, stopping, tasks
 from jaxconv.config import Config
 from jaxconv.data.pipeline import Prefetcher, eval_batches, train_batches
 from jaxconv.data.sources import Split, image_mean, load_split
-from jaxconv.errors import ConfigError, NonFiniteError
+from jaxconv.errors import NonFiniteError
 from jaxconv.models import build_run_model
 from jaxconv.stopping import StopRequest
 from jaxconv.train import restore as restore_lib
@@ -57,23 +57,11 @@ def build_run(config: Config) -> Run:
     par = DataParallel(config.parallel, config.data.batch_size, config.data.eval_batch_size)
     train_data = load_split(config.data, "train")
     val_data = load_split(config.data, "val")
-    if len(train_data) < config.data.batch_size:
-        raise ConfigError(f"data.batch_size={config.data.batch_size} exceeds the {len(train_data)} training examples")
-    num_classes = getattr(config.model, "num_classes", None)
-    if num_classes and num_classes != train_data.num_classes:
-        raise ConfigError(f"model.num_classes={num_classes} but the data has {train_data.num_classes} classes")
-    check_input = getattr(config.model, "check_input_shape", None)
-    if check_input is not None:
-        check_input(train_data.images.shape[1:])
-    channels = getattr(config.model, "channels", train_data.images.shape[-1])
-    if channels != train_data.images.shape[-1]:
-        raise ConfigError(f"model.channels={channels} but the data has {train_data.images.shape[-1]} channels")
-    if config.data.crop_size:
-        for data in (train_data, val_data):
-            config_lib.check_crop_size(config.data, data.images.shape[1:3])
-    model = build_run_model(config)
     mean = image_mean(train_data) if config.data.subtract_mean else None  # [H, W, C], pixel units
-    forward, sums = tasks.for_model(model, config, mean)
+    task = tasks.task_for(build_run_model(config), config, mean)
+    task.validate(tasks.DataSpec(tuple(train_data.images.shape[1:]), train_data.num_classes, len(train_data)))
+    forward, sums = task.forward, task.sums
+    model = task.model
     tx, schedule = make_optimizer(config.optim, config.schedule, config.train.steps)
     step = make_train_step(forward, sums, tx, schedule, skip_nonfinite=config.train.nonfinite == "skip",
                            axis_name=par.axis_name)
@@ -305,7 +293,8 @@ def evaluate_workdir(workdir: Path, checkpoint: str = "best", split: str = "val"
     data = load_split(config.data, split)
     restore_lib.check_data(spec, data, f"{config.data.source}:{split}")
     mean = restore_lib.train_mean(workdir, config) if config.data.subtract_mean else None  # [H, W, C]
-    forward, sums = tasks.for_model(restore_lib.model_of(config), config, mean)
+    task = tasks.task_for(restore_lib.model_of(config), config, mean)
+    forward, sums = task.forward, task.sums
     # Evaluation needs only these parts of a Run: no train split, optimizer or train step.
     run = Run(config, par, train_data=None, val_data=data, tx=None, schedule=None, train_step=None,
               eval_step=par.compile(make_eval_step(forward, sums, axis_name=par.axis_name), donate=False), init=None)

@@ -1,10 +1,15 @@
-"""On-device augmentation: pure functions of (images, key), run inside the jitted train step.
+"""Device-side preprocessing: uint8 batches -> model inputs, inside the jitted steps.
 
-The key comes from the train step (``fold_in(train rng, step)``), so the augmentation of every
-example is a pure function of (train.seed, step, position in the global batch): a resumed run
-augments exactly as an uninterrupted one. Shapes: [B, H, W, C], any float dtype.
+Batches stay uint8 until they reach the device (4x fewer bytes moved); the task of a model family
+(``jaxconv.tasks``) turns them into its model's input with these pure functions.
 
-Order in :func:`jaxconv.tasks.classification`: scale to [0, 1] -> subtract the mean image (train
+Pixels: ``scale_pixels`` ("unit": x / 255; "binary": pixel > ``BINARY_THRESHOLD``; "uint8": the raw
+integers). Augmentation: pure functions of (images, key); the key comes from the train step
+(``fold_in(train rng, step)``), so the augmentation of every example is a pure function of
+(train.seed, step, position in the global batch): a resumed run augments exactly as an uninterrupted
+one. Shapes: [B, H, W, C], any float dtype.
+
+Order in :class:`jaxconv.tasks.Classification`: scale to [0, 1] -> subtract the mean image (train
 and eval) -> crop and flip (train only; evaluation takes the central ``crop_size`` window when
 ``data.crop_size`` is set). Cropping therefore pads with 0 *after* mean subtraction, i.e. with the
 mean colour, the neutral input (no black frame that exists in no real image).
@@ -16,8 +21,28 @@ Two crops: ``crop_pad`` pads by P and crops back to H x W (shifts of -P..P, the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+
+BINARY_THRESHOLD = 127  # binarised MNIST: pixel > 127 -> 1 (a fixed threshold, not stochastic)
+
+
+def binarise(images: jax.Array) -> jax.Array:
+    """uint8 images -> booleans, pixel > BINARY_THRESHOLD."""
+    return images > BINARY_THRESHOLD
+
+
+def scale_pixels(images: jax.Array, mode: str, dtype: Any = jnp.float32) -> jax.Array:
+    """uint8 images -> classifier inputs by ``data.pixels``: "unit", "binary" or "uint8"."""
+    if mode == "unit":
+        return images.astype(dtype) / 255.0
+    if mode == "binary":
+        return binarise(images).astype(dtype)
+    if mode == "uint8":
+        return images.astype(jnp.int32)
+    raise ValueError(f"unknown pixel mode {mode!r}")
 
 
 def random_crop(images: jax.Array, key: jax.Array, pad: int, size: int = 0) -> jax.Array:
