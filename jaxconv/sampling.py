@@ -2,7 +2,7 @@
 
 Shapes: B batch, H/W/C image, V values per variable. Variable n = (i * W + j) * C + c (raster
 order, then R, G, B) draws with ``fold_in(key, n)`` through Gumbel-max over its log-probabilities
-(``jaxconv.models.pixelcnn.sample_variable``), so both samplers, given the same key and logits equal
+(``jaxconv.models.heads.sample_variable``), so both samplers, given the same key and logits equal
 to float tolerance, return the same images.
 
 - ``sample_naive``: one whole-image forward pass per variable (H*W*C passes) in one jitted loop.
@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.models.pixelcnn import (GatedPixelCNN, PixelCNN, layer_dilations, sample_variable, scale_values,
-                                     to_images, to_values)
+from jaxconv.models.heads import sample_variable, scale_values, to_images, to_values
+from jaxconv.models.pixelcnn import GatedPixelCNN, PixelCNN, layer_dilations
 
 
 def sample_naive(model: nn.Module, params: Any, key: jax.Array, shape: tuple[int, int, int, int], *,

@@ -23,7 +23,7 @@ import numpy as np
 from jaxconv import losses, preprocess
 from jaxconv.config import Config, check_crop_size
 from jaxconv.errors import ConfigError
-from jaxconv.models import pixelcnn
+from jaxconv.models import heads, pixelcnn
 
 AUGMENT_STREAM = 1  # fold_in tag: the augmentation key is independent of the dropout key
 
@@ -126,7 +126,7 @@ class Density(Task):
 
     def inputs(self, images: jax.Array, rng: jax.Array, train: bool) -> jax.Array:
         mcfg = self.config.model
-        return pixelcnn.scale_values(mcfg, pixelcnn.to_values(mcfg, images), jnp.dtype(self.config.train.dtype))
+        return heads.scale_values(mcfg, heads.to_values(mcfg, images), jnp.dtype(self.config.train.dtype))
 
     def forward(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool) -> jax.Array:
         labels = batch["labels"] if self.config.model.num_classes else None
@@ -134,7 +134,7 @@ class Density(Task):
                                 train=train, rngs={"dropout": rng})  # [B, H, W, P]
 
     def sums(self, raw: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        nats = pixelcnn.nll(self.config.model, raw, batch["images"])  # [B]
+        nats = heads.nll(self.config.model, raw, batch["images"])  # [B]
         dims = int(np.prod(batch["images"].shape[1:]))
         mask = batch["mask"]
         values = (jnp.sum(nats / dims * mask), jnp.sum(nats * mask), jnp.sum(losses.bits_per_dim(nats, dims) * mask))

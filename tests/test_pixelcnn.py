@@ -13,8 +13,8 @@ from jaxconv import sampling
 from jaxconv.errors import ConfigError
 from jaxconv.models import causality
 from jaxconv.models.masked import MaskedConv2D, masked_to_cropped, raster_mask
-from jaxconv.models.pixelcnn import (PIXELCNN_PRESETS, GatedPixelCNNConfig, PixelCNNConfig, build,
-                                     log_likelihoods, nll)
+from jaxconv.models.heads import log_likelihoods, nll
+from jaxconv.models.pixelcnn import PIXELCNN_PRESETS, GatedPixelCNNConfig, PixelCNNConfig, build
 
 TINY = {
     "pixelcnn_bernoulli": PixelCNNConfig(channels=1, head="bernoulli", hidden=8, num_blocks=2, output_features=8),

@@ -19,8 +19,8 @@ from jaxconv.config import CheckpointConfig, DataConfig, apply_overrides
 from jaxconv.preprocess import scale_pixels
 from jaxconv.data.sources import Split, load_split
 from jaxconv.models import build_model
-from jaxconv.models.pixelcnn import (GatedPixelCNNConfig, PixelCNNConfig, build, sample_variable, to_images,
-                                     to_values, variable_log_prob, variable_params)
+from jaxconv.models.heads import sample_variable, to_images, to_values, variable_log_prob, variable_params
+from jaxconv.models.pixelcnn import GatedPixelCNNConfig, PixelCNNConfig, build
 from jaxconv.train import loop
 from jaxconv.train.checkpoint import Checkpoints
 

@@ -33,7 +33,7 @@ from jaxconv import sampling
 from jaxconv.bench.models import param_count, preset_image, random_params
 from jaxconv.bench.timing import time_calls
 from jaxconv.errors import ConfigError
-from jaxconv.models import PRESETS, build_model, pixelcnn
+from jaxconv.models import PRESETS, build_model, heads, pixelcnn
 
 CPU_PRESETS = ("pixelcnn_mnist", "gated_pixelcnn_mnist", "gated_pixelcnn_cifar")
 ACCELERATOR_PRESETS = CPU_PRESETS + ("pixelcnn_cifar", "gated_pixelcnn_imagenet32")
@@ -75,7 +75,7 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
         return out["images"]
 
     cached = time_calls(cached_call, **timing)
-    values = pixelcnn.to_values(config, out["images"])
+    values = heads.to_values(config, out["images"])
 
     total = h * w * c
     count = min(naive_variables, total)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.models.pixelcnn import variable_params
+from jaxconv.models.heads import variable_params
 
 
 def dependency_maps(model: nn.Module, params: Any, image_shape: tuple[int, int, int], *,

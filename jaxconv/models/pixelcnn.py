@@ -1,26 +1,18 @@
 """PixelCNN (van den Oord et al. 2016a) and Gated PixelCNN (van den Oord et al. 2016b), three heads.
 
-Shapes: B batch, H/W height/width, C image channels (1 or 3), F hidden channels, K mixture
-components, P the head's raw channels per pixel (``head_channels``), Q per-variable distribution
-parameters, V values a variable can take (2 for "bernoulli", 256 otherwise).
-
-Variables and values: the image's H*W*C variables are ordered raster-wise, then R, G, B. A variable's
-*value* is 0/1 for "bernoulli" (uint8 pixel > 127, the threshold of ``jaxconv.data``) and 0..255
-otherwise; ``to_images`` maps values back to uint8 pixels (bernoulli: 0 or 255).
-Model input (``scale_values``): the values as floats in {0, 1} for "bernoulli", v / 255 * 2 - 1 in
-[-1, 1] for "softmax" and "logistic_mixture".
+Shapes: B batch, H/W height/width, C image channels (1 or 3), F hidden channels, P the head's raw
+channels per pixel. The heads (values, scaling, likelihoods, drawing a variable) are
+``jaxconv.models.heads``.
 
 Call: ``model.apply({'params': p}, x_scaled [B,H,W,C], labels=None|[B] int, train=False)`` -> the
-head's raw output [B, H, W, P] (float32):
-- "bernoulli": P = 1, the logit of the pixel being 1 (C must be 1);
-- "softmax": P = C * 256, 256 logits per channel, channel c in block c (the network's colour
-  grouping makes channel c's logits depend on the pixel's channels < c);
-- "logistic_mixture" (PixelCNN++, Salimans et al. 2017): P = K mixture logits, C*K means, C*K
-  log-scales and, for RGB, 3*K coefficients (tanh) of the linear R->G->B dependency of the means;
-  the network is causal per pixel (it never sees the current pixel) and the head adds
-  coeff * (earlier channels of the pixel) to the means.
-``variable_params`` turns the raw output into per-variable parameters [B,H,W,C,Q]: each variable's
-conditional distribution given all earlier ones. Likelihoods are computed in float32.
+head's raw output [B, H, W, P] (float32).
+
+The cached sampler's contract (``jaxconv.sampling.sample_cached``): besides ``__call__``, each model
+computes one position from caches with the same submodules. ``PixelCNN.position(x_pad, caches, i, j)``
+-> (raw output at (i, j) [B, P], updated caches); ``GatedPixelCNN.vertical_row(x_pad, caches, i, labels)``
+-> (updated caches, per-layer links of row i) and ``GatedPixelCNN.horizontal_position(x_row_pad, caches,
+links, j, labels)`` -> (raw output at column j [B, P], updated caches). Their docstrings give the
+padding of each input and cache; ``layer_dilations`` gives the dilation of each cached layer.
 
 pixelcnn: a 7x7 mask-A layer (2h channels), residual blocks 2h -> ReLU -> 1x1 (h) -> ReLU -> 3x3
 mask B (h) -> ReLU -> 1x1 (2h) -> +input (the paper's Figure 5), then ReLU -> 1x1 (output_features)
@@ -60,13 +52,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv.errors import ConfigError
-from jaxconv.preprocess import binarise
+from jaxconv.models.heads import HEADS, Head
 from jaxconv.models.conv import DEFAULT_POLICY
 from jaxconv.models.conv_policy import ConvPolicy
 from jaxconv.models.masked import HorizontalConv, MaskedConv2D, VerticalConv
 
-HEADS = ("bernoulli", "softmax", "logistic_mixture")
-Head = Literal["bernoulli", "softmax", "logistic_mixture"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,118 +149,6 @@ PIXELCNN_PRESETS: dict[str, _AutoregressiveConfig] = {
     "gated_pixelcnn_imagenet32": GatedPixelCNNConfig(channels=3, head="softmax", features=384, num_layers=20,
                                                      kernel=5, dilations=(1,), output_features=1024),
 }
-
-
-# ----------------------------------------------------------------------------------------------
-# Heads: values, scaling, per-variable distributions, likelihood and one-variable sampling.
-
-
-def to_values(config: _AutoregressiveConfig, images: jax.Array) -> jax.Array:
-    """uint8 images [..., C] -> int32 variable values (bernoulli: ``preprocess.binarise``)."""
-    images = jnp.asarray(images)
-    return (binarise(images) if config.head == "bernoulli" else images).astype(jnp.int32)
-
-
-def to_images(config: _AutoregressiveConfig, values: jax.Array) -> jax.Array:
-    return (values * (255 if config.head == "bernoulli" else 1)).astype(jnp.uint8)
-
-
-def scale_values(config: _AutoregressiveConfig, values: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-    """Variable values -> model input ({0,1} for bernoulli, [-1, 1] otherwise)."""
-    values = values.astype(jnp.float32)
-    return (values if config.head == "bernoulli" else values / 255.0 * 2.0 - 1.0).astype(dtype)
-
-
-def variable_params(config: _AutoregressiveConfig, raw: jax.Array, x_scaled: jax.Array) -> jax.Array:
-    """raw [..., P], model input [..., C] -> per-variable parameters [..., C, Q] (float32)."""
-    raw = raw.astype(jnp.float32)
-    if config.head == "bernoulli":
-        return raw[..., None, :]
-    if config.head == "softmax":
-        return raw.reshape(*raw.shape[:-1], config.channels, 256)
-    return _mixture_params(config, raw, x_scaled.astype(jnp.float32))
-
-
-def _mixture_params(config: _AutoregressiveConfig, raw: jax.Array, x: jax.Array) -> jax.Array:
-    k, c = config.mixtures, config.channels
-    lead = raw.shape[:-1]
-    logits = raw[..., :k]
-    means = raw[..., k:k + c * k].reshape(*lead, c, k)
-    log_scales = raw[..., k + c * k:k + 2 * c * k].reshape(*lead, c, k)
-    if c == 3:  # PixelCNN++: mean_G += a * R, mean_B += b * R + g * G, with the pixel's actual values
-        a, b, g = jnp.split(jnp.tanh(raw[..., k + 2 * c * k:]), 3, axis=-1)  # [..., K] each
-        r_val, g_val = x[..., 0:1], x[..., 1:2]
-        means = jnp.stack([means[..., 0, :], means[..., 1, :] + a * r_val,
-                           means[..., 2, :] + b * r_val + g * g_val], axis=-2)
-    logits = jnp.broadcast_to(logits[..., None, :], (*lead, c, k))
-    return jnp.concatenate([logits, means, log_scales], axis=-1)  # [..., C, 3K]
-
-
-def variable_log_prob(config: _AutoregressiveConfig, params: jax.Array, values: jax.Array) -> jax.Array:
-    """params [..., Q], values [..., n] int -> log p(value) [..., n] in float32."""
-    params = params.astype(jnp.float32)
-    if config.head == "bernoulli":
-        return jax.nn.log_sigmoid(jnp.where(values == 1, params, -params))
-    if config.head == "softmax":
-        return jnp.take_along_axis(jax.nn.log_softmax(params, axis=-1), values, axis=-1)
-    return _mixture_log_prob(params, values)
-
-
-def _mixture_log_prob(params: jax.Array, values: jax.Array) -> jax.Array:
-    logits, means, log_scales = jnp.split(params, 3, axis=-1)  # [..., K]
-    inv_scale = jnp.exp(-jnp.maximum(log_scales, -7.0))[..., None, :]
-    centred = (values.astype(jnp.float32) / 255.0 * 2.0 - 1.0)[..., None] - means[..., None, :]  # [..., n, K]
-    upper, lower = inv_scale * (centred + 1.0 / 255.0), inv_scale * (centred - 1.0 / 255.0)
-    v = values[..., None]
-    # The bins at 0 and 255 extend to -inf and +inf: the edges are one-sided CDFs.
-    log_bin = jnp.where(v == 0, jax.nn.log_sigmoid(upper),
-                        jnp.where(v == 255, jax.nn.log_sigmoid(-lower), _log_sigmoid_difference(upper, lower)))
-    log_weights = jax.nn.log_softmax(logits, axis=-1)[..., None, :]
-    return jax.nn.logsumexp(log_weights + log_bin, axis=-1)
-
-
-def _log_sigmoid_difference(a: jax.Array, b: jax.Array) -> jax.Array:
-    """log(sigmoid(a) - sigmoid(b)) for a > b, accurate in float32 in both tails and for a ~ b."""
-    # sigmoid(a) - sigmoid(b) = sigmoid(-b) - sigmoid(-a): use the side where both lie in the lower
-    # tail, so the log-sigmoids are not rounded to 0.
-    flip = a + b > 0
-    hi, lo = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
-    width = a - b
-    narrow = width < 1e-2  # midpoint rule: relative error ~ width^2 / 24
-    log_hi = jax.nn.log_sigmoid(hi)
-    delta = jnp.where(narrow, -1.0, jax.nn.log_sigmoid(lo) - log_hi)  # keeps the unused branch finite
-    exact = log_hi + jnp.log(-jnp.expm1(delta))
-    mid = 0.5 * (a + b)
-    approx = jnp.log(jnp.maximum(width, 1e-30)) + jax.nn.log_sigmoid(mid) + jax.nn.log_sigmoid(-mid)
-    return jnp.where(narrow, approx, exact)
-
-
-def log_likelihoods(config: _AutoregressiveConfig, raw: jax.Array, images: jax.Array) -> jax.Array:
-    """raw [B,H,W,P], uint8 images [B,H,W,C] -> log p of each variable given the earlier ones [B,H,W,C]."""
-    values = to_values(config, images)
-    params = variable_params(config, raw, scale_values(config, values))
-    return variable_log_prob(config, params, values[..., None])[..., 0]
-
-
-def nll(config: _AutoregressiveConfig, raw: jax.Array, images: jax.Array) -> jax.Array:
-    """Per-example negative log-likelihood in nats [B] (bits/dim: jaxconv.losses.bits_per_dim)."""
-    return -jnp.sum(log_likelihoods(config, raw, images), axis=(1, 2, 3))
-
-
-def sample_variable(config: _AutoregressiveConfig, raw_pos: jax.Array, pixel_scaled: jax.Array, channel: int | jax.Array,
-                    key: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:
-    """Draws one variable: raw output at its position [B,P], its pixel's model input [B,C] -> value [B].
-
-    Gumbel-max over log p(v) / temperature for all V values: exact for every head (the logistic
-    mixture is sampled from its discretised form), and two samplers with the same key and
-    near-equal logits draw the same value.
-    """
-    params = variable_params(config, raw_pos, pixel_scaled)  # [B, C, Q]
-    params = jnp.take(params, channel, axis=1)  # [B, Q]
-    candidates = jnp.broadcast_to(jnp.arange(config.num_values), (params.shape[0], config.num_values))
-    log_p = variable_log_prob(config, params, candidates)  # [B, V]
-    gumbel = jax.random.gumbel(key, log_p.shape, jnp.float32)
-    return jnp.argmax(log_p / temperature + gumbel, axis=-1).astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------------------------
