@@ -53,7 +53,8 @@ class Run:
 
 
 def build_run(config: Config) -> Run:
-    maybe_initialize_distributed(config.parallel)
+    """The run of a config (its data, task, optimizer and compiled steps); in a multi-process run the
+    caller has started ``jax.distributed`` first (``train`` does)."""
     par = DataParallel(config.parallel, config.data.batch_size, config.data.eval_batch_size)
     train_data = load_split(config.data, "train")
     val_data = load_split(config.data, "val")
