@@ -17,6 +17,7 @@ import pytest
 from conftest import run_cli
 from jaxconv import bench
 from jaxconv.bench import conv as conv_bench
+from jaxconv.bench import conv_runners, conv_shapes
 from jaxconv.bench import report, results
 from jaxconv.bench import train as train_bench
 from jaxconv.bench.models import forward_flops, random_params, traced_convs
@@ -171,18 +172,18 @@ def test_traced_shapes_and_flops():
     assert [(c.height, c.cin, c.cout, c.kh) for _, c in convs] == [(32, 1, 6, 5), (14, 6, 16, 5)]
     # LeNet-5 modern: C1 28*28*6*25, C3 10*10*16*150 MACs; dense 400*120 + 120*84 + 84*10
     assert forward_flops("lenet5_modern") == 2 * (28 * 28 * 6 * 25 + 10 * 10 * 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10)
-    shapes = conv_bench.shape_sets(["pixelcnn_mnist"])
+    shapes = conv_shapes.shape_sets(["pixelcnn_mnist"])
     masked = [s for s, _ in shapes if s.mask]
     assert {(s.kh, s.mask) for s in masked} == {(7, "A"), (3, "B")}
     # each geometry is measured once, listing every layer that uses it
     assert len({s.geometry() for s, _ in shapes}) == len(shapes)
     assert any(len(s.sources) > 1 for s, _ in shapes)
-    alex = conv_bench.shape_sets(["alexnet224"])
+    alex = conv_shapes.shape_sets(["alexnet224"])
     assert [s.out_hw() for s, _ in alex] == [(55, 55), (27, 27), (13, 13), (13, 13), (13, 13)]
-    assert conv_bench.parse_shape("4,16,16,8,8,3,1,2,2")[0].groups == 2
+    assert conv_shapes.parse_shape("4,16,16,8,8,3,1,2,2")[0].groups == 2
     for bad in ("1,2,3", "4,16,16,8,8,3,1,x", "4,16,16,6,8,3,1,1,4", "4,16,16,0,8,3,1,1"):
         with pytest.raises(ConfigError):
-            conv_bench.parse_shape(bad)
+            conv_shapes.parse_shape(bad)
 
 
 def test_conv_quick_results(quick_results):
@@ -276,7 +277,7 @@ def test_agreement_check_catches_a_wrong_implementation(monkeypatch):
     def flipped(shape, layout):  # a plausible bug: convolution instead of cross-correlation
         return lambda x, w: conv_impls.conv_xla(x, w[::-1, ::-1], shape.stride, shape.padding, shape.dilation, shape.groups)
 
-    monkeypatch.setitem(conv_bench.EXTRA_JAX, "flipped", flipped)
+    monkeypatch.setitem(conv_runners.EXTRA_JAX, "flipped", flipped)
     from jaxconv.bench.device import measure_peaks
 
     result = conv_bench.run(quick=True, sets=[], user_shapes=["2,8,8,3,4,3,1,1"], dtypes=("float32",),
@@ -287,10 +288,10 @@ def test_agreement_check_catches_a_wrong_implementation(monkeypatch):
         assert res["xla"]["status"] == "ok" and res["xla"]["error"] < 1e-6
         assert res["torch"]["status"] == "ok"  # PyTorch's own backward kernel (kernel_grad) agrees too
         assert res["flipped"]["status"] == "mismatch" and res["flipped"]["time_s"] is None
-        assert res["flipped"]["error"] > conv_bench.TOLERANCE["float32"]
+        assert res["flipped"]["error"] > conv_runners.TOLERANCE["float32"]
         assert row["winner"]["impl"] != "flipped"
-    assert conv_bench.relative_error([np.ones(3)], [np.ones(3)]) == 0.0
-    assert conv_bench.relative_error([np.ones(2)], [np.ones(3)]) == float("inf")
+    assert conv_runners.relative_error([np.ones(3)], [np.ones(3)]) == 0.0
+    assert conv_runners.relative_error([np.ones(2)], [np.ones(3)]) == float("inf")
 
 
 def test_cli_bench_conv_and_report(tmp_path):

@@ -71,14 +71,14 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
         raise ConfigError(f"unknown benchmark {options.what!r}; choose conv, sample, train, all or report")
     if options.what in ("train", "all"):
         force_host_devices(max(options.devices or [8]))
-    from jaxconv.bench import conv as conv_lib
+    from jaxconv.bench import conv_shapes
 
     for text in options.shapes:  # bad shapes fail before anything is measured
-        conv_lib.parse_shape(text)
+        conv_shapes.parse_shape(text)
 
     import jax
 
-    from jaxconv.bench import conv, device, report, results, sample, train
+    from jaxconv.bench import conv, conv_table, device, report, results, sample, train
     from jaxconv.models.conv_policy import ConvPolicy
 
     policy = ConvPolicy.from_config(options.conv)
@@ -97,7 +97,7 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
         log(f"== {bench}")
         if bench == "conv":
             result = conv.run(quick=options.quick, sets=options.sets, user_shapes=options.shapes,
-                              dtypes=options.dtypes or conv.DTYPES, modes=options.modes or conv.MODES,
+                              dtypes=options.dtypes or conv_shapes.DTYPES, modes=options.modes or conv_shapes.MODES,
                               layouts=options.layouts or ("NHWC", "NCHW"), impls=options.impls,
                               batch_sizes=options.batch_sizes, torch=options.torch, repeats=options.repeats,
                               peaks=peaks, log=log, policy=policy)
@@ -116,7 +116,7 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
         path = results.write(doc, out)
         files = [path, *report.render(results.load(path), out, plots=options.plots)]
         if bench == "conv":
-            files.append(conv.write_table(result["table"], out))
+            files.append(conv_table.write_table(result["table"], out))
         for t in doc["targets"]:
             value = "-" if t["value"] is None else f"{t['value']:.3g}"
             log(f"target: {t['name']}: {value} (goal {t['goal']}, met: {t['met']})")

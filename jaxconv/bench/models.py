@@ -2,7 +2,7 @@
 
 ``traced_convs(preset)`` traces a preset's forward pass (``jax.make_jaxpr`` on abstract parameters,
 so even the 122M-parameter preset costs nothing) and returns every ``conv_general_dilated`` in it with
-its module path, as a ``jaxconv.models.conv.Signature``: the exact layer shapes the model runs, padding included (the masked layers pad
+its module path, as a ``jaxconv.models.conv_policy.Signature``: the exact layer shapes the model runs, padding included (the masked layers pad
 explicitly and convolve VALID). ``forward_flops(preset)`` sums 2 * MACs over its convolutions and
 matmuls (elementwise work is not counted): the model FLOPs of MFU are 3x that per training image.
 """

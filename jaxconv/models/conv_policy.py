@@ -33,31 +33,53 @@ from jaxconv.models.conv_impls import Padding, out_size, pair, parse_impl, suppo
 
 
 @dataclasses.dataclass(frozen=True)
-class Signature:
-    """What the choice may depend on: one layer's static description."""
+class ConvGeometry:
+    """One conv layer's shape without its batch size: input NHWC [B, height, width, cin], kernel HWIO
+    [kh, kw, cin // groups, cout]. ``Signature`` adds where and how it runs; the bench's ``ConvShape``
+    (``jaxconv.bench.conv_shapes``) adds what it reports."""
 
-    backend: str
-    dtype: str
-    batch: int
     height: int
     width: int
     cin: int
     cout: int
     kh: int
     kw: int
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    padding: Padding
-    groups: int
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    padding: Padding = ((0, 0), (0, 0))
+    groups: int = 1
 
     @property
     def taps(self) -> int:
         return self.kh * self.kw
 
+    def out_hw(self) -> tuple[int, int]:
+        return (out_size(self.height, self.kh, self.stride[0], self.dilation[0], self.padding[0]),
+                out_size(self.width, self.kw, self.stride[1], self.dilation[1], self.padding[1]))
+
     @property
     def out_pixels(self) -> int:
-        return (out_size(self.height, self.kh, self.stride[0], self.dilation[0], self.padding[0])
-                * out_size(self.width, self.kw, self.stride[1], self.dilation[1], self.padding[1]))
+        ho, wo = self.out_hw()
+        return ho * wo
+
+    def geometry(self) -> ConvGeometry:
+        """The layer alone, a subclass's own fields dropped: equal for layers of equal shape."""
+        return ConvGeometry(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ConvGeometry)})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Signature(ConvGeometry):
+    """What the choice may depend on: one layer's geometry, batch size, dtype and backend."""
+
+    backend: str
+    dtype: str
+    batch: int
+
+    @classmethod
+    def of(cls, layer: ConvGeometry, batch: int, dtype: Any, backend: str | None = None) -> Signature:
+        """``layer`` at this batch size and dtype on ``backend`` (default: JAX's)."""
+        return cls(**vars(layer.geometry()), backend=backend or jax.default_backend(), dtype=jnp.dtype(dtype).name,
+                   batch=int(batch))
 
     def key(self) -> str:
         """The autotune table's key: every field but the batch size (tables are per shape class)."""
@@ -120,9 +142,9 @@ RULES: tuple[Rule, ...] = (
 def signature(x_shape, kernel_shape, dtype, strides=1, padding: Padding = ((0, 0), (0, 0)), dilation=1,
               groups: int = 1, backend: str | None = None) -> Signature:
     kh, kw, _, cout = kernel_shape
-    return Signature(backend or jax.default_backend(), jnp.dtype(dtype).name, int(x_shape[0]), int(x_shape[1]),
-                     int(x_shape[2]), int(x_shape[3]), int(cout), int(kh), int(kw), pair(strides), pair(dilation),
-                     tuple(tuple(int(v) for v in p) for p in padding), int(groups))
+    layer = ConvGeometry(int(x_shape[1]), int(x_shape[2]), int(x_shape[3]), int(cout), int(kh), int(kw), pair(strides),
+                         pair(dilation), tuple(tuple(int(v) for v in p) for p in padding), int(groups))
+    return Signature.of(layer, x_shape[0], dtype, backend)
 
 
 @dataclasses.dataclass(frozen=True)
