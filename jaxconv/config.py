@@ -344,7 +344,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.image_shape must be three positive sizes H,W,C, got {config.data.image_shape}")
     if config.data.image_size and not config.data.source.startswith("tfds:"):
         raise ConfigError(f"data.image_size applies to tfds: sources only, got data.source={config.data.source!r}")
-    if config.data.crop_size:  # what is known before the data is opened; build_run checks the rest
+    if config.data.crop_size:  # what is known before the data is opened; the task checks the rest
+        from jaxconv.tasks import check_crop_size  # tasks import the models: import late
+
         if config.data.image_size:
             check_crop_size(config.data, (config.data.image_size, config.data.image_size))
         elif config.data.source == "synthetic":
@@ -378,14 +380,6 @@ def _numbers(config: Config):
             for item in value if isinstance(value, tuple) else (value,):
                 if isinstance(item, (int, float)) and not isinstance(item, bool):
                     yield f"{name}.{field.name}", item
-
-
-def check_crop_size(data: DataConfig, image_hw: tuple[int, ...]) -> None:
-    """ConfigError unless the data.crop_size window fits in images of height and width ``image_hw``."""
-    h, w = image_hw
-    if data.crop_size > min(h, w):
-        raise ConfigError(f"data.crop_size={data.crop_size} exceeds the {h}x{w} images of data.source="
-                          f"{data.source}; use at most {min(h, w)}")
 
 
 # ----------------------------------------------------------------------------------------------

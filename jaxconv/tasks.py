@@ -13,7 +13,7 @@ the model's input (``jaxconv.preprocess``), the forward pass, the metric sums an
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -21,9 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv import losses, preprocess
-from jaxconv.config import Config, check_crop_size
 from jaxconv.errors import ConfigError
 from jaxconv.models import heads, pixelcnn
+
+if TYPE_CHECKING:  # the config imports this module (its checks ask the tasks): no import back at run time
+    from jaxconv.config import Config, DataConfig
 
 AUGMENT_STREAM = 1  # fold_in tag: the augmentation key is independent of the dropout key
 
@@ -35,6 +37,14 @@ class DataSpec:
     image_shape: tuple[int, int, int]  # [H, W, C]
     num_classes: int
     train_examples: int
+
+
+def check_crop_size(data: DataConfig, image_hw: tuple[int, ...]) -> None:
+    """ConfigError unless the data.crop_size window fits in images of height and width ``image_hw``."""
+    h, w = image_hw
+    if data.crop_size > min(h, w):
+        raise ConfigError(f"data.crop_size={data.crop_size} exceeds the {h}x{w} images of data.source="
+                          f"{data.source}; use at most {min(h, w)}")
 
 
 class Task:

@@ -32,3 +32,17 @@ def start_cli(*args: str, **kwargs) -> subprocess.Popen:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def trained_smoke(tmp_path_factory):
+    """A finished LeNet-5 modern smoke run on one device (checkpoints 10 and 20, metrics, config.json),
+    trained in this process once per test module; cases copy it before they damage it."""
+    from jaxconv import experiments
+    from jaxconv.config import apply_overrides
+    from jaxconv.train import loop
+
+    workdir = tmp_path_factory.mktemp("trained")
+    loop.train(apply_overrides(experiments.load("lenet_modern_mnist", smoke=True), ["parallel.num_devices=1"]),
+               workdir)
+    return workdir

@@ -19,22 +19,11 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from jaxconv import cli, experiments
-from jaxconv.config import apply_overrides
+from jaxconv import cli
 from jaxconv.errors import CheckpointError, ConfigError, StorageError
-from jaxconv.train import loop
 from jaxconv.train.metrics import MetricsWriter, read_metrics
 
 TRAIN = ["train", "lenet_modern_mnist", "--smoke", "--set", "parallel.num_devices=1"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished smoke run (checkpoints 10 and 20, metrics, config.json), copied by each case."""
-    workdir = tmp_path_factory.mktemp("trained")
-    loop.train(apply_overrides(experiments.load("lenet_modern_mnist", smoke=True), ["parallel.num_devices=1"]),
-               workdir)
-    return workdir
 
 
 def edit_config(**changes):
@@ -182,10 +171,10 @@ def records_in(text: bytes) -> list[bytes]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_file(case, trained, tmp_path, capfd):
+def test_bad_file(case, trained_smoke, tmp_path, capfd):
     argv, error, texts, setup, how = CASES[case]
     workdir, scratch = tmp_path / "run", tmp_path / "scratch"
-    shutil.copytree(trained, workdir, symlinks=True)
+    shutil.copytree(trained_smoke, workdir, symlinks=True)
     scratch.mkdir()
     if setup is not None:
         setup(workdir, scratch)
@@ -207,11 +196,11 @@ def test_bad_file(case, trained, tmp_path, capfd):
     assert not list(scratch.iterdir())  # plot wrote nothing
 
 
-def test_resume_keeps_lines_that_are_not_records(trained, tmp_path):
+def test_resume_keeps_lines_that_are_not_records(trained_smoke, tmp_path):
     """A run stopped at step 10 whose metrics.jsonl holds lines that are not records among the records:
     the resume drops the records after its step (it writes them again) and keeps the other lines."""
     workdir = tmp_path / "run"
-    shutil.copytree(trained, workdir, symlinks=True)
+    shutil.copytree(trained_smoke, workdir, symlinks=True)
     shutil.rmtree(workdir / "checkpoints" / "20")
     lines = records_in((workdir / "metrics.jsonl").read_bytes())
     strangers = [b'{"note": 1}', b"[1, 2]", b'{"step": "late", "split": "val"}', b"\xff\xfe not utf-8"]
@@ -241,9 +230,9 @@ def test_readers_skip_lines_that_are_not_records(tmp_path, capfd):
     assert err.count("\n") == 1 and "skipped 4 line(s)" in err and "first line 2" in err, err
 
 
-def test_plot_skips_records_without_a_split(trained, tmp_path, capfd):
+def test_plot_skips_records_without_a_split(trained_smoke, tmp_path, capfd):
     workdir = tmp_path / "run"
-    shutil.copytree(trained, workdir, symlinks=True)
+    shutil.copytree(trained_smoke, workdir, symlinks=True)
     with (workdir / "metrics.jsonl").open("a") as f:
         f.write('{"step": 3, "loss": 1.0}\n[1, 2]\n')
     capfd.readouterr()

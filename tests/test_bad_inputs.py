@@ -8,7 +8,6 @@ which the disk-full case needs (an ``RLIMIT_FSIZE`` set in the child only).
 """
 
 import gzip
-import hashlib
 import os
 import pickle
 import shutil
@@ -19,23 +18,12 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from jaxconv import cli, experiments
-from jaxconv.config import apply_overrides
+from jaxconv import cli
 from jaxconv.errors import CheckpointError, ConfigError, DataError, StorageError
-from jaxconv.train import loop
 from jaxconv.train.metrics import MetricsWriter
 
 SMOKE = ["--smoke", "--set", "parallel.num_devices=1"]
 MNIST_ROW = [0] * 784 + [3]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished smoke run (checkpoints 10 and 20, metrics, config.json), copied by each case."""
-    workdir = tmp_path_factory.mktemp("trained")
-    loop.train(apply_overrides(experiments.load("lenet_modern_mnist", smoke=True), ["parallel.num_devices=1"]),
-               workdir)
-    return workdir
 
 
 def csv_gz(path: Path, rows) -> Path:
@@ -224,10 +212,10 @@ def run_subprocess(argv: list[str], disk_full: bool = False) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input(case, trained, tmp_path, capfd):
+def test_bad_input(case, trained_smoke, tmp_path, capfd):
     argv, error, text, setup, how = CASES[case]
     workdir, scratch = tmp_path / "run", tmp_path / "scratch"
-    shutil.copytree(trained, workdir)
+    shutil.copytree(trained_smoke, workdir)
     scratch.mkdir()
     if setup is not None:
         setup(workdir, scratch)

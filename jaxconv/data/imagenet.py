@@ -73,13 +73,7 @@ def _member_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, bo
                     continue
                 _check_member(path, info)
                 with archive.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    if version == (1, 0):
-                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
-                    elif version == (2, 0):
-                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
-                    else:
-                        raise ValueError(f"unsupported .npy format version {version}")
+                    shape, fortran, dtype = prepared.read_npy_header(member)
                     headers[info.filename[:-4]] = (shape, dtype, fortran, info, member.tell())
     except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, NotImplementedError, RuntimeError) as e:
         # NotImplementedError / RuntimeError: zipfile's words for other compressions and encryption

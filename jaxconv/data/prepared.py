@@ -396,18 +396,23 @@ def open_split(directory: Path, manifest: dict[str, Any], split: str) -> tuple[n
 MAX_IN_MEMORY = 1 << 31  # bytes: labels and mean images are far smaller (5 MB for ImageNet's 1.28M labels)
 
 
+def read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the ``.npy`` stream ``f``, left at the start of its data;
+    ValueError for a format numpy does not write."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f"unsupported .npy format version {version}")
+
+
 def _load(path: Path, mmap: bool = False) -> np.ndarray:
     """A prepared ``.npy`` array (memory-mapped when ``mmap``), its header checked against the file's
     real size first, so that a damaged header never makes numpy allocate what it declares."""
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"unsupported .npy format version {version}")
+            shape, _fortran, dtype = read_npy_header(f)
             offset, size = f.tell(), os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         raise DataError(f"{path} is missing; prepare the dataset again") from None

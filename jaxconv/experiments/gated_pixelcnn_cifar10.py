@@ -9,9 +9,9 @@ The paper does not state its optimiser settings; ours: Adam 3e-4 with gradient c
 This is a GPU experiment: the model has 122M parameters.
 """
 
-import dataclasses
 
 from jaxconv.config import CheckpointConfig, Config, DataConfig, OptimConfig, ScheduleConfig, TrainConfig
+from jaxconv.experiments import gated_pixelcnn_imagenet32
 from jaxconv.models import preset
 
 CONFIG = Config(
@@ -24,14 +24,8 @@ CONFIG = Config(
     checkpoint=CheckpointConfig(every=5000, best_metric="bits_per_dim", best_mode="min"),
 )
 
-SMOKE = CONFIG.replace(
-    model=dataclasses.replace(CONFIG.model, features=8, num_layers=2, kernel=3, output_features=32),
-    data=DataConfig(source="synthetic", pixels="uint8", image_shape=(32, 32, 3), num_examples=256,
-                    batch_size=16, eval_batch_size=64),
-    train=TrainConfig(steps=6, log_every=2, eval_every=6, progress=False),
-    checkpoint=CheckpointConfig(every=3, best_metric="bits_per_dim", best_mode="min"),
-    schedule=ScheduleConfig(name="cosine", warmup_steps=2),
-)
+# The same network and synthetic 32x32x3 smoke as gated_pixelcnn_imagenet32's, under this name.
+SMOKE = gated_pixelcnn_imagenet32.SMOKE.replace(name=CONFIG.name)
 
 if __name__ == "__main__":
     from jaxconv.cli import run_experiment_module
