@@ -11,8 +11,8 @@ the data when training starts (``_start_state`` in :mod:`jaxconv.train.loop`, pr
 
 The checkpoint's abstract target (shapes and dtypes of the whole train state: step, params,
 optimizer state, rng) is built from the config and the recorded input shape by ``jax.eval_shape``:
-nothing is compiled, no array is allocated. A run written before ``run.json`` existed gets its
-shapes from its data (the validation split), as restoring did before.
+nothing is compiled, no array is allocated. A run without ``run.json`` (written by an older jaxconv)
+gets its shapes from its data (the validation split).
 """
 
 from __future__ import annotations

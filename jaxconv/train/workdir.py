@@ -1,7 +1,9 @@
 """A run's work directory: one training process at a time, and what a restart may change.
 
-Layout: ``config.json`` (the effective config), ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/STEP/``,
-``corrupt-checkpoints/`` (damaged steps moved aside on resume) and ``lock``.
+Layout: ``config.json`` (the effective config), ``run.json`` and ``train_mean.npy`` (what restoring needs
+from the data: ``jaxconv.train.restore``), ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/STEP/``
+(each with ``jaxconv-checksums.json``), ``corrupt-checkpoints/`` (damaged steps moved aside on resume) and
+``lock``.
 """
 
 from __future__ import annotations
