@@ -94,7 +94,7 @@ MUTANTS = [
       "out = run(model, known_rows, progress, params, key, values, labels, jnp.float32(temperature))",
       "out = run(model, known_rows, progress, params, key, values, labels, jnp.float32(1.0))",
       [PROPS, "-k", "cached_sampler"]),
-    # --- heads (jaxconv/models/pixelcnn.py) -------------------------------------------------------
+    # --- heads (jaxconv/models/heads.py) ----------------------------------------------------------
     m("temperature-multiplies", "jaxconv/models/heads.py",
       "log_p / temperature + gumbel", "log_p * temperature + gumbel",
       [PROPS, "-k", "sample_variable or cached_sampler"]),

@@ -233,14 +233,8 @@ def sample_plots(doc: dict, out_dir: Path) -> list[Path]:
         b = [r["batch"] for r in rows]
         ax.plot(b, [r["cached"]["images_per_s"] for r in rows], "-o", color=f"C{k}", label=f"{preset} cached")
         ax.plot(b, [r["naive"]["images_per_s"] for r in rows], "--x", color=f"C{k}", label=f"{preset} naive (extrap.)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("images/s")
-    ax.set_title(f"Sampling, {doc['device']}", fontsize=9)
-    ax.legend(fontsize=6)
-    path = _save(plt, fig, Path(out_dir) / "sample.png")
-    return [path]
+    return [_save_log_log(plt, fig, ax, Path(out_dir) / "sample.png", xlabel="batch size", ylabel="images/s",
+                          title=f"Sampling, {doc['device']}")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,14 +264,20 @@ def train_plots(doc: dict, out_dir: Path) -> list[Path]:
     for r in doc["rows"]:
         if r["framework"] == "torch":
             ax.scatter([r["devices"]], [r["images_per_s"]], marker="*", s=60, color="k")
-    ax.set_xscale("log", base=2)
+    return [_save_log_log(plt, fig, ax, Path(out_dir) / "train.png", xlabel="devices", x_base=2,
+                          ylabel="images/s (stars: PyTorch, same network)",
+                          title=f"Training throughput, {doc['device']}")]
+
+
+def _save_log_log(plt, fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str, x_base: int = 10) -> Path:
+    """Log-log axes with their labels, title and legend, saved to ``path``."""
+    ax.set_xscale("log", base=x_base)
     ax.set_yscale("log")
-    ax.set_xlabel("devices")
-    ax.set_ylabel("images/s (stars: PyTorch, same network)")
-    ax.set_title(f"Training throughput, {doc['device']}", fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6)
-    path = _save(plt, fig, Path(out_dir) / "train.png")
-    return [path]
+    return _save(plt, fig, path)
 
 
 MARKDOWN = {"conv": conv_markdown, "sample": sample_markdown, "train": train_markdown}
