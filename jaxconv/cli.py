@@ -20,8 +20,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train an experiment (resumes from --workdir)")
+    train = commands.add_parser("train", help="train an experiment (resumes from --workdir)", epilog=_config_epilog(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_train_args(train, with_name=True)
+    train.add_argument("--dry-run", action="store_true",
+                       help="check the config and the data (load them, run the task's checks), then exit; "
+                            "writes nothing")
+    _add_config_parser(commands)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint and print its metrics")
     evaluate.add_argument("workdir", type=Path)
@@ -138,10 +143,13 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def _add_train_args(parser: argparse.ArgumentParser, with_name: bool) -> None:
+def _add_train_args(parser: argparse.ArgumentParser, with_name: bool, with_workdir: bool = True) -> None:
     if with_name:
-        parser.add_argument("name", help="experiment name (see `jaxconv list`)")
-    parser.add_argument("--workdir", type=Path, help="default: runs/NAME (runs/NAME-smoke with --smoke)")
+        parser.add_argument("name", help="experiment name (see `jaxconv list`), or your own experiment: a file "
+                            "(my_exp.py) or an importable module (myexp.my_exp) defining CONFIG and optionally SMOKE")
+    if with_workdir:
+        parser.add_argument("--workdir", type=Path, help="default: runs/NAME (runs/NAME-smoke with --smoke); for a "
+                            "file or module experiment, runs/<its CONFIG.name> (-smoke)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable), e.g. --set optim.learning_rate=0.01")
     parser.add_argument("--smoke", action="store_true", help="the experiment's tiny variant")
@@ -161,7 +169,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from jaxconv.config import apply_overrides
     from jaxconv.train.loop import train
 
-    workdir = args.workdir or Path("runs") / (args.name + ("-smoke" if args.smoke else ""))
+    workdir = args.workdir or Path("runs") / experiments.run_name(args.name, args.smoke)
+    if args.dry_run:
+        return _dry_run(args, workdir)
     if experiments.is_study(args.name):
         return _train_study(args, workdir)
     config = apply_overrides(experiments.load(args.name, args.smoke), [*_conv_overrides(), *args.overrides])
@@ -190,6 +200,89 @@ def _train_study(args: argparse.Namespace, workdir: Path) -> int:
         return stopping.EXIT_CODES[signal.SIGINT] if args.stop and args.stop.signal == signal.SIGINT else 0
     print(markdown_table(rows), end="")
     print(f"workdir: {workdir} (results.md, results.png, samples.png)")
+    return 0
+
+
+def _add_config_parser(commands) -> None:
+    config = commands.add_parser(
+        "config", help="print an experiment's effective config: every key, its value and its meaning",
+        description="Prints the config that `jaxconv train NAME` (with the same --smoke and --set options) would "
+                    "run, one `section.key = value  # meaning` line per key; values are written as --set takes them.")
+    _add_train_args(config, with_name=True, with_workdir=False)
+
+
+def _config_epilog() -> str:
+    """train --help's list of config sections and keys, from the config dataclasses' field meanings."""
+    import dataclasses
+    import textwrap
+
+    from jaxconv import config as config_lib
+
+    lines = ["config keys (--set SECTION.KEY=VALUE; `jaxconv config NAME` prints an experiment's values):",
+             "  model.KEY".ljust(28) + "the keys of the experiment's model family (variant, num_classes, ...)"]
+    for section in dataclasses.fields(config_lib.Config):
+        if section.name not in config_lib.SECTIONS or section.name == "model":
+            continue
+        name, cls = section.name, type(section.default)
+        for field in dataclasses.fields(cls):
+            lines.extend(textwrap.wrap(config_lib.meaning(cls, field.name), 118, initial_indent=f"  {name}.{field.name}"
+                                       .ljust(27) + " ", subsequent_indent=" " * 28, break_on_hyphens=False))
+    return "\n".join(lines)
+
+
+def _set_text(value) -> str:
+    """A config value as `--set` takes it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) if value else "()"
+    if value is None:
+        return "none"
+    return '""' if value == "" else str(value)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from jaxconv import experiments
+    from jaxconv.config import apply_overrides, describe
+
+    overrides = [*_conv_overrides(), *args.overrides]
+    if experiments.is_study(args.name):
+        configs = {f"variant {key}": apply_overrides(config, overrides)
+                   for key, config in experiments.load_study(args.name, args.smoke).items()}
+    else:
+        configs = {"": apply_overrides(experiments.load(args.name, args.smoke), overrides)}
+    for title, config in configs.items():
+        rows = [(f"{key} = {_set_text(value)}", meaning) for key, value, meaning in describe(config)]
+        width = max(len(left) for left, _ in rows)
+        print(f"# {args.name}{' (smoke)' if args.smoke else ''}{': ' + title if title else ''}")
+        for left, meaning in rows:
+            print(f"{left.ljust(width)}  # {meaning}")
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, workdir: Path) -> int:
+    """train --dry-run: the config (and every study variant) checked, its data loaded and checked by the
+    task, and a run already in the workdir checked to be continuable; nothing compiled or written."""
+    from jaxconv import experiments
+    from jaxconv.config import apply_overrides
+    from jaxconv.train import workdir as workdir_lib
+    from jaxconv.train.loop import build_run
+
+    overrides = [*_conv_overrides(), *args.overrides]
+    if experiments.is_study(args.name):
+        configs = {workdir / key: apply_overrides(config, overrides)
+                   for key, config in experiments.load_study(args.name, args.smoke).items()}
+    else:
+        configs = {workdir: apply_overrides(experiments.load(args.name, args.smoke), overrides)}
+    for path, config in configs.items():
+        run = build_run(config)  # loads the data and runs the task's checks; jit compiles lazily
+        previous = workdir_lib.previous_config(path) if path.is_dir() else None
+        if previous is not None:
+            workdir_lib.check_restart(previous, config, path)
+        shape = "x".join(map(str, run.train_data.images.shape[1:]))
+        print(f"{config.name}: config and data are valid ({len(run.train_data):,} train, {len(run.val_data):,} "
+              f"validation images of {shape}); {'resumes' if previous else 'would train'} in {path}")
+    print("dry run: nothing written")
     return 0
 
 
@@ -304,8 +397,8 @@ def _table(title: str, metrics: dict[str, float]) -> str:
     return "\n".join([title, *rows])
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "data": cmd_data, "bench": cmd_bench,
-            "list": cmd_list, "plot": cmd_plot, "viz": cmd_viz}
+COMMANDS = {"train": cmd_train, "config": cmd_config, "eval": cmd_eval, "sample": cmd_sample, "data": cmd_data,
+            "bench": cmd_bench, "list": cmd_list, "plot": cmd_plot, "viz": cmd_viz}
 
 
 def main(argv: list[str] | None = None, stop: stopping.StopRequest | None = None) -> int:

@@ -20,101 +20,103 @@ from typing import Any, Literal
 from jaxconv.errors import ConfigError
 
 
+def _key(default: Any, meaning: str) -> Any:
+    """A config field with its meaning: the one text that ``jaxconv config`` and ``train --help`` print."""
+    return dataclasses.field(default=default, metadata={"help": meaning})
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    # "mnist" (embedded 5k MNIST), "synthetic" (random images of `image_shape`), "imagenet32" /
-    # "imagenet64" (a directory from `jaxconv data prepare`), "tfds:NAME" (a TFDS dataset prepared in
-    # array_record format; see jaxconv.data.tfds_source for the split mapping and options).
-    source: str = "mnist"
-    # The source's file or directory; empty = its default (mnist: the embedded file; tfds: the TFDS
-    # data_dir, $TFDS_DATA_DIR or ~/tensorflow_datasets). imagenet32/64: the prepared directory.
-    path: str = ""
-    # How pixels reach a classifier (jaxconv.preprocess): "unit" = x/255 in [0,1]; "binary" = (x > 127)
-    # in {0,1} (a fixed threshold); "uint8" = raw 0..255 integers. PixelCNN models take the values their
-    # head models (bernoulli: binary; softmax, logistic_mixture: uint8): data.pixels may name those, and
-    # "unit" (the default) leaves it to the head; anything else is a config error (jaxconv.tasks).
-    pixels: Literal["unit", "binary", "uint8"] = "unit"
-    batch_size: int = 128  # global batch, divided over all devices of all hosts; at most MAX_BATCH (65,536)
-    # Rounded up to a multiple of the device count; the last batch is masked. At most MAX_BATCH (65,536).
-    eval_batch_size: int = 500
-    seed: int = 0  # batch order is a pure function of (seed, step); 0 <= seed < 2**32
-    image_shape: tuple[int, ...] = (28, 28, 1)  # synthetic source only
-    num_examples: int = 1024  # synthetic source only
-    num_classes: int = 10  # synthetic source only
-    prefetch: int = 2  # batches staged on the devices ahead of the step; at most MAX_PREFETCH (64)
-    # Augmentation (classification only): on the device inside the jitted train step, random from
-    # (train.seed, step); evaluation never augments. See jaxconv.preprocess.
-    augment_crop_pad: int = 0  # pad each side by P pixels, then crop a random H x W window; 0 = off
-    augment_flip: bool = False  # random horizontal flip, probability 1/2
-    # Subtract the train split's mean image (after scaling to [0, 1]); in training *and* evaluation,
-    # since it is normalisation, not augmentation. pixels="unit" only.
-    subtract_mean: bool = False
-    # Classification: train on a random crop_size x crop_size window of every image (after any
-    # augment_crop_pad padding) and evaluate on the central one, e.g. AlexNet's 224 of 256; 0 = the
-    # whole image. The model then sees crop_size x crop_size inputs.
-    crop_size: int = 0
-    # tfds: sources only: scale each image's shorter side to N pixels and keep the central N x N
-    # (Pillow, bilinear; once, when a split is decoded into the cache), e.g. 256 for AlexNet; 0 = keep
-    # the stored images, whose shape must then be fixed. Datasets of varying image size (imagenet2012)
-    # need it.
-    image_size: int = 0
+    source: str = _key("mnist", "mnist (embedded 5k MNIST), synthetic (random images of image_shape), imagenet32 / "
+                       "imagenet64 (a directory from `jaxconv data prepare`), tfds:NAME (a TFDS dataset prepared in "
+                       "array_record format; see jaxconv.data.tfds_source for the split mapping and options)")
+    path: str = _key("", "the source's file or directory; empty = its default (mnist: the embedded file; tfds: the "
+                     "TFDS data_dir, $TFDS_DATA_DIR or ~/tensorflow_datasets); imagenet32/64: the prepared directory")
+    pixels: Literal["unit", "binary", "uint8"] = _key(
+        "unit", "how pixels reach a classifier (jaxconv.preprocess): unit = x/255 in [0,1]; binary = (x > 127) in "
+        "{0,1}; uint8 = raw 0..255 integers. PixelCNN models take the values their head models (bernoulli: binary; "
+        "softmax, logistic_mixture: uint8): pixels may name those, and unit leaves it to the head; anything else "
+        "is a config error (jaxconv.tasks)")
+    batch_size: int = _key(128, "global batch, divided over all devices of all hosts; at most MAX_BATCH (65,536)")
+    eval_batch_size: int = _key(500, "evaluation batch, rounded up to a multiple of the device count; the last "
+                                "batch is masked; at most MAX_BATCH (65,536)")
+    seed: int = _key(0, "batch order is a pure function of (seed, step); 0 <= seed < 2**32")
+    image_shape: tuple[int, ...] = _key((28, 28, 1), "H,W,C of the images; synthetic source only")
+    num_examples: int = _key(1024, "images in the train split; synthetic source only")
+    num_classes: int = _key(10, "label classes; synthetic source only")
+    prefetch: int = _key(2, "batches staged on the devices ahead of the step; at most MAX_PREFETCH (64)")
+    augment_crop_pad: int = _key(0, "augmentation (classification only, on the device in the train step, random "
+                                 "from (train.seed, step), never in evaluation): pad each side by P pixels, then "
+                                 "crop a random H x W window; 0 = off")
+    augment_flip: bool = _key(False, "augmentation (classification only, as augment_crop_pad): random horizontal "
+                              "flip, probability 1/2")
+    subtract_mean: bool = _key(False, "subtract the train split's mean image (after scaling to [0, 1]) in training "
+                               "and evaluation (normalisation, not augmentation); pixels=unit only")
+    crop_size: int = _key(0, "classification: train on a random crop_size x crop_size window of every image (after "
+                          "any augment_crop_pad padding) and evaluate on the central one, e.g. AlexNet's 224 of 256; "
+                          "the model then sees crop_size x crop_size inputs; 0 = the whole image")
+    image_size: int = _key(0, "tfds: sources only: scale each image's shorter side to N pixels and keep the central "
+                           "N x N (Pillow, bilinear; once, when a split is decoded into the cache), e.g. 256 for "
+                           "AlexNet; 0 = keep the stored images, whose shape must then be fixed (imagenet2012 "
+                           "needs it)")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["sgd", "momentum", "adam", "adamw"] = "adam"
-    learning_rate: float = 1e-3  # peak learning rate; the schedule scales it
-    momentum: float = 0.9
-    nesterov: bool = False
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0  # decoupled for adamw, L2 added to the gradient otherwise
-    grad_clip_norm: float = 0.0  # 0 = no clipping
+    name: Literal["sgd", "momentum", "adam", "adamw"] = _key("adam", "the optimizer: sgd, momentum, adam or adamw")
+    learning_rate: float = _key(1e-3, "peak learning rate; the schedule scales it")
+    momentum: float = _key(0.9, "momentum optimizer: the momentum coefficient, in [0, 1)")
+    nesterov: bool = _key(False, "momentum optimizer: Nesterov momentum")
+    b1: float = _key(0.9, "adam/adamw: decay of the first-moment average, in [0, 1)")
+    b2: float = _key(0.999, "adam/adamw: decay of the second-moment average, in [0, 1)")
+    eps: float = _key(1e-8, "adam/adamw: added to the root of the second moment")
+    weight_decay: float = _key(0.0, "decoupled for adamw, L2 added to the gradient otherwise")
+    grad_clip_norm: float = _key(0.0, "clip the gradient to this global norm; 0 = no clipping")
 
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
-    name: Literal["constant", "cosine", "step"] = "constant"
-    warmup_steps: int = 0
-    final_factor: float = 0.0  # cosine: final lr = peak * final_factor
-    boundaries: tuple[int, ...] = ()  # step: multiply by `decay_factor` at each boundary
-    decay_factor: float = 0.1
+    name: Literal["constant", "cosine", "step"] = _key("constant", "the learning-rate schedule after warm-up: "
+                                                       "constant, cosine or step")
+    warmup_steps: int = _key(0, "linear warm-up from 0 to the peak learning rate over this many steps")
+    final_factor: float = _key(0.0, "cosine: final lr = peak * final_factor")
+    boundaries: tuple[int, ...] = _key((), "step: multiply by decay_factor at each of these steps")
+    decay_factor: float = _key(0.1, "step: the factor applied at each boundary")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000
-    seed: int = 0  # parameter init and per-step randomness (dropout, sampling); 0 <= seed < 2**32
-    log_every: int = 50  # metrics leave the device only this often
-    eval_every: int = 500  # 0 = only at the end
-    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
-    nonfinite: Literal["stop", "skip"] = "stop"  # on NaN/Inf: stop the run, or skip the update
-    progress: bool = True
+    steps: int = _key(1000, "optimizer steps of the whole run (a resumed run continues up to it)")
+    seed: int = _key(0, "parameter init and per-step randomness (dropout, sampling); 0 <= seed < 2**32")
+    log_every: int = _key(50, "log training metrics every N steps; they leave the device only this often")
+    eval_every: int = _key(500, "evaluate on the validation split every N steps; 0 = only at the end")
+    dtype: Literal["float32", "bfloat16"] = _key("float32", "compute dtype; params stay float32")
+    nonfinite: Literal["stop", "skip"] = _key("stop", "on NaN/Inf: stop the run, or skip the update")
+    progress: bool = _key(True, "show a progress bar on stderr")
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = 500  # save every N steps (and at the end, and on SIGTERM); 0 = only then
-    keep_latest: int = 2
-    keep_best: int = 1  # 0 = keep no best-of checkpoints
-    # A metric the model's task logs at validation (validation_metrics): accuracy, loss, top5_accuracy for
-    # classification; loss, nll_nats, bits_per_dim for PixelCNN models. Unused (unchecked) when keep_best=0.
-    best_metric: str = "accuracy"
-    best_mode: Literal["min", "max"] = "max"
-    async_save: bool = True
+    every: int = _key(500, "save every N steps (and at the end, and on SIGTERM); 0 = only then")
+    keep_latest: int = _key(2, "newest checkpoints kept")
+    keep_best: int = _key(1, "best checkpoints (by best_metric) kept besides; 0 = keep no best-of checkpoints")
+    best_metric: str = _key("accuracy", "a metric the model's task logs at validation (validation_metrics): "
+                            "accuracy, loss, top5_accuracy for classification; loss, nll_nats, bits_per_dim for "
+                            "PixelCNN models; unused (unchecked) when keep_best=0")
+    best_mode: Literal["min", "max"] = _key("max", "whether a smaller (min) or larger (max) best_metric is better")
+    async_save: bool = _key(True, "write checkpoints in the background while training continues")
 
 
 @dataclasses.dataclass(frozen=True)
 class ParallelConfig:
-    mode: Literal["jit", "pmap"] = "jit"  # jit + Mesh/NamedSharding, or jax.pmap + lax.pmean
-    num_devices: int = 0  # local devices to use; 0 = all
-    # "auto": call jax.distributed.initialize() when a cluster environment (or the fields below)
-    # says the run has several processes; "off": never.
-    distributed: Literal["auto", "off"] = "auto"
-    coordinator_address: str = ""  # e.g. "127.0.0.1:1234"; empty = let JAX detect it
-    num_processes: int = 0  # 0 = detect
-    process_id: int = -1  # -1 = detect
+    mode: Literal["jit", "pmap"] = _key("jit", "jit + Mesh/NamedSharding, or jax.pmap + lax.pmean")
+    num_devices: int = _key(0, "local devices to use; 0 = all")
+    distributed: Literal["auto", "off"] = _key(
+        "auto", "auto: call jax.distributed.initialize() when a cluster environment (or coordinator_address, "
+        "num_processes, process_id) says the run has several processes; off: never")
+    coordinator_address: str = _key("", "e.g. 127.0.0.1:1234; empty = let JAX detect it")
+    num_processes: int = _key(0, "processes of a multi-host run; 0 = detect")
+    process_id: int = _key(-1, "this process's index in a multi-host run; -1 = detect")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,17 +124,17 @@ class ConvConfig:
     """How each conv layer is computed: ``jaxconv.models.conv_policy`` (the environment variables
     JAXCONV_CONV_IMPL, JAXCONV_CONV_TABLE and JAXCONV_CONV_RULES set these at the command line)."""
 
-    # One implementation everywhere: xla, im2col, taps, fft, or a forward/input_grad/kernel_grad triple
-    # such as xla/im2col/im2col; "" = the table, then the rules.
-    impl: str = ""
-    table: str = ""  # an autotune table from `jaxconv bench conv` (its conv_table.json); "" = none
-    rules: Literal["default", "none"] = "default"  # none: XLA's conv wherever no table entry applies
+    impl: str = _key("", "one implementation everywhere: xla, im2col, taps, fft, or a forward/input_grad/"
+                     "kernel_grad triple such as xla/im2col/im2col; empty = the table, then the rules")
+    table: str = _key("", "an autotune table from `jaxconv bench conv` (its conv_table.json); empty = none")
+    rules: Literal["default", "none"] = _key("default", "none: XLA's conv wherever no table entry applies")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    name: str
-    model: Any  # a model family's frozen config dataclass (jaxconv.models.MODEL_CONFIGS)
+    name: str = dataclasses.field(metadata={"help": "the run's name (a file experiment's workdir is runs/NAME)"})
+    model: Any = dataclasses.field(metadata={"help": "a model family's frozen config dataclass "
+                                             "(jaxconv.models.MODEL_CONFIGS)"})
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
@@ -146,6 +148,24 @@ class Config:
 
 
 SECTIONS = ("model", "data", "optim", "schedule", "train", "checkpoint", "parallel", "conv")
+
+
+def meaning(cls: type, key: str) -> str:
+    """The meaning of field ``key`` of the config dataclass ``cls`` (its ``help`` metadata); a model
+    field without one is named by its family's config class."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[key]
+    return field.metadata.get("help") or f"a field of {cls.__name__} ({cls.__module__})"
+
+
+def describe(config: Config) -> list[tuple[str, Any, str]]:
+    """(section.key, value, meaning) of every key of every section, the model's too: what
+    ``jaxconv config`` prints."""
+    rows = [("name", config.name, meaning(Config, "name"))]
+    for name in SECTIONS:
+        section = getattr(config, name)
+        for key in _field_types(type(section)):
+            rows.append((f"{name}.{key}", getattr(section, key), meaning(type(section), key)))
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
