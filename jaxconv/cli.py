@@ -167,23 +167,51 @@ def _conv_overrides() -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from jaxconv import experiments
     from jaxconv.config import apply_overrides
-    from jaxconv.train.loop import train
 
+    # The command line is checked before jax is imported: a bad name or --set fails in a fraction of the
+    # time (the experiment's module still imports the models, and with them jax and flax, for its presets).
     workdir = args.workdir or Path("runs") / experiments.run_name(args.name, args.smoke)
     if args.dry_run:
         return _dry_run(args, workdir)
     if experiments.is_study(args.name):
         return _train_study(args, workdir)
     config = apply_overrides(experiments.load(args.name, args.smoke), [*_conv_overrides(), *args.overrides])
+    from jaxconv.train.loop import train
+
     result = train(config, workdir, stop=args.stop)
     if "val" in result:
         print(_table(f"{args.name}: step {result['step']}, validation", result["val"]))
-    print(f"workdir: {workdir}")
+    print(_train_summary(config, workdir, result))
     if result.get("signal") == "SIGINT":
         print(f"jaxconv: interrupted (SIGINT): saved step {result['step']}; the same command resumes it",
               file=sys.stderr)
         return stopping.EXIT_CODES[signal.SIGINT]
     return 0
+
+
+def _train_summary(config, workdir: Path, result: dict) -> str:
+    """The end of a run: wall time, best checkpoint, where things are, and the commands to run next."""
+    import shlex
+
+    from jaxconv.models.pixelcnn import AUTOREGRESSIVE_CONFIGS
+
+    lines = []
+    if "wall_s" in result and not result.get("finished"):
+        wall = round(result["wall_s"])
+        lines.append(f"wall time: {wall // 3600}:{wall // 60 % 60:02d}:{wall % 60:02d} ({result['wall_s']:.1f} s)")
+    if "best_step" in result:
+        lines.append(f"best: step {result['best_step']}, val {result['best_metric']} {result['best_value']:.6g}")
+    if "checkpoints" in result:
+        steps = ", ".join(map(str, result.get("checkpoint_steps", [])))
+        lines.append(f"checkpoints: {result['checkpoints']}" + (f" (steps {steps})" if steps else ""))
+    lines.append(f"workdir: {workdir}")
+    if not result.get("terminated"):
+        run = shlex.quote(str(workdir))
+        lines += ["next:", f"  jaxconv eval {run}"]
+        if isinstance(config.model, AUTOREGRESSIVE_CONFIGS):
+            lines.append(f"  jaxconv sample {run}")
+        lines += [f"  jaxconv plot {run}", f"  tensorboard --logdir {run}"]
+    return "\n".join(lines)
 
 
 def _train_study(args: argparse.Namespace, workdir: Path) -> int:

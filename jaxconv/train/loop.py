@@ -18,7 +18,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from jaxconv import config as config_lib
 from jaxconv import losses, stopping, tasks
@@ -28,6 +27,7 @@ from jaxconv.data.sources import Split, image_mean, load_split
 from jaxconv.errors import NonFiniteError
 from jaxconv.models import build_run_model
 from jaxconv.stopping import StopRequest
+from jaxconv.train import progress as progress_lib
 from jaxconv.train import restore as restore_lib
 from jaxconv.train import workdir as workdir_lib
 from jaxconv.train.checkpoint import Checkpoints
@@ -99,10 +99,16 @@ def evaluate(run: Run, params: Any, data: Split | None = None) -> dict[str, floa
 def train(config: Config, workdir: Path, stop: StopRequest | None = None) -> dict[str, Any]:
     """Trains (resuming from ``workdir`` when it holds checkpoints); returns the last metrics.
 
+    The result: ``step``, ``train`` and ``val`` (the last logged metrics), ``finished`` (a run that was
+    already finished), ``wall_s`` (this call's seconds), ``workdir``, ``checkpoints`` (their directory),
+    ``checkpoint_steps`` (the steps kept there) and, when the run keeps a best checkpoint, ``best_step``,
+    ``best_metric`` (its name) and ``best_value``.
+
     ``stop``: set by SIGINT/SIGTERM (``jaxconv.stopping``); when the caller passes none, Python signal
     handlers set one while the loop runs. A stopped run saves the step it reached and returns with
     ``terminated`` true and ``signal`` the signal's name.
     """
+    began = time.perf_counter()
     workdir = Path(workdir)
     config_lib.validate(config)
     maybe_initialize_distributed(config.parallel)  # before anything (jax.process_index) starts a backend
@@ -113,7 +119,8 @@ def train(config: Config, workdir: Path, stop: StopRequest | None = None) -> dic
         run = build_run(config)  # the config's own errors first, then its differences from the run there
         if previous is not None:
             workdir_lib.check_restart(previous, config, workdir)
-        return _train_locked(run, workdir, stop)
+        result = _train_locked(run, workdir, stop)
+    return {**result, "wall_s": time.perf_counter() - began}
 
 
 def _train_locked(run: Run, workdir: Path, stop: StopRequest | None) -> dict[str, Any]:
@@ -125,7 +132,7 @@ def _train_locked(run: Run, workdir: Path, stop: StopRequest | None) -> dict[str
         latest = checkpoints.newest_intact(workdir / "corrupt-checkpoints", log)
         if latest is not None and latest >= config.train.steps:
             log(f"{workdir}: already finished at step {latest}; nothing to train")
-            return _finished_result(workdir, latest)
+            return {**_finished_result(workdir, latest), **_where(checkpoints, workdir)}
         with MetricsWriter(workdir) as writer:
             state, start = _start_state(run, checkpoints, latest, workdir, writer, log)
             own = stop is None
@@ -133,6 +140,7 @@ def _train_locked(run: Run, workdir: Path, stop: StopRequest | None) -> dict[str
             with stopping.python_handlers(stop) if own else contextlib.nullcontext(), stop.listening():
                 result = _loop(run, run.par.place_state(state), start, checkpoints, writer, stop)
         checkpoints.wait()  # a failed background save is an error of this run
+        result = {**result, **_where(checkpoints, workdir)}
     finally:
         try:
             checkpoints.manager.wait_until_finished()
@@ -162,6 +170,19 @@ def _start_state(run: Run, checkpoints: Checkpoints, latest: int | None, workdir
     return state, start
 
 
+def _where(checkpoints: Checkpoints, workdir: Path) -> dict[str, Any]:
+    """The checkpoint directory and, when the run keeps a best checkpoint, its step and metric."""
+    where: dict[str, Any] = {"workdir": str(workdir), "checkpoints": str(workdir / "checkpoints"),
+                             "checkpoint_steps": checkpoints.all_steps()}
+    if not checkpoints.config.keep_best or (best := checkpoints.best_step()) is None:
+        return where
+    name = checkpoints.config.best_metric
+    value = (checkpoints.manager.metrics(best) or {}).get(name)
+    if value is not None:
+        where.update(best_step=best, best_metric=name, best_value=float(value))
+    return where
+
+
 def _finished_result(workdir: Path, step: int) -> dict[str, Any]:
     """What a finished run last logged at ``step``, as ``train`` returns it."""
     result: dict[str, Any] = {"step": step, "finished": True}
@@ -177,19 +198,15 @@ def _loop(run: Run, state: TrainState, start: int, checkpoints: Checkpoints, wri
     steps, pid, nproc = cfg.train.steps, jax.process_index(), jax.process_count()
     batches = Prefetcher(train_batches(run.train_data, cfg.data.batch_size, cfg.data.seed, start, pid, nproc),
                          run.par.put_batch, cfg.data.prefetch)
-    bar = _Bar(total=steps, initial=start, unit="step", dynamic_ncols=True, disable=not cfg.train.progress or pid != 0)
+    # Process 0 only: a bar on a terminal, one line per log step in a file (progress.choose_form).
+    form = progress_lib.choose_form(cfg.train.progress) if pid == 0 else "off"
+    bar = progress_lib.Progress(total=steps, initial=start, form=form)
     with batches, contextlib.closing(bar):
         return _steps(run, state, start, checkpoints, writer, stop, batches, bar)
 
 
-class _Bar(tqdm):
-    # tqdm's monitor thread (it only retunes miniters) outlives a disabled bar; train starts no
-    # thread that it does not join.
-    monitor_interval = 0
-
-
 def _steps(run: Run, state: TrainState, start: int, checkpoints: Checkpoints, writer: MetricsWriter,
-           stop: StopRequest, batches: Prefetcher, bar: _Bar) -> dict[str, Any]:
+           stop: StopRequest, batches: Prefetcher, bar: progress_lib.Progress) -> dict[str, Any]:
     cfg = run.config
     steps, nproc = cfg.train.steps, jax.process_count()
     pending: list[dict[str, jax.Array]] = []
@@ -208,7 +225,7 @@ def _steps(run: Run, state: TrainState, start: int, checkpoints: Checkpoints, wr
             # One step queued behind the running one, no more: a signal (a preemption has a short
             # grace period) is then acted on within about two steps, not after log_every queued ones.
             jax.block_until_ready(pending[-2])
-        bar.update(1)
+        bar.step()
         eval_due = done == steps or bool(cfg.train.eval_every and done % cfg.train.eval_every == 0)
         save_due = done == steps or bool(cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or eval_due
         if nproc == 1:
@@ -219,7 +236,7 @@ def _steps(run: Run, state: TrainState, start: int, checkpoints: Checkpoints, wr
         elapsed, clock = time.perf_counter() - clock, time.perf_counter()
         train_metrics["images_per_sec"] = len(pending) * cfg.data.batch_size / elapsed
         writer.write(done, "train", train_metrics)
-        bar.set_postfix(loss=f"{train_metrics['loss']:.4f}")
+        bar.log(done, train_metrics["loss"], train_metrics["images_per_sec"])
         pending = []
         last = {"step": done, "train": train_metrics}
         val = None
@@ -267,8 +284,8 @@ def _flush(run: Run, pending: list[dict[str, jax.Array]], done: int, nonfinite: 
             raise NonFiniteError(f"non-finite {name} ({stacked[name][i]}) at step {first + i}; stopped; "
                                  f"last good checkpoint: step {checkpoints.latest_step()}")
         skipped = ", ".join(str(first + j) for j in np.flatnonzero(~finite))
-        tqdm.write(f"jaxconv: warning: non-finite {name} ({stacked[name][i]}) at step {first + i}; "
-                   f"skipped the update of step(s) {skipped}", file=sys.stderr)
+        progress_lib.warn(f"jaxconv: warning: non-finite {name} ({stacked[name][i]}) at step {first + i}; "
+                          f"skipped the update of step(s) {skipped}")
     return {k: float(np.mean(v)) for k, v in stacked.items()}
 
 
