@@ -77,7 +77,7 @@ def _add_bench_parser(commands) -> None:
     from jaxconv.bench.results import BENCHMARKS
 
     bench = commands.add_parser(
-        "bench", help="benchmarks: conv layers, sampling, training (results in benchmarks/results/<device>/)",
+        "bench", help="benchmarks: conv layers, sampling, training (results in bench-results/<device>/)",
         description="Benchmark suite. conv: every conv layer shape of jaxconv's models, implementation by "
                     "implementation, vs PyTorch; sample: naive vs cached PixelCNN sampling; train: training "
                     "throughput and MFU; all: the three; report DIR: rebuild a results directory's markdown and "
@@ -85,9 +85,11 @@ def _add_bench_parser(commands) -> None:
     bench.add_argument("what", choices=(*BENCHMARKS, "all", "report"))
     bench.add_argument("dir", nargs="?", type=Path, help="report: the results directory")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (tests, CI): checks everything runs")
-    bench.add_argument("--out", type=Path, help="results directory (default: benchmarks/results/<device>)")
+    bench.add_argument("--out", type=Path, help="results directory (default: bench-results/<device> in the current "
+                       "directory; --out benchmarks/results/<device> updates the committed results)")
     bench.add_argument("--shape", dest="shapes", action="append", default=[], metavar="N,H,W,Cin,Cout,K,stride,dil",
-                       help="conv: add a layer shape (optionally ,groups; padded dil*(K-1)//2); repeatable")
+                       help="conv: a layer shape (optionally ,groups; padded dil*(K-1)//2); repeatable; "
+                       "without --sets only these shapes run")
     bench.add_argument("--sets", type=_names, help="conv: shape sets, comma-separated, or 'none' "
                        "(lenet, alexnet224, alexnet32, pixelcnn_mnist, pixelcnn_cifar, pixelcnn_paper; default all)")
     bench.add_argument("--impls", type=_names, help="conv: only these variants (xla, masked, cropped, im2col, taps, "

@@ -10,7 +10,8 @@
 - ``report DIR``: rebuild the markdown and plots of a results directory and print the README table.
 
 Each run measures the device's peaks first (``jaxconv.bench.device``) and writes NAME.json (schema:
-``jaxconv.bench.results``), NAME.md and plots to ``benchmarks/results/<device>/`` (or ``--out``).
+``jaxconv.bench.results``), NAME.md and plots to ``bench-results/<device>/`` in the current directory
+(or ``--out``; ``--out benchmarks/results/<device>`` updates the committed results).
 ``--quick`` runs tiny sizes (tests, CI): it checks that everything runs, its timings mean nothing.
 """
 
@@ -85,7 +86,7 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
     names = BENCHMARKS if options.what == "all" else (options.what,)
     env = {**device.environment(torch=options.torch), "conv": dataclasses.asdict(options.conv)}
     name = device.results_name(jax.device_count() if jax.default_backend() != "cpu" else None)
-    out = Path(options.out) if options.out else Path("benchmarks") / "results" / name
+    out = Path(options.out) if options.out else Path("bench-results") / name
     command = options.command or "jaxconv bench " + options.what + (" --quick" if options.quick else "")
     log(f"device {name} ({env['device_kind']}, {env['device_count']} devices); results -> {out}")
     peaks = device.measure_peaks(quick=options.quick)

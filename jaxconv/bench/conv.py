@@ -139,8 +139,10 @@ def run(*, quick: bool = False, sets: list[str] | None = None, user_shapes: list
         torch: bool = True, repeats: int | None = None, peaks: dict, log: Callable[[str], None] = print,
         policy: ConvPolicy = DEFAULT_POLICY) -> dict:
     """The sweep; returns {"rows", "settings", "targets", "notes", "table"}. ``policy``: the layers'
-    choice, reported as the default path."""
+    choice, reported as the default path. ``user_shapes`` without ``sets``: only those shapes."""
     accelerator = jax.default_backend() != "cpu"
+    if sets is None and user_shapes:
+        sets = []
     cases = _cases(quick, sets, user_shapes, dtypes, modes, batch_sizes, accelerator)
     have_torch = use_torch(torch)
     variants = _variants(impls, layouts, have_torch)

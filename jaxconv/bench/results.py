@@ -1,6 +1,6 @@
 """Result files: the versioned JSON schema, its validator, and NAME.json (tables and plots: ``report``).
 
-A run of ``jaxconv bench NAME`` writes, in its results directory (``benchmarks/results/<device>/``):
+A run of ``jaxconv bench NAME`` writes, in its results directory (``bench-results/<device>/``, or ``--out``):
 ``NAME.json`` (the data), ``NAME.md`` (tables) and ``NAME*.png`` (plots). ``jaxconv bench report DIR``
 rebuilds the markdown and plots from the JSON files and prints ``summary_markdown``: the README table.
 
