@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -15,9 +16,22 @@ from jaxconv import stopping
 from jaxconv.errors import ConfigError, JaxconvError
 
 
+DEBUG_HELP = "show the traceback of an error (the exit code stays the documented one)"
+
+
+def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` also after the subcommand (``jaxconv train X --debug``), at every level; SUPPRESS keeps a
+    subcommand from resetting the ``--debug`` given before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(p): p for p in action.choices.values()}.values():
+                sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+                _add_debug_everywhere(sub)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxconv", description="Train, evaluate and sample convolutional models.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train an experiment (resumes from --workdir)", epilog=_config_epilog(),
@@ -43,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", type=Path, default=Path("curves.png"), help="written with .png and .svg suffixes")
 
     _add_viz_parser(commands)
+    _add_debug_everywhere(parser)
     return parser
 
 
@@ -440,7 +455,7 @@ def main(argv: list[str] | None = None, stop: stopping.StopRequest | None = None
             return COMMANDS[args.command](args)
     except JaxconvError as e:
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f"jaxconv: error: {e}", file=sys.stderr)
         return e.exit_code
 

@@ -1,7 +1,7 @@
 """Errors a user can cause, each with its own documented exit code.
 
 The CLI prints ``jaxconv: error: <message>`` on one line and exits with ``exit_code``;
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback as well (the exit code stays the same).
 """
 
 

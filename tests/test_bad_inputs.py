@@ -242,4 +242,5 @@ def test_at_least_twenty_cases_and_documented_codes():
 
 def test_debug_shows_the_traceback(tmp_path):
     code, err = run_subprocess(["--debug", "train", "no_such_experiment", "--workdir", str(tmp_path)])
-    assert code == 1 and "Traceback (most recent call last)" in err and "ConfigError: unknown experiment" in err
+    assert code == ConfigError.exit_code and "Traceback (most recent call last)" in err
+    assert "ConfigError: unknown experiment" in err

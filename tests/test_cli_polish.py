@@ -17,3 +17,20 @@ def test_bench_conv_shape_runs_only_that_shape_into_bench_results(tmp_path, monk
     assert [r["shape"] for r in json.loads(path.read_text())["rows"]] == ["user:2,8,8,3,4,3,1,1"]
     assert not (tmp_path / "benchmarks").exists()
     assert "bench-results/<device>" in cli._parser()._subparsers._group_actions[0].choices["bench"].format_help()
+
+
+def test_debug_keeps_the_exit_code_and_works_after_the_subcommand(capfd):
+    """``--debug`` adds the traceback, keeps the documented exit code, and goes before or after the subcommand."""
+    from jaxconv.errors import ConfigError
+
+    for argv in (["--debug", "train", "no_such_experiment"], ["train", "no_such_experiment", "--debug"],
+                 ["config", "no_such_experiment", "--debug"]):
+        assert cli.main(argv) == ConfigError.exit_code == 2, argv
+        err = capfd.readouterr().err
+        assert "Traceback (most recent call last)" in err and "jaxconv: error: unknown experiment" in err, argv
+    assert cli.main(["train", "no_such_experiment"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    for argv in (["viz", "filters", "runs/x", "--debug"], ["--debug", "viz", "filters", "runs/x"]):
+        assert cli._parser().parse_args(argv).debug is True, argv
+    assert cli._parser().parse_args(["viz", "filters", "runs/x"]).debug is False
