@@ -1,6 +1,6 @@
 """The edges of a run, through the command line: a finished run exits 0 every time, Ctrl-C exits 130 at
 any moment and resumes, one training process per work directory, checkpoints verified against their
-checksums, and what a restart may change. README "Fault tolerance" lists these guarantees.
+checksums, and what a restart may change. docs/fault-tolerance.md lists these guarantees.
 
 Every case runs one configuration, E: the LeNet-5 smoke experiment, batch 32, a metrics record per step,
 checkpoints every 4 steps, 12 steps; the session's compilation cache compiles it once.

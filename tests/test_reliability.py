@@ -1,5 +1,5 @@
 """Breaking things on purpose: several processes, SIGKILL at random points, SIGTERM, changing device
-counts, NaN/Inf, and run-to-run determinism. README "Fault tolerance" states what these tests prove.
+counts, NaN/Inf, and run-to-run determinism. docs/fault-tolerance.md states what these tests prove.
 
 Every test runs one configuration, R: the LeNet-5 smoke experiment, batch 32, 40 steps, a metrics
 record per step (so that no value is averaged away), no evaluation before the end. Sharing it keeps
