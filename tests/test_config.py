@@ -11,7 +11,7 @@ from jaxconv.errors import ConfigError
 def test_overrides_are_parsed_with_the_field_type():
     cfg = config_lib.apply_overrides(experiments.load("lenet_mnist"), [
         "optim.learning_rate=0.5", "train.steps=7", "optim.nesterov=true", "optim.name=adamw",
-        "schedule.boundaries=10,20", "model.variant=modern", "data.image_shape=8,8,3"])
+        "schedule.boundaries=10,20", "model.variant=modern", "data.source=synthetic", "data.image_shape=8,8,3"])
     assert cfg.optim.learning_rate == 0.5 and cfg.train.steps == 7 and cfg.optim.nesterov is True
     assert cfg.optim.name == "adamw" and cfg.schedule.boundaries == (10, 20)
     assert cfg.model.variant == "modern" and cfg.data.image_shape == (8, 8, 3)
