@@ -86,7 +86,9 @@ def find_dataset_dir(name: str, data_dir: Path, version: str | None = None) -> P
         what = f"{name} version {version}" if version else name
         raise DataError(f"tfds:{what} is not prepared in {data_dir} (no {name}/VERSION/dataset_info.json); "
                         f"downloading and preparing it needs TensorFlow: pip install tensorflow, then "
-                        f"`tfds build {name} --data_dir {data_dir} --file_format array_record`")
+                        f"`tfds build {name} --data_dir {data_dir} --file_format array_record` (datasets that "
+                        f"need a manual download, such as imagenet2012, also take --manual_dir DIR, the directory "
+                        f"holding the downloaded files)")
     return versions[-1]
 
 
