@@ -111,7 +111,8 @@ def _add_bench_parser(commands) -> None:
                        "fft, torch)")
     bench.add_argument("--dtypes", type=_names, help="float32,bfloat16 (default: both for conv; train: float32 "
                        "on CPU, both on accelerators)")
-    bench.add_argument("--modes", type=_names, help="conv: forward,forward_backward (default both)")
+    bench.add_argument("--modes", type=_names, help="conv: forward, forward_backward, input_grad, kernel_grad (the "
+                       "last two: one backward pass alone); comma-separated (default forward,forward_backward)")
     bench.add_argument("--layouts", type=_names, help="conv: NHWC,NCHW (default both)")
     bench.add_argument("--batch-sizes", type=_ints, help="override the batch sizes (conv, sample, train)")
     bench.add_argument("--presets", type=_names, help="sample/train: model presets (see `jaxconv list`)")

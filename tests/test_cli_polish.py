@@ -49,3 +49,26 @@ def test_synthetic_only_data_keys_are_refused_for_other_sources(tmp_path, capfd)
         assert not (tmp_path / "w").exists()
     assert cli.main(["config", "lenet_mnist", "--set", "data.source=synthetic", "--set", "data.image_shape=32,32,3"]) == 0
     assert cli.main(["config", "lenet_mnist", "--set", "data.image_shape=28,28,1"]) == 0  # the default: harmless
+
+
+def _help(*argv: str) -> str:
+    parser = cli._parser()
+    for name in argv:
+        parser = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[name]
+    return " ".join(parser.format_help().split())
+
+
+def test_bench_modes_help_and_report_title_the_stored_device(tmp_path, capfd):
+    """``--modes`` help lists all four modes; ``bench report DIR`` names the device stored in the JSON, not DIR."""
+    import shutil
+
+    from conftest import REPO
+
+    text = _help("bench")
+    assert all(mode in text for mode in ("forward_backward", "input_grad", "kernel_grad")), text
+    results = tmp_path / "copied_here"
+    shutil.copytree(REPO / "benchmarks" / "results" / "cpu-amd-epyc-2c", results)
+    device = json.loads((results / "conv.json").read_text())["device"]
+    assert cli.main(["bench", "report", str(results), "--no-plots"]) == 0
+    out, _ = capfd.readouterr()
+    assert f"Results for `{device}`" in out and "copied_here`" not in out

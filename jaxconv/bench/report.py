@@ -324,7 +324,7 @@ def _summary_header(results_dir: Path, docs: dict) -> list[str]:
     env, peaks = any_doc["environment"], any_doc["peaks"]
     mm = peaks["matmul_flops_per_s"]
     machine = env.get("cpu_model") if env["backend"] == "cpu" else env.get("device_kind")
-    lines = [f"Results for `{results_dir.name}` ({machine}), "
+    lines = [f"Results for `{any_doc['device']}` ({machine}), "
              f"jax {env.get('jax')}, PyTorch {(env.get('torch') or {}).get('version', 'not installed')}; measured "
              f"peaks {_g(mm['float32'] / 1e9)} GFLOP/s float32, {_g(mm['bfloat16'] / 1e9)} GFLOP/s bfloat16 matmul, "
              f"{_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s memory bandwidth. Details: "
