@@ -37,9 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an experiment (resumes from --workdir)", epilog=_config_epilog(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_train_args(train, with_name=True)
-    train.add_argument("--dry-run", action="store_true",
-                       help="check the config and the data (load them, run the task's checks), then exit; "
-                            "writes nothing")
+    _add_dry_run(train)
     _add_config_parser(commands)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint and print its metrics")
@@ -171,6 +169,12 @@ def _add_train_args(parser: argparse.ArgumentParser, with_name: bool, with_workd
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable), e.g. --set optim.learning_rate=0.01")
     parser.add_argument("--smoke", action="store_true", help="the experiment's tiny variant")
+
+
+def _add_dry_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config and the data (load them, run the task's checks), then exit; "
+                             "writes nothing")
 
 
 # The conv policy's environment variables: --set overrides applied before the command line's own.
@@ -491,8 +495,16 @@ def _ignore_closed_event_loop(default_hook):
 def run_experiment_module(name: str) -> None:
     """``python -m jaxconv.experiments.NAME [--workdir ...] [--set ...] [--smoke]`` == ``jaxconv train NAME ...``."""
     argv = sys.argv[1:]
-    debug = ["--debug"] if "--debug" in argv else []
-    entry([*debug, "train", name, *[a for a in argv if a != "--debug"]])
+    if "-h" in argv or "--help" in argv:  # train's options, without its positional NAME
+        parser = argparse.ArgumentParser(prog=f"python -m jaxconv.experiments.{name}",
+                                         description=f"Train the {name} experiment: the same as "
+                                                     f"`jaxconv train {name} [options]`.",
+                                         epilog=_config_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_train_args(parser, with_name=False)
+        _add_dry_run(parser)
+        parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+        parser.parse_args(argv)  # prints the help and exits 0
+    entry(["train", name, *argv])
 
 
 def entry(argv: list[str] | None = None) -> None:

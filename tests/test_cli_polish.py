@@ -72,3 +72,25 @@ def test_bench_modes_help_and_report_title_the_stored_device(tmp_path, capfd):
     assert cli.main(["bench", "report", str(results), "--no-plots"]) == 0
     out, _ = capfd.readouterr()
     assert f"Results for `{device}`" in out and "copied_here`" not in out
+
+
+def test_experiment_module_help_shows_train_options_without_a_name(monkeypatch, capfd):
+    """``python -m jaxconv.experiments.X --help``: train's options, no required NAME; --debug passes through."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from conftest import REPO
+
+    monkeypatch.setattr(sys, "argv", ["lenet_mnist.py", "--help"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.run_experiment_module("lenet_mnist")
+    assert stopped.value.code == 0
+    out = capfd.readouterr().out
+    usage = out.split("\n\n")[0]
+    assert usage.startswith("usage: python -m jaxconv.experiments.lenet_mnist") and "name" not in usage.lower()
+    assert "--workdir" in out and "--set" in out and "--smoke" in out and "--dry-run" in out
+    done = subprocess.run([sys.executable, "-m", "jaxconv.experiments.lenet_mnist", "--set", "optim.bogus=1", "--debug"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" in done.stderr and "jaxconv: error:" in done.stderr, done.stderr
