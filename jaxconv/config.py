@@ -18,11 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jaxconv.errors import ConfigError
-
-
-def _key(default: Any, meaning: str) -> Any:
-    """A config field with its meaning: the one text that ``jaxconv config`` and ``train --help`` print."""
-    return dataclasses.field(default=default, metadata={"help": meaning})
+from jaxconv.fields import key as _key
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,6 +80,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv.errors import ConfigError
+from jaxconv.fields import key
 from jaxconv.models.conv import DEFAULT_POLICY, Conv
 from jaxconv.models.conv_policy import ConvPolicy
 
@@ -91,10 +92,11 @@ LRN_PAPER = dict(k=2.0, n=5, alpha=1e-4, beta=0.75)  # the paper's section 3.3
 @dataclasses.dataclass(frozen=True)
 class AlexNetConfig:
     family: ClassVar[str] = "alexnet"
-    variant: Literal["faithful", "single", "cifar32"] = "faithful"
-    num_classes: int = 1000
-    dropout: float = 0.5  # rate on the outputs of fc6 and fc7, training only
-    width: float = 1.0  # multiplies conv and hidden dense widths; 1.0 = the published sizes
+    variant: Literal["faithful", "single", "cifar32"] = key("faithful", "faithful (2012, two towers, LRN, 224x224), "
+                                                            "single (one tower, no LRN) or cifar32 (32x32 inputs)")
+    num_classes: int = key(1000, "output classes (>= 2)")
+    dropout: float = key(0.5, "dropout rate on the outputs of fc6 and fc7, training only")
+    width: float = key(1.0, "multiplies the conv and hidden dense widths; 1.0 = the published sizes")
 
     def validate(self) -> None:
         if self.variant not in VARIANTS:
@@ -156,7 +158,8 @@ class AlexNet(nn.Module):
         def conv(features, kernel, name, *, strides=1, padding=None, groups=1, bias_one=False):
             same = ((kernel // 2, kernel // 2),) * 2  # 'SAME' for the odd kernels at stride 1
             return Conv(features, (kernel, kernel), strides=strides, padding=same if padding is None else padding,
-                        groups=groups, dtype=self.dtype, policy=self.policy, kernel_init=kernel_init, bias_init=bias(bias_one), name=name)
+                        groups=groups, dtype=self.dtype, policy=self.policy, kernel_init=kernel_init,
+                        bias_init=bias(bias_one), name=name)
 
         def dense(features, name, bias_one=False, init=kernel_init):
             return nn.Dense(features, dtype=self.dtype, kernel_init=init, bias_init=bias(bias_one), name=name)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.errors import ConfigError
+from jaxconv.fields import key
 from jaxconv.models.conv import DEFAULT_POLICY, Conv, conv
 from jaxconv.models.conv_policy import ConvPolicy
 
@@ -45,8 +46,9 @@ C3_TABLE = (
 @dataclasses.dataclass(frozen=True)
 class LeNetConfig:
     family: ClassVar[str] = "lenet5"
-    variant: Literal["faithful", "modern"] = "faithful"
-    num_classes: int = 10
+    variant: Literal["faithful", "modern"] = key("faithful", "faithful (LeCun et al. 1998: scaled tanh, trainable "
+                                                 "subsampling, C3 table) or modern (ReLU, max pooling, full C3)")
+    num_classes: int = key(10, "output classes (>= 2)")
 
     def validate(self) -> None:
         if self.num_classes < 2:

@@ -182,4 +182,5 @@ class HorizontalConv(nn.Module):
         mask[0, r] = centre_mask(cin, self.features, self.colours, self.mask_type, self.out_tiles)
         kernel = self.param("kernel", KERNEL_INIT, (1, r + 1, cin, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv_valid(x.astype(self.dtype), (kernel * mask).astype(self.dtype), d, self.policy) + bias.astype(self.dtype)
+        y = conv_valid(x.astype(self.dtype), (kernel * mask).astype(self.dtype), d, self.policy)
+        return y + bias.astype(self.dtype)

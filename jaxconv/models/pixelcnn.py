@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv.errors import ConfigError
+from jaxconv.fields import key
 from jaxconv.models.heads import HEADS, Head
 from jaxconv.models.conv import DEFAULT_POLICY
 from jaxconv.models.conv_policy import ConvPolicy
@@ -61,11 +62,13 @@ from jaxconv.models.masked import HorizontalConv, MaskedConv2D, VerticalConv
 
 @dataclasses.dataclass(frozen=True)
 class _AutoregressiveConfig:
-    channels: int = 1  # C: 1 (grey/binary) or 3 (RGB)
-    head: Head = "bernoulli"
-    mixtures: int = 5  # K, logistic_mixture only
-    output_features: int = 64
-    num_classes: int = 0  # > 0: class-conditional (labels [B] in 0..num_classes-1)
+    channels: int = key(1, "image channels C: 1 (grey or binary) or 3 (RGB, ordered R->G->B)")
+    head: Head = key("bernoulli", "bernoulli (binary pixels), softmax (256-way per channel) or logistic_mixture "
+                     "(PixelCNN++)")
+    mixtures: int = key(5, "K, the logistic mixture's components (logistic_mixture only)")
+    output_features: int = key(64, "channels of the hidden 1x1 layer before the head")
+    num_classes: int = key(0, "> 0: class-conditional on labels 0..num_classes-1 (gated_pixelcnn only); 0: "
+                           "unconditional")
 
     @property
     def colours(self) -> int:
@@ -107,12 +110,13 @@ class _AutoregressiveConfig:
 @dataclasses.dataclass(frozen=True)
 class PixelCNNConfig(_AutoregressiveConfig):
     family: ClassVar[str] = "pixelcnn"
-    hidden: int = 16  # h: blocks carry 2h channels, h inside
-    num_blocks: int = 5
-    first_kernel: int = 7
-    kernel: int = 3
-    dilations: tuple[int, ...] = (1,)  # of the blocks' kxk convs, cycled
-    conv_form: Literal["masked", "cropped"] = "masked"
+    hidden: int = key(16, "h: the residual blocks carry 2h channels, h inside")
+    num_blocks: int = key(5, "residual blocks after the first (mask A) layer")
+    first_kernel: int = key(7, "kernel size of the first (mask A) layer")
+    kernel: int = key(3, "kernel size of the blocks' masked (mask B) convs")
+    dilations: tuple[int, ...] = key((1,), "dilation of the blocks' kxk convs, cycled over the blocks")
+    conv_form: Literal["masked", "cropped"] = key("masked", "masked (full kernels times masks) or cropped (only the "
+                                                  "visible taps stored; same outputs)")
 
     def validate(self) -> None:
         self._validate_common({"hidden": self.hidden}, {"first_kernel": self.first_kernel, "kernel": self.kernel},
@@ -126,10 +130,10 @@ class PixelCNNConfig(_AutoregressiveConfig):
 @dataclasses.dataclass(frozen=True)
 class GatedPixelCNNConfig(_AutoregressiveConfig):
     family: ClassVar[str] = "gated_pixelcnn"
-    features: int = 32  # F
-    num_layers: int = 5  # gated layers after the first layer
-    kernel: int = 3
-    dilations: tuple[int, ...] = (1, 2, 1, 4)  # layer l uses dilations[l % len], the first layer 1
+    features: int = key(32, "F: channels of the vertical and horizontal stacks")
+    num_layers: int = key(5, "gated layers after the first layer")
+    kernel: int = key(3, "kernel size k of the stacks' convs")
+    dilations: tuple[int, ...] = key((1, 2, 1, 4), "layer l uses dilations[l % len(dilations)]; the first layer 1")
 
     def validate(self) -> None:
         self._validate_common({"features": self.features}, {"kernel": self.kernel}, self.dilations)
@@ -166,7 +170,8 @@ class OutputHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = lambda n, name: MaskedConv2D(n, 1, "B", self.colours, form=self.form, dtype=self.dtype, policy=self.policy, name=name)
+        conv = lambda n, name: MaskedConv2D(n, 1, "B", self.colours, form=self.form, dtype=self.dtype,
+                                            policy=self.policy, name=name)
         x = nn.relu(conv(self.features, "hidden")(nn.relu(x)))
         return conv(self.out_channels, "logits")(x).astype(jnp.float32)
 
@@ -183,7 +188,8 @@ class ResidualBlock(nn.Module):
     policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     def setup(self):
-        conv = lambda n, k, d=1: MaskedConv2D(n, k, "B", self.colours, d, form=self.form, dtype=self.dtype, policy=self.policy)
+        conv = lambda n, k, d=1: MaskedConv2D(n, k, "B", self.colours, d, form=self.form, dtype=self.dtype,
+                                              policy=self.policy)
         self.reduce = conv(self.hidden, 1)
         self.spatial = conv(self.hidden, self.kernel, self.dilation)
         self.expand = conv(2 * self.hidden, 1)
@@ -206,7 +212,8 @@ class PixelCNN(nn.Module):
 
     def setup(self):
         c = self.config
-        self.first = MaskedConv2D(2 * c.hidden, c.first_kernel, "A", c.colours, form=c.conv_form, dtype=self.dtype, policy=self.policy)
+        self.first = MaskedConv2D(2 * c.hidden, c.first_kernel, "A", c.colours, form=c.conv_form, dtype=self.dtype,
+                                  policy=self.policy)
         self.blocks = [ResidualBlock(c.hidden, c.kernel, d, c.colours, c.conv_form, self.dtype, self.policy)
                        for d in _cycle(c.dilations, c.num_blocks)]
         self.head = OutputHead(c.output_features, c.head_channels, c.colours, c.conv_form, self.dtype, self.policy)
@@ -285,7 +292,8 @@ class GatedPixelCNN(nn.Module):
     def setup(self):
         c = self.config
         self.vertical_first = VerticalConv(c.features, c.kernel, 1, shifted=True, dtype=self.dtype, policy=self.policy)
-        self.horizontal_first = HorizontalConv(c.features, c.kernel, "A", c.colours, 1, dtype=self.dtype, policy=self.policy)
+        self.horizontal_first = HorizontalConv(c.features, c.kernel, "A", c.colours, 1, dtype=self.dtype,
+                                               policy=self.policy)
         self.layers = [GatedLayer(c.features, c.kernel, d, c.colours, c.num_classes, self.dtype, self.policy)
                        for d in _cycle(c.dilations, c.num_layers)]
         self.head = OutputHead(c.output_features, c.head_channels, c.colours, dtype=self.dtype, policy=self.policy)
