@@ -135,13 +135,15 @@ def _add_viz_parser(commands) -> None:
     filters = viz.add_parser("filters", help="first-layer convolution filters of a trained run")
     filters.add_argument("workdir", type=Path)
     filters.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
-    filters.add_argument("--out", type=Path, help="default: WORKDIR/filters.png")
+    filters.add_argument("--out", type=Path,
+                          help="default: filters.png inside the run directory (WORKDIR/filters.png)")
     features = viz.add_parser("features", help="feature maps of a validation image through chosen layers")
     features.add_argument("workdir", type=Path)
     features.add_argument("--layers", default="", help="comma-separated layer names (default: every conv layer)")
     features.add_argument("--index", type=int, default=0, help="validation image")
     features.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
-    features.add_argument("--out", type=Path, help="default: WORKDIR/features.png")
+    features.add_argument("--out", type=Path,
+                          help="default: features.png inside the run directory (WORKDIR/features.png)")
 
 
 def _names(text: str) -> list[str]:

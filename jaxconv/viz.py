@@ -116,7 +116,9 @@ def features_picture(workdir: Path, out: Path, layers: tuple[str, ...] = (), ind
     rows = [("input", [(f"val {index}", image[..., 0] if image.shape[-1] == 1 else image)])]
     for name in layers or tuple(maps):
         fmap = np.asarray(maps[name][0], np.float32)  # [H, W, C]
-        rows.append((f"{name} {fmap.shape}", [(str(c), fmap[..., c]) for c in range(min(max_channels, fmap.shape[-1]))]))
+        shown = min(max_channels, fmap.shape[-1])
+        cut = f"\n(first {shown} of {fmap.shape[-1]} maps)" if shown < fmap.shape[-1] else ""
+        rows.append((f"{name} {fmap.shape}{cut}", [(str(c), fmap[..., c]) for c in range(shown)]))
     return _grid_figure(rows, out, title=f"{config.name}: feature maps, step {step}")
 
 

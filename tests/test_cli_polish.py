@@ -47,7 +47,8 @@ def test_synthetic_only_data_keys_are_refused_for_other_sources(tmp_path, capfd)
         assert err == f"jaxconv: error: {shown} applies to data.source=synthetic only; mnist data has its own " \
                       "(remove the setting)\n", err
         assert not (tmp_path / "w").exists()
-    assert cli.main(["config", "lenet_mnist", "--set", "data.source=synthetic", "--set", "data.image_shape=32,32,3"]) == 0
+    assert cli.main(["config", "lenet_mnist", "--set", "data.source=synthetic",
+                     "--set", "data.image_shape=32,32,3"]) == 0
     assert cli.main(["config", "lenet_mnist", "--set", "data.image_shape=28,28,1"]) == 0  # the default: harmless
 
 
@@ -91,6 +92,28 @@ def test_experiment_module_help_shows_train_options_without_a_name(monkeypatch, 
     usage = out.split("\n\n")[0]
     assert usage.startswith("usage: python -m jaxconv.experiments.lenet_mnist") and "name" not in usage.lower()
     assert "--workdir" in out and "--set" in out and "--smoke" in out and "--dry-run" in out
-    done = subprocess.run([sys.executable, "-m", "jaxconv.experiments.lenet_mnist", "--set", "optim.bogus=1", "--debug"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "jaxconv.experiments.lenet_mnist", "--set", "optim.bogus=1",
+                           "--debug"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" in done.stderr and "jaxconv: error:" in done.stderr, done.stderr
+
+
+def test_viz_filters_and_features_say_where_they_write_and_what_is_cut(trained_smoke, tmp_path, monkeypatch, capfd):
+    """--help says the default picture goes inside the run directory, the command prints the path, and the
+    features picture says when it shows only the first maps of a layer."""
+    import shutil
+
+    from jaxconv import viz
+
+    for picture in ("filters", "features"):
+        assert f"default: {picture}.png inside the run directory" in _help("viz", picture)
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_smoke, workdir)
+    assert cli.main(["viz", "filters", str(workdir)]) == 0
+    assert capfd.readouterr().out == f"wrote {workdir / 'filters.png'}\n"
+    labels = []
+    grid = viz._grid_figure
+    monkeypatch.setattr(viz, "_grid_figure", lambda rows, out, title="": (labels.extend(r[0] for r in rows),
+                                                                          grid(rows, out, title))[1])
+    assert cli.main(["viz", "features", str(workdir)]) == 0
+    assert capfd.readouterr().out == f"wrote {workdir / 'features.png'}\n" and (workdir / "features.png").exists()
+    assert labels == ["input", "C1 (28, 28, 6)", "C3 (10, 10, 16)\n(first 8 of 16 maps)"], labels
