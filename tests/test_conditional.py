@@ -8,7 +8,6 @@ One class-conditional smoke run (4 steps) is shared by the whole module; the bad
 
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
