@@ -358,13 +358,6 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.subtract_mean needs data.pixels=unit, got {config.data.pixels!r}")
     if any(s <= 0 for s in config.data.image_shape) or len(config.data.image_shape) != 3:
         raise ConfigError(f"data.image_shape must be three positive sizes H,W,C, got {config.data.image_shape}")
-    if config.data.source != "synthetic":  # the source decides these; a value set here would only be recorded
-        for key in ("image_shape", "num_examples", "num_classes"):
-            value, default = getattr(config.data, key), getattr(DataConfig, key)
-            if value != default:
-                shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-                raise ConfigError(f"data.{key}={shown} applies to data.source=synthetic only; "
-                                  f"{config.data.source} data has its own (remove the setting)")
     if config.data.image_size and not config.data.source.startswith("tfds:"):
         raise ConfigError(f"data.image_size applies to tfds: sources only, got data.source={config.data.source!r}")
     if config.data.crop_size:  # what is known before the data is opened; the task checks the rest

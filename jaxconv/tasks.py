@@ -64,6 +64,13 @@ class Task:
         num_classes = getattr(cfg.model, "num_classes", None)
         if num_classes and num_classes != data.num_classes:
             raise ConfigError(f"model.num_classes={num_classes} but the data has {data.num_classes} classes")
+        if cfg.data.source != "synthetic":  # describes synthetic data; for another source it must agree with it
+            for key, found in (("image_shape", tuple(data.image_shape)), ("num_classes", data.num_classes)):
+                value = getattr(cfg.data, key)
+                if value != getattr(type(cfg.data)(), key) and value != found:
+                    show = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else v  # noqa: E731
+                    raise ConfigError(f"data.{key}={show(value)} applies to data.source=synthetic only; the "
+                                      f"{cfg.data.source} data has {show(found)} (remove the setting)")
         channels = getattr(cfg.model, "channels", data.image_shape[-1])
         if channels != data.image_shape[-1]:
             raise ConfigError(f"model.channels={channels} but the data has {data.image_shape[-1]} channels")

@@ -36,20 +36,19 @@ def test_debug_keeps_the_exit_code_and_works_after_the_subcommand(capfd):
     assert cli._parser().parse_args(["viz", "filters", "runs/x"]).debug is False
 
 
-def test_synthetic_only_data_keys_are_refused_for_other_sources(tmp_path, capfd):
-    """data.image_shape / num_examples / num_classes describe synthetic data; with mnist they were silently
-    ignored (training on 28x28) while config.json recorded them. Now: one line, exit 2, nothing written."""
-    for setting, shown in (("data.image_shape=32,32,3", "data.image_shape=32,32,3"),
-                           ("data.num_examples=64", "data.num_examples=64"),
-                           ("data.num_classes=5", "data.num_classes=5")):
+def test_synthetic_only_data_keys_must_agree_with_another_source(tmp_path, capfd):
+    """data.image_shape / num_classes describe synthetic data; with mnist they were silently ignored
+    (training on 28x28) while config.json recorded them. Now a value that disagrees with the data is one
+    line, exit 2, nothing written; one that agrees (a smoke config pointed at real data) is fine."""
+    for setting, shown, found in (("data.image_shape=32,32,3", "data.image_shape=32,32,3", "28,28,1"),
+                                  ("data.num_classes=5", "data.num_classes=5", "10")):
         assert cli.main(["train", "lenet_mnist", "--smoke", "--set", setting, "--workdir", str(tmp_path / "w")]) == 2
         err = capfd.readouterr().err
-        assert err == f"jaxconv: error: {shown} applies to data.source=synthetic only; mnist data has its own " \
-                      "(remove the setting)\n", err
+        assert err == f"jaxconv: error: {shown} applies to data.source=synthetic only; the mnist data has " \
+                      f"{found} (remove the setting)\n", err
         assert not (tmp_path / "w").exists()
-    assert cli.main(["config", "lenet_mnist", "--set", "data.source=synthetic",
-                     "--set", "data.image_shape=32,32,3"]) == 0
-    assert cli.main(["config", "lenet_mnist", "--set", "data.image_shape=28,28,1"]) == 0  # the default: harmless
+    assert cli.main(["train", "lenet_mnist", "--smoke", "--dry-run", "--set", "data.image_shape=28,28,1",
+                     "--set", "data.num_classes=10", "--workdir", str(tmp_path / "w")]) == 0  # agrees with mnist
 
 
 def _help(*argv: str) -> str:

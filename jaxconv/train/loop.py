@@ -113,10 +113,10 @@ def train(config: Config, workdir: Path, stop: StopRequest | None = None) -> dic
     config_lib.validate(config)
     maybe_initialize_distributed(config.parallel)  # before anything (jax.process_index) starts a backend
     lead = jax.process_index() == 0
+    run = build_run(config)  # the checks that need the data, before anything is written
     workdir_lib.create(workdir)
     with workdir_lib.locked(workdir) if lead else contextlib.nullcontext():
         previous = workdir_lib.previous_config(workdir)
-        run = build_run(config)  # the config's own errors first, then its differences from the run there
         if previous is not None:
             workdir_lib.check_restart(previous, config, workdir)
         result = _train_locked(run, workdir, stop)
