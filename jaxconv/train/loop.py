@@ -50,6 +50,8 @@ class Run:
     train_step: Any
     eval_step: Any
     init: Any  # () -> a fresh single-copy TrainState, replicated over the mesh
+    spec: restore_lib.RunSpec | None = None  # what restoring needs of the data (written to run.json)
+    mean: np.ndarray | None = None  # the train mean image [H, W, C] of data.subtract_mean runs
 
 
 def build_run(config: Config) -> Run:
@@ -66,14 +68,13 @@ def build_run(config: Config) -> Run:
     tx, schedule = make_optimizer(config.optim, config.schedule, config.train.steps)
     step = make_train_step(forward, sums, tx, schedule, skip_nonfinite=config.train.nonfinite == "skip",
                            axis_name=par.axis_name)
-    input_shape = (1, *train_data.images.shape[1:])  # [1, H, W, C]: what the model sees
-    if config.data.crop_size:
-        input_shape = (1, config.data.crop_size, config.data.crop_size, input_shape[-1])
-    init = jax.jit(partial(init_state, model, tx, input_shape, config.train.seed), out_shardings=par.replicated)
+    spec = restore_lib.spec_of(config, train_data)
+    init = jax.jit(partial(init_state, model, tx, (1, *spec.input_shape), config.train.seed),
+                   out_shardings=par.replicated)
     return Run(config, par, train_data, val_data, tx, schedule,
                train_step=par.compile(step, donate=True),
                eval_step=par.compile(make_eval_step(forward, sums, axis_name=par.axis_name), donate=False),
-               init=init)
+               init=init, spec=spec, mean=mean)
 
 
 def evaluate(run: Run, params: Any, data: Split | None = None) -> dict[str, float]:
@@ -162,7 +163,7 @@ def _start_state(run: Run, checkpoints: Checkpoints, latest: int | None, workdir
             print(f"resuming from checkpoint {latest}", flush=True)
     if jax.process_index() == 0:
         workdir_lib.write_config(run.config, workdir)
-        restore_lib.write_run_files(workdir, run.config, run.train_data)  # what restoring needs of the data
+        restore_lib.write_run_files(workdir, run.spec, run.mean)  # what restoring needs of the data
         if dropped := sum(record["step"] > start for record in read_metrics(workdir)):
             log(f"jaxconv: warning: {workdir / 'metrics.jsonl'} held {dropped} record(s) after step {start}, the "
                 f"last complete checkpoint; dropped them (this run computes those steps again)")

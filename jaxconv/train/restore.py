@@ -55,14 +55,13 @@ def spec_of(config: Config, data: Split) -> RunSpec:
     return RunSpec(image_shape, input_shape, int(data.num_classes))
 
 
-def write_run_files(workdir: Path, config: Config, train_data: Split) -> None:
-    """Writes ``run.json`` (and ``train_mean.npy`` for data.subtract_mean) atomically (process 0)."""
-    spec = spec_of(config, train_data)
+def write_run_files(workdir: Path, spec: RunSpec, mean: np.ndarray | None) -> None:
+    """Writes ``run.json`` and, for data.subtract_mean (``mean``: the train mean image [H, W, C] that
+    training uses), ``train_mean.npy``, each atomically (process 0)."""
     text = json.dumps({"image_shape": list(spec.image_shape), "input_shape": list(spec.input_shape),
                        "num_classes": spec.num_classes}) + "\n"
     _atomic(workdir / RUN_FILE, lambda f: f.write(text.encode()))
-    if config.data.subtract_mean:
-        mean = image_mean(train_data)  # [H, W, C] float32, as training used it
+    if mean is not None:
         _atomic(workdir / MEAN_FILE, lambda f: np.save(f, mean, allow_pickle=False))
 
 
