@@ -11,6 +11,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
+from typing import Any
 
 from jaxconv import stopping
 from jaxconv.errors import ConfigError, JaxconvError
@@ -188,18 +189,31 @@ def _conv_overrides() -> list[str]:
     return [f"{key}={os.environ[name]}" for name, key in CONV_ENVIRONMENT.items() if os.environ.get(name)]
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _effective_configs(args: argparse.Namespace) -> dict[str, Any]:
+    """The experiment's config with the conv environment and ``--set`` applied, as {"": config}; for a
+    study, {variant: config}."""
     from jaxconv import experiments
     from jaxconv.config import apply_overrides
+
+    overrides = [*_conv_overrides(), *args.overrides]
+    if experiments.is_study(args.name):
+        return {key: apply_overrides(config, overrides)
+                for key, config in experiments.load_study(args.name, args.smoke).items()}
+    return {"": apply_overrides(experiments.load(args.name, args.smoke), overrides)}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from jaxconv import experiments
 
     # The command line is checked before jax is imported: a bad name or --set fails in a fraction of the
     # time (the experiment's module still imports the models, and with them jax and flax, for its presets).
     workdir = args.workdir or Path("runs") / experiments.run_name(args.name, args.smoke)
+    configs = _effective_configs(args)
     if args.dry_run:
-        return _dry_run(args, workdir)
-    if experiments.is_study(args.name):
-        return _train_study(args, workdir)
-    config = apply_overrides(experiments.load(args.name, args.smoke), [*_conv_overrides(), *args.overrides])
+        return _dry_run(configs, workdir)
+    if "" not in configs:
+        return _train_study(args, workdir, configs)
+    config = configs[""]
     from jaxconv.train.loop import train
 
     result = train(config, workdir, stop=args.stop)
@@ -238,13 +252,9 @@ def _train_summary(config, workdir: Path, result: dict) -> str:
     return "\n".join(lines)
 
 
-def _train_study(args: argparse.Namespace, workdir: Path) -> int:
-    from jaxconv import experiments
-    from jaxconv.config import apply_overrides
+def _train_study(args: argparse.Namespace, workdir: Path, variants: dict[str, Any]) -> int:
     from jaxconv.study import markdown_table, run_study
 
-    variants = {name: apply_overrides(config, [*_conv_overrides(), *args.overrides])
-                for name, config in experiments.load_study(args.name, args.smoke).items()}
     rows = run_study(variants, workdir, args.stop)
     if len(rows) < len(variants):
         print(f"jaxconv: stopped after {len(rows)} of {len(variants)} variants; the same command resumes it",
@@ -294,16 +304,10 @@ def _set_text(value) -> str:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from jaxconv import experiments
-    from jaxconv.config import apply_overrides, describe
+    from jaxconv.config import describe
 
-    overrides = [*_conv_overrides(), *args.overrides]
-    if experiments.is_study(args.name):
-        configs = {f"variant {key}": apply_overrides(config, overrides)
-                   for key, config in experiments.load_study(args.name, args.smoke).items()}
-    else:
-        configs = {"": apply_overrides(experiments.load(args.name, args.smoke), overrides)}
-    for title, config in configs.items():
+    for key, config in _effective_configs(args).items():
+        title = f"variant {key}" if key else ""
         rows = [(f"{key} = {_set_text(value)}", meaning) for key, value, meaning in describe(config)]
         width = max(len(left) for left, _ in rows)
         print(f"# {args.name}{' (smoke)' if args.smoke else ''}{': ' + title if title else ''}")
@@ -312,21 +316,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dry_run(args: argparse.Namespace, workdir: Path) -> int:
+def _dry_run(configs: dict[str, Any], workdir: Path) -> int:
     """train --dry-run: the config (and every study variant) checked, its data loaded and checked by the
     task, and a run already in the workdir checked to be continuable; nothing compiled or written."""
-    from jaxconv import experiments
-    from jaxconv.config import apply_overrides
     from jaxconv.train import workdir as workdir_lib
     from jaxconv.train.loop import build_run
 
-    overrides = [*_conv_overrides(), *args.overrides]
-    if experiments.is_study(args.name):
-        configs = {workdir / key: apply_overrides(config, overrides)
-                   for key, config in experiments.load_study(args.name, args.smoke).items()}
-    else:
-        configs = {workdir: apply_overrides(experiments.load(args.name, args.smoke), overrides)}
-    for path, config in configs.items():
+    for key, config in configs.items():
+        path = workdir / key if key else workdir
         run = build_run(config)  # loads the data and runs the task's checks; jit compiles lazily
         previous = workdir_lib.previous_config(path) if path.is_dir() else None
         if previous is not None:
