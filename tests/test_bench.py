@@ -226,7 +226,9 @@ def test_sample_and_train_quick_results(quick_results):
     for row in train["rows"]:
         value, tolerance = initial[row["preset"].split()[0]]
         assert abs(row["final_loss"] - value) < tolerance, row
-        assert 0 < row["mfu"] < 1.5, row  # on CPU, of the measured matmul peak
+        # No upper bound: a quick run's peak is a few small matmuls timed while the other test worker
+        # shares the cores, so a ratio above 1 is noise; the exact formula below pins the computation.
+        assert 0 < row["mfu"] and math.isfinite(row["mfu"]), row
         assert row["images_per_s"] == pytest.approx(row["batch"] / row["step_s"], rel=1e-9)
         if row["framework"] == "jax":  # the host's peak: fake CPU devices share it
             peak = train["peaks"]["matmul_flops_per_s"][row["dtype"]]

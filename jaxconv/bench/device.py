@@ -94,7 +94,7 @@ def environment(torch: bool = True) -> dict:
 
 def _matmul_sizes(quick: bool, dtype) -> list[int]:
     if quick:
-        return [128]
+        return [256]
     if jax.default_backend() == "cpu":
         return [512, 1024] if dtype == jnp.bfloat16 else [1024, 2048]
     return [4096, 8192]
@@ -110,7 +110,7 @@ def measure_peaks(quick: bool = False, repeats: int = 5) -> dict:
             a = jnp.asarray(rng.standard_normal((n, n), np.float32), dtype)
             b = jnp.asarray(rng.standard_normal((n, n), np.float32), dtype)
             f = jax.jit(jnp.matmul)
-            t = time_calls(lambda: f(a, b), repeats=1 if quick else repeats, min_time=0.0 if quick else 0.2,
+            t = time_calls(lambda: f(a, b), repeats=3 if quick else repeats, min_time=0.01 if quick else 0.2,
                            budget=2.0 if quick else 20.0)
             rate = 2.0 * n ** 3 / t["median_s"]
             details.append({"op": "matmul", "dtype": jnp.dtype(dtype).name, "n": n, "median_s": t["median_s"],
