@@ -4,8 +4,8 @@
   implementation (XLA, im2col, taps, FFT, masked vs cropped, PyTorch), agreement checked before timing
   (``jaxconv.bench.conv``);
 - ``sample``: naive vs cached PixelCNN sampling (``jaxconv.bench.sample``);
-- ``train``: training throughput and MFU per preset and device count, vs PyTorch for LeNet
-  (``jaxconv.bench.train``);
+- ``train``: training throughput and MFU per preset and device count, vs plain-PyTorch twins of LeNet-5,
+  AlexNet-32 and the MNIST PixelCNNs (``jaxconv.bench.train``, ``jaxconv.bench.twins``);
 - ``all``: the three, sharing one peak measurement;
 - ``report DIR``: rebuild the markdown and plots of a results directory and print the README table.
 

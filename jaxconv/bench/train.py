@@ -1,4 +1,4 @@
-"""``jaxconv bench train``: training throughput per preset, dtype and device count, vs PyTorch (LeNet, AlexNet-32).
+"""``jaxconv bench train``: training throughput per preset, dtype and device count, vs PyTorch twins.
 
 Each row builds the real training run (``jaxconv.train.loop.build_run``: the jitted, data-parallel
 train step of ``jaxconv train``) for a preset at a global batch size split over ``devices`` devices,
@@ -14,9 +14,12 @@ counts shows the cost of data parallelism, not a speed-up; on accelerators, real
 MFU = images/s * model FLOPs per image (3x the forward convs and matmuls) / the measured matmul peak
 of the dtype (times the device count on accelerators).
 
-PyTorch (optional): the modern LeNet-5 and AlexNet-32 (``alexnet32``) written plainly (the same
-layers, Adam with the same gradient clipping, the same batch), one process, its default threads;
-``vs_torch`` = jaxconv / PyTorch images/s.
+PyTorch (optional): the twins of ``jaxconv.bench.twins`` (LeNet-5 faithful and modern, AlexNet-32,
+PixelCNN and Gated PixelCNN MNIST), each the preset written plainly in PyTorch from the same model config
+(``--quick``'s small configs included): the same layers, loss, optimizer, schedule, gradient clipping
+and batch, float32, one process, its default threads. Each twin's parameter count is checked equal to
+jaxconv's before it is timed (a mismatch raises ``TwinMismatchError``). ``vs_torch`` = jaxconv /
+PyTorch images/s.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv import experiments
-from jaxconv.bench.models import forward_flops, preset_image, random_params
+from jaxconv.bench.models import forward_flops, param_count, preset_image, random_params
 from jaxconv.bench.timing import time_calls
 from jaxconv.config import (CheckpointConfig, Config, ConvConfig, DataConfig, OptimConfig, ParallelConfig,
                             apply_overrides)
@@ -38,7 +41,6 @@ from jaxconv.data.pipeline import train_batches
 from jaxconv.data.sources import load_split
 from jaxconv.errors import ConfigError
 from jaxconv.models import PRESETS, build_run_model
-from jaxconv.models.alexnet import IMAGENET_MEAN_RGB, scaled_width
 from jaxconv.train.loop import build_run
 from jaxconv.train.state import TrainState
 
@@ -49,7 +51,8 @@ BATCHES = {"lenet5": ((64, 256), (256, 1024)), "lenet5_modern": ((64, 256), (256
            "pixelcnn_mnist": ((64,), (64, 256)), "gated_pixelcnn_mnist": ((64,), (64, 256)),
            "gated_pixelcnn_cifar": ((32,), (64,)), "pixelcnn_cifar": ((8,), (64,)),
            "gated_pixelcnn_imagenet32": ((8,), (64, 128)), "alexnet32": ((32,), (256,))}
-TORCH_PRESETS = ("lenet5_modern", "alexnet32")  # written plainly in PyTorch too: vs_torch
+# Written plainly in PyTorch too (jaxconv.bench.twins.TWINS): vs_torch.
+TORCH_PRESETS = ("lenet5", "lenet5_modern", "alexnet32", "pixelcnn_mnist", "gated_pixelcnn_mnist")
 QUICK_ALEXNET_WIDTH = 1 / 16  # --quick: alexnet32's layer widths
 CPU_PRESETS = ("lenet5", "lenet5_modern", "alexnet32", "pixelcnn_mnist", "gated_pixelcnn_mnist", "gated_pixelcnn_cifar")
 ACCELERATOR_PRESETS = CPU_PRESETS + ("pixelcnn_cifar", "gated_pixelcnn_imagenet32")
@@ -106,52 +109,37 @@ def measure(name: str, batch: int, devices: int, dtype: str, *, quick: bool, tim
             "final_loss": loss if np.isfinite(loss) else None, "vs_torch": None}
 
 
-def _torch_net(name: str, nn, model):
-    """The preset's network (``model``: its config, as the jax run uses it) written plainly in PyTorch, as a
-    user would, and its input scaling."""
-    if name == "lenet5_modern":
-        net = nn.Sequential(
-            nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
-        return net, lambda x: nn.functional.pad(x, (2, 2, 2, 2))  # 28x28 -> LeNet's 32x32
-    # alexnet32 (jaxconv.models.alexnet, variant cifar32): 'SAME' convs, overlapping 3x3/2 pools, dropout
-    w = lambda c: scaled_width(c, model.width)
-    c1, c2, c3, c4, c5, hidden = w(96), w(256), w(384), w(384), w(256), w(2048)
-    pool = lambda: nn.MaxPool2d(3, 2)
-    net = nn.Sequential(
-        nn.Conv2d(3, c1, 5, padding=2), nn.ReLU(), pool(), nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), pool(),
-        nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.Conv2d(c3, c4, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(c4, c5, 3, padding=1), nn.ReLU(), pool(), nn.Flatten(),
-        nn.Linear(9 * c5, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(hidden, model.num_classes))
-    mean = IMAGENET_MEAN_RGB
-    return net, lambda x: x - x.new_tensor(mean).view(1, 3, 1, 1) / 255.0
-
-
-def measure_torch(name: str, model, batch: int, images: np.ndarray, labels: np.ndarray, timing: dict,
+def measure_torch(name: str, config: Config, batch: int, images: np.ndarray, labels: np.ndarray, timing: dict,
                   flops_per_image: float | None, peaks: dict, quick: bool) -> dict | None:
-    """PyTorch's training images/s for the same network, optimiser (Adam, clipping as the jax run) and batch."""
+    """PyTorch's training images/s for the preset's twin (``jaxconv.bench.twins``) built from the run's
+    config: the same network (its parameter count checked equal to jaxconv's first: ``TwinMismatchError``
+    otherwise), loss, optimizer, schedule, gradient clipping and batch. None without PyTorch."""
     try:
         import torch
-        from torch import nn
+
+        from jaxconv.bench import twins
     except ImportError:
         return None
+    twins.check_param_count(name, config.model)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    net, prepare = _torch_net(name, nn, model)
-    net = net.to(dev).train()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = prepare(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0).to(dev)
+    twin = twins.build(name, config.model)
+    net = twin.net.to(dev).train()
+    opt, schedule = twins.optimizer(net.parameters(), config.optim, config.schedule, config.train.steps)
+    clip = config.optim.grad_clip_norm
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(dev)  # uint8 NCHW
     y = torch.from_numpy(labels.astype(np.int64)).to(dev)
     holder = {}
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss = twin.loss(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
         opt.step()
+        if schedule is not None:
+            schedule.step()
         holder["loss"] = loss.detach()
         return loss
 
@@ -212,12 +200,15 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                 if name in TORCH_PRESETS and torch and "float32" in dtypes:
                     config = run_config(name, batch, 1, "float32", quick)
                     batch_np = next(train_batches(load_split(config.data, "train"), batch, 0, 0))
-                    trow = measure_torch(name, config.model, batch, batch_np["images"], batch_np["labels"], timing,
-                                         flops, peaks, quick)
+                    trow = measure_torch(name, config, batch, batch_np["images"], batch_np["labels"], timing, flops,
+                                         peaks, quick)
                     if trow is None:
                         notes.append(f"PyTorch not installed: no {name} comparison (pip install 'jaxconv[bench]')")
                         continue
                     rows.append(trow)
+                    note = f"PyTorch twin of {name}: {param_count(name, config.model):,} parameters, as jaxconv's"
+                    if note not in notes:
+                        notes.append(note)
                     for r in rows:
                         if (r["preset"] == trow["preset"] and r["framework"] == "jax" and r["batch"] == batch
                                 and r["dtype"] == "float32"):
