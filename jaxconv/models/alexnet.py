@@ -83,6 +83,7 @@ from jaxconv.errors import ConfigError
 from jaxconv.fields import key
 from jaxconv.models.conv import DEFAULT_POLICY, Conv
 from jaxconv.models.conv_policy import ConvPolicy
+from jaxconv.models.pooling import max_pool
 
 VARIANTS = ("faithful", "single", "cifar32")
 IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)  # per-channel mean of ImageNet training pixels, 0..255
@@ -129,7 +130,7 @@ def local_response_norm(x: jnp.ndarray, *, k: float = 2.0, n: int = 5, alpha: fl
 
 def overlapping_pool(x: jnp.ndarray) -> jnp.ndarray:
     """3x3 windows every 2 pixels ('VALID'): [B, H, W, C] -> [B, (H-3)//2+1, (W-3)//2+1, C]."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    return max_pool(x, 3, 2)
 
 
 def scaled_width(channels: int, width: float, multiple: int = 1) -> int:

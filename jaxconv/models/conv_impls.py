@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxconv.models.materialize import materialize
+
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
@@ -51,8 +53,9 @@ def conv_xla(x, kernel, strides, padding, dilation, groups):
 
 
 def _views(x, kh: int, kw: int, strides, padding, dilation):
-    """The T views x_pad[:, i*dh + s*a, j*dw + s*b, :] for a < Ho, b < Wo, taps in (i, j) raster order."""
-    x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    """The T views x_pad[:, i*dh + s*a, j*dw + s*b, :] for a < Ho, b < Wo, taps in (i, j) raster order.
+    The padded input is materialised once: every view reads it (``jaxconv.models.materialize``)."""
+    x = materialize(jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0))))
     b, h, w, c = x.shape
     (sh, sw), (dh, dw) = strides, dilation
     ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1

@@ -33,6 +33,7 @@ from jaxconv.errors import ConfigError
 from jaxconv.fields import key
 from jaxconv.models.conv import DEFAULT_POLICY, Conv, conv
 from jaxconv.models.conv_policy import ConvPolicy
+from jaxconv.models.pooling import max_pool, sum_pool
 
 # LeCun et al. 1998, Table I: which S2 maps (rows 0..5) feed each C3 map (columns 0..15).
 C3_TABLE = (
@@ -75,7 +76,7 @@ class Subsample(nn.Module):
         channels = x.shape[-1]
         coef = self.param("coef", nn.initializers.ones, (channels,))
         bias = self.param("bias", nn.initializers.zeros, (channels,))
-        pooled = nn.avg_pool(x, (2, 2), strides=(2, 2)) * 4.0  # [B, H/2, W/2, C]
+        pooled = sum_pool(x, 2, 2)  # [B, H/2, W/2, C]
         return pooled * coef.astype(self.dtype) + bias.astype(self.dtype)
 
 
@@ -126,7 +127,7 @@ class LeNet5(nn.Module):
             x = lecun_tanh(conv(120, "C5")(x)).reshape(x.shape[0], -1)  # [B, 120]
             x = lecun_tanh(dense(84, "F6")(x))
         else:
-            pool = lambda y: nn.max_pool(y, (2, 2), strides=(2, 2))
+            pool = lambda y: max_pool(y, 2, 2)
             x = pool(nn.relu(conv(6, "C1")(x)))  # [B, 14, 14, 6]
             x = pool(nn.relu(conv(16, "C3")(x)))  # [B, 5, 5, 16]
             x = nn.relu(dense(120, "C5")(x.reshape(x.shape[0], -1)))

@@ -1,0 +1,30 @@
+"""``materialize`` keeps its value and stays a fusion boundary after XLA:CPU compiles it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxconv.models.materialize import MIN_ELEMENTS, materialize
+from jaxconv.models.pooling import max_pool
+
+
+def compiled(fn, x) -> str:
+    return jax.jit(fn).lower(x).compile().as_text()
+
+
+def test_materialize_returns_its_input_exactly_even_with_a_nan_in_the_middle():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 64, 64, 2), np.float32))
+    np.testing.assert_array_equal(jax.jit(materialize)(x), x)
+    with_nan = x.reshape(-1).at[x.size // 2].set(jnp.nan).reshape(x.shape)
+    np.testing.assert_array_equal(jax.jit(materialize)(with_nan), with_nan)  # the other branch
+    assert jax.jit(materialize)(x > 0).dtype == jnp.bool_
+
+
+def test_the_boundary_survives_compilation_on_cpu():
+    big = jnp.ones((8, 64, 64, 4))  # 131,072 elements
+    assert big.size >= MIN_ELEMENTS
+    assert "conditional(" in compiled(lambda v: materialize(jax.nn.relu(v)) * 2, big)
+    # A pool materialises its input and output: a ReLU before it and a conv after it are computed once.
+    assert compiled(lambda v: max_pool(jax.nn.relu(v), 2, 2), big).count("conditional(") == 2
+    small = jnp.ones((2, 8, 8, 4))
+    assert "conditional(" not in compiled(lambda v: materialize(jax.nn.relu(v)) * 2, small)
