@@ -108,6 +108,11 @@ def _add_bench_parser(commands) -> None:
                        "(lenet, alexnet224, alexnet32, pixelcnn_mnist, pixelcnn_cifar, pixelcnn_paper; default all)")
     bench.add_argument("--impls", type=_names, help="conv: only these variants (xla, masked, cropped, im2col, taps, "
                        "fft, torch)")
+    bench.add_argument("--impl", dest="user_kernels", action="append", default=[], metavar="MODULE:FUNCTION",
+                       help="conv: your own conv kernel in the sweep, checked against the reference before it is "
+                       "timed: a module name or a .py file, then a function fn(x, kernel, strides, padding, "
+                       "dilation, groups) -> y (NHWC/HWIO, like jaxconv.models.conv_impls); repeatable; "
+                       "see docs/benchmarks.md")
     bench.add_argument("--dtypes", type=_names, help="float32,bfloat16 (default: both for conv; train: float32 "
                        "on CPU, both on accelerators)")
     bench.add_argument("--modes", type=_names, help="conv: forward, forward_backward, input_grad, kernel_grad (the "
@@ -385,7 +390,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = bench.Options(
         what=args.what, quick=args.quick, out=args.out, shapes=args.shapes, sets=args.sets,
         batch_sizes=args.batch_sizes, dtypes=args.dtypes, modes=args.modes, layouts=args.layouts, impls=args.impls,
-        presets=args.presets, devices=args.devices, naive_variables=args.naive_variables, repeats=args.repeats,
+        user_kernels=args.user_kernels, presets=args.presets, devices=args.devices,
+        naive_variables=args.naive_variables, repeats=args.repeats,
         torch=args.torch, plots=args.plots, command=bench.command_line(sys.argv[1:] if args.argv is None else args.argv),
         conv=section_overrides(ConvConfig(), "conv", _conv_overrides()))
     bench.run(options, log=lambda line: print(line, flush=True))

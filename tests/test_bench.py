@@ -281,16 +281,18 @@ def test_schema_rejects_bad_documents(quick_results):
             results.validate(bad)
 
 
-def test_agreement_check_catches_a_wrong_implementation(monkeypatch):
-    def flipped(shape, layout):  # a plausible bug: convolution instead of cross-correlation
-        return lambda x, w: conv_impls.conv_xla(x, w[::-1, ::-1], shape.stride, shape.padding, shape.dilation, shape.groups)
+def test_agreement_check_catches_a_wrong_implementation():
+    """A user kernel (``conv.run(user_kernels=...)``, what ``--impl`` loads; the command line:
+    tests/test_user_kernels.py) computing a convolution instead of a cross-correlation is a mismatch."""
+    def flipped(x, w, strides, padding, dilation, groups):  # a plausible bug: the kernel not flipped back
+        return conv_impls.conv_xla(x, w[::-1, ::-1], strides, padding, dilation, groups)
 
-    monkeypatch.setitem(conv_runners.EXTRA_JAX, "flipped", flipped)
     from jaxconv.bench.device import measure_peaks
 
     result = conv_bench.run(quick=True, sets=[], user_shapes=["2,8,8,3,4,3,1,1"], dtypes=("float32",),
-                            modes=("forward_backward", "kernel_grad"), impls=["xla", "flipped", "torch"],
-                            layouts=("NHWC",), peaks=measure_peaks(quick=True), log=lambda _: None)
+                            modes=("forward_backward", "kernel_grad"), impls=["xla", "torch"], layouts=("NHWC",),
+                            peaks=measure_peaks(quick=True), log=lambda _: None,
+                            user_kernels=[conv_runners.UserKernel("flipped", flipped)])
     for row in result["rows"]:
         res = {r["impl"]: r for r in row["results"]}
         assert res["xla"]["status"] == "ok" and res["xla"]["error"] < 1e-6
@@ -300,6 +302,8 @@ def test_agreement_check_catches_a_wrong_implementation(monkeypatch):
         assert row["winner"]["impl"] != "flipped"
     assert conv_runners.relative_error([np.ones(3)], [np.ones(3)]) == 0.0
     assert conv_runners.relative_error([np.ones(2)], [np.ones(3)]) == float("inf")
+    with pytest.raises(ConfigError, match="built-in"):
+        conv_bench._variants(None, ("NHWC",), False, [conv_runners.UserKernel("xla", flipped)])
 
 
 def test_cli_bench_conv_and_report(tmp_path):

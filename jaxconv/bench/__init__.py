@@ -1,8 +1,8 @@
 """jaxconv's benchmark suite: ``jaxconv bench conv|sample|train|all|report``.
 
 - ``conv``: every conv layer shape of jaxconv's models (and ``--shape``), implementation by
-  implementation (XLA, im2col, taps, FFT, masked vs cropped, PyTorch), agreement checked before timing
-  (``jaxconv.bench.conv``);
+  implementation (XLA, im2col, taps, FFT, masked vs cropped, PyTorch, and the user's own kernels,
+  ``--impl module:function``), agreement checked before timing (``jaxconv.bench.conv``);
 - ``sample``: naive vs cached PixelCNN sampling (``jaxconv.bench.sample``);
 - ``train``: training throughput and MFU per preset and device count, vs plain-PyTorch twins of LeNet-5,
   AlexNet-32 and the MNIST PixelCNNs (``jaxconv.bench.train``, ``jaxconv.bench.twins``);
@@ -39,6 +39,9 @@ class Options:
     modes: list[str] | None = None
     layouts: list[str] | None = None
     impls: list[str] | None = None
+    # conv: the user's kernels, "module:function" texts (``--impl``; a module name or a .py file) or
+    # ``conv_runners.UserKernel``s; loaded before anything is measured
+    user_kernels: list = dataclasses.field(default_factory=list)
     presets: list[str] | None = None
     devices: list[int] | None = None
     naive_variables: int | None = None
@@ -76,6 +79,15 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
 
     for text in options.shapes:  # bad shapes fail before anything is measured
         conv_shapes.parse_shape(text)
+    user_kernels = []
+    if options.user_kernels:  # so do bad kernels
+        from jaxconv.bench import conv_runners
+
+        if options.what not in ("conv", "all"):
+            raise ConfigError(f"--impl is for jaxconv bench conv (or all), not {options.what}")
+        user_kernels = [k if isinstance(k, conv_runners.UserKernel) else conv_runners.load_kernel(k)
+                        for k in options.user_kernels]
+        conv_runners.check_kernel_names(user_kernels)
 
     import jax
 
@@ -101,7 +113,7 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
                               dtypes=options.dtypes or conv_shapes.DTYPES, modes=options.modes or conv_shapes.MODES,
                               layouts=options.layouts or ("NHWC", "NCHW"), impls=options.impls,
                               batch_sizes=options.batch_sizes, torch=options.torch, repeats=options.repeats,
-                              peaks=peaks, log=log, policy=policy)
+                              peaks=peaks, log=log, policy=policy, user_kernels=user_kernels)
         elif bench == "sample":
             result = sample.run(quick=options.quick, presets=options.presets if options.what == "sample" else None,
                                 batch_sizes=options.batch_sizes if options.what == "sample" else None,

@@ -2,9 +2,10 @@
 
 The sweep (``run``): for each shape (``jaxconv.bench.conv_shapes``: the layers of jaxconv's presets,
 AlexNet's, ``--shape``), batch size, dtype (float32, bfloat16) and mode, the variants
-(``jaxconv.bench.conv_runners``: XLA, im2col, taps, FFT, masked vs cropped, PyTorch NCHW and NHWC) run
-on the same data, plus the default path when a rule makes it something else (a
-"forward/input_grad/kernel_grad" triple, say). One case is one row (``measure_case``):
+(``jaxconv.bench.conv_runners``: XLA, im2col, taps, FFT, masked vs cropped, PyTorch NCHW and NHWC, and
+the user's kernels, ``user_kernels``: ``jaxconv bench conv --impl module:function``) run on the same data,
+plus the default path when a rule makes it something else (a "forward/input_grad/kernel_grad" triple,
+say). One case is one row (``measure_case``):
 
 1. agreement first: every variant's outputs are compared with XLA's conv in float32 at HIGHEST
    precision on the same (dtype-rounded) data; a variant whose max |error| / max |reference| exceeds
@@ -22,15 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.bench import device as device_lib
-from jaxconv.bench.conv_runners import (EXTRA_JAX, TOLERANCE, VARIANTS, Variant, calibrate_torch, prepare, reference,
-                                        relative_error, torch_settings, use_torch)
+from jaxconv.bench.conv_runners import (BUILTIN_IMPLS, TOLERANCE, VARIANTS, UserKernel, Variant, calibrate_torch,
+                                        check_kernel_names, prepare, reference, relative_error, shape_mismatch,
+                                        torch_settings, use_torch)
 from jaxconv.bench.conv_shapes import (ALL_MODES, DTYPES, MODES, QUICK_CASES, SETS, ConvShape, layer_fields,
                                        parse_shape, shape_sets)
 from jaxconv.bench.conv_table import autotune_table
@@ -108,7 +110,8 @@ def measure_variant(variant: Variant, shape: ConvShape, mode: str, dtype: str, d
         res["error"] = relative_error(outs, refs)
         if not res["error"] <= TOLERANCE[dtype]:
             res["status"] = "mismatch"
-            res["message"] = f"error {res['error']:.3g} > tolerance {TOLERANCE[dtype]:g}"
+            res["message"] = (shape_mismatch(outs, refs)
+                              or f"error {res['error']:.3g} > tolerance {TOLERANCE[dtype]:g}")
         else:
             t = time_calls(runner.call, sync=runner.sync, estimate=estimate, **timing)
             rate = flops / t["median_s"]
@@ -137,15 +140,18 @@ def _comparison(results: list[dict], default_impl: str) -> dict:
 def run(*, quick: bool = False, sets: list[str] | None = None, user_shapes: list[str] = (), dtypes=DTYPES,
         modes=MODES, layouts=("NHWC", "NCHW"), impls: list[str] | None = None, batch_sizes: list[int] | None = None,
         torch: bool = True, repeats: int | None = None, peaks: dict, log: Callable[[str], None] = print,
-        policy: ConvPolicy = DEFAULT_POLICY) -> dict:
+        policy: ConvPolicy = DEFAULT_POLICY, user_kernels: Sequence[UserKernel] = ()) -> dict:
     """The sweep; returns {"rows", "settings", "targets", "notes", "table"}. ``policy``: the layers'
-    choice, reported as the default path. ``user_shapes`` without ``sets``: only those shapes."""
+    choice, reported as the default path. ``user_shapes`` without ``sets``: only those shapes.
+    ``user_kernels``: the user's implementations (``conv_runners.load_kernel``), NHWC, on every shape
+    whatever ``impls`` and ``layouts`` select; checked and timed like the built-ins (never in the
+    autotune table: the layers cannot call them)."""
     accelerator = jax.default_backend() != "cpu"
     if sets is None and user_shapes:
         sets = []
     cases = _cases(quick, sets, user_shapes, dtypes, modes, batch_sizes, accelerator)
     have_torch = use_torch(torch)
-    variants = _variants(impls, layouts, have_torch)
+    variants = _variants(impls, layouts, have_torch, user_kernels)
     timing = ({"repeats": 1, "min_time": 0.0, "warmup": 0, "budget": 1.0} if quick else
               {"repeats": repeats or (5 if accelerator else 3), "min_time": 0.05 if accelerator else 0.1, "warmup": 1,
                "budget": 5.0})
@@ -160,7 +166,9 @@ def run(*, quick: bool = False, sets: list[str] | None = None, user_shapes: list
         log(_progress_line(done, len(runs), rows[-1]))
     settings = {"quick": quick, "sets": sets if sets is not None else ("quick" if quick else list(SETS)),
                 "user_shapes": list(user_shapes), "dtypes": list(dtypes), "modes": list(modes), "layouts": list(layouts),
-                "variants": [f"{v.impl}/{v.layout}" for v in variants], "timing": timing, "tolerance": TOLERANCE,
+                "variants": [f"{v.impl}/{v.layout}" for v in variants],
+                "user_kernels": {k.name: k.source or repr(k.fn) for k in user_kernels}, "timing": timing,
+                "tolerance": TOLERANCE,
                 "max_call_s": max_call_s, "torch_calibration_flops_per_s": torch_rates,
                 "torch": have_torch, "conv_rules": [dataclasses.asdict(r) for r in policy.rules],
                 "conv_forced": policy.forced, "conv_table_entries": len(policy.table)}
@@ -188,14 +196,17 @@ def _cases(quick: bool, sets: list[str] | None, user_shapes, dtypes, modes, batc
     return cases
 
 
-def _variants(impls: list[str] | None, layouts, have_torch: bool) -> list[Variant]:
-    """The variants ``--impls`` and ``--layouts`` select (PyTorch's when it runs); ConfigError on a bad name."""
-    known = {v.impl for v in VARIANTS} | set(EXTRA_JAX)
-    if impls is not None and (bad := set(impls) - known):
-        raise ConfigError(f"unknown implementation(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(known))}")
+def _variants(impls: list[str] | None, layouts, have_torch: bool, user_kernels: Sequence[UserKernel] = ()
+              ) -> list[Variant]:
+    """The variants ``--impls`` and ``--layouts`` select (PyTorch's when it runs), then the user's kernels;
+    ConfigError on a bad name or two kernels of one name."""
+    if impls is not None and (bad := set(impls) - set(BUILTIN_IMPLS)):
+        raise ConfigError(f"unknown implementation(s) {', '.join(sorted(bad))}; known: "
+                          f"{', '.join(sorted(BUILTIN_IMPLS))} (your own kernel: --impl module:function)")
     variants = [v for v in VARIANTS if v.layout in layouts and (impls is None or v.impl in impls)
                 and (v.framework == "jax" or have_torch)]
-    return variants + [Variant(name, "jax", "NHWC") for name in EXTRA_JAX if impls is None or name in impls]
+    check_kernel_names(user_kernels)
+    return variants + [k.variant() for k in user_kernels]
 
 
 def _progress_line(done: int, total: int, row: dict) -> str:

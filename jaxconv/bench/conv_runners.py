@@ -10,7 +10,11 @@ PyTorch's single-pass modes, ``aten.convolution_backward`` (the kernel autograd 
   ``MaskedConv2D`` layer in either form (its bias is zero), instead of ``xla``;
 - JAX, NCHW: ``xla`` with NCHW/OIHW dimension numbers;
 - PyTorch (optional, ``pip install "jaxconv[bench]"``): ``torch.nn.functional.conv2d``, NCHW
-  (contiguous) and NHWC (``channels_last``); oneDNN on CPU, cuDNN on GPU (``cudnn.benchmark`` on).
+  (contiguous) and NHWC (``channels_last``); oneDNN on CPU, cuDNN on GPU (``cudnn.benchmark`` on);
+- a user's kernels, NHWC (``UserKernel``; ``jaxconv bench conv --impl module:function``, ``load_kernel``):
+  any ``fn(x, kernel, strides, padding, dilation, groups) -> y`` with the signature and semantics of
+  ``jaxconv.models.conv_impls``'s implementations, named ``module:function`` (``stem:function`` for a
+  .py file); on masked shapes it gets the masked kernel, as ``im2col`` and ``taps`` do.
 
 The reference: XLA's conv in float32 at HIGHEST precision on the same (dtype-rounded) data. A variant's
 outputs, back in NHWC/HWIO, agree when max |error| / max |reference| is at most ``TOLERANCE[dtype]``.
@@ -20,8 +24,14 @@ outputs, back in NHWC/HWIO, agree when max |error| / max |reference| is at most 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import inspect
 import math
+import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -29,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.bench.conv_shapes import ConvShape
+from jaxconv.errors import ConfigError
 from jaxconv.models import conv as conv_lib
 from jaxconv.models import conv_impls
 from jaxconv.models.masked import MaskedConv2D, masked_to_cropped, raster_mask
@@ -42,10 +53,12 @@ class Variant:
     framework: str  # "jax" | "torch"
     layout: str  # "NHWC" | "NCHW"
     applies: Callable[[ConvShape, str], bool] = lambda shape, dtype: True
+    fn: Callable | None = None  # a user's kernel (``UserKernel``), NHWC; None: ``impl`` names a built-in
 
 
-def _jax_fn(impl: str, shape: ConvShape, layout: str) -> Callable:
-    """(x, w) in ``layout`` (NCHW pairs with OIHW) -> y in ``layout``, the mask applied inside."""
+def _jax_fn(impl: str, shape: ConvShape, layout: str, user_fn: Callable | None = None) -> Callable:
+    """(x, w) in ``layout`` (NCHW pairs with OIHW) -> y in ``layout``, the mask applied inside;
+    ``user_fn``: a user's kernel (NHWC) instead of ``impl``."""
     mask = jnp.asarray(raster_mask(shape.kh, shape.cin, shape.cout, shape.colours, shape.mask)) if shape.mask else None
     if impl in ("masked", "cropped"):
         layer = MaskedConv2D(shape.cout, shape.kh, shape.mask, shape.colours, shape.dilation[0], form=impl)
@@ -69,6 +82,8 @@ def _jax_fn(impl: str, shape: ConvShape, layout: str) -> Callable:
     def fn(x, w):  # any jaxconv.models.conv implementation, "forward/input_grad/kernel_grad" triples included
         if mask is not None:
             w = w * mask.astype(w.dtype)
+        if user_fn is not None:
+            return user_fn(x, w, shape.stride, shape.padding, shape.dilation, shape.groups)
         return conv_lib.conv(x, w, shape.stride, shape.padding, shape.dilation, shape.groups, impl=impl)
 
     return fn
@@ -93,8 +108,115 @@ VARIANTS: list[Variant] = [
     Variant("torch", "torch", "NCHW"),
     Variant("torch", "torch", "NHWC"),
 ]
-# Extra JAX implementations by name -> fn(shape, layout) -> (x, w) -> y; tests register wrong ones here.
-EXTRA_JAX: dict[str, Callable[[ConvShape, str], Callable]] = {}
+BUILTIN_IMPLS = tuple(dict.fromkeys(v.impl for v in VARIANTS))
+
+
+@dataclasses.dataclass(frozen=True)
+class UserKernel:
+    """A user's conv implementation in the sweep: ``fn(x, kernel, strides, padding, dilation, groups) -> y``,
+    x NHWC, kernel HWIO, ``padding`` explicit ((top, bottom), (left, right)), ``strides`` and ``dilation``
+    pairs, as ``jaxconv.models.conv_impls``'s implementations; it runs under ``jax.jit``, its gradients
+    through ``jax.vjp`` (a ``jax.custom_vjp``'s rule when it has one). ``name``: its ``impl`` in the results."""
+
+    name: str
+    fn: Callable
+    source: str = ""  # what --impl said
+
+    def variant(self) -> Variant:
+        return Variant(self.name, "jax", "NHWC", fn=self.fn)
+
+
+KERNEL_SIGNATURE = "fn(x, kernel, strides, padding, dilation, groups)"
+
+
+def load_kernel(spec: str) -> UserKernel:
+    """``--impl MODULE:FUNCTION``: MODULE an importable module (``import MODULE``) or a path to a .py file,
+    FUNCTION a callable in it (``a.b`` for an attribute's attribute). ConfigError (one line) when the text,
+    the module or file, the function or its signature is wrong, or importing the module fails."""
+    module, colon, attr = spec.rpartition(":")
+    if not colon or not module or not attr or not all(p.isidentifier() for p in attr.split(".")):
+        raise ConfigError(f"--impl {spec!r}: expected MODULE:FUNCTION (a module name or a .py file, then a "
+                          f"function {KERNEL_SIGNATURE} -> y), e.g. my_kernels.py:conv")
+    is_file = module.endswith(".py") or "/" in module or "\\" in module
+    if is_file:
+        path = Path(module).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--impl {spec!r}: no file {module}")
+        mod = _import_file(spec, path)
+        prefix = path.stem
+    else:
+        if not all(p.isidentifier() for p in module.split(".")):
+            raise ConfigError(f"--impl {spec!r}: {module!r} is neither a module name nor a .py file")
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and (module == e.name or module.startswith(e.name + ".")):
+                raise ConfigError(f"--impl {spec!r}: no module named {e.name!r} on the Python path "
+                                  f"(a file: give its path, {module.replace('.', '/')}.py:{attr})") from None
+            raise ConfigError(f"--impl {spec!r}: importing {module} failed: {_one_line(e)}") from None
+        except Exception as e:
+            raise ConfigError(f"--impl {spec!r}: importing {module} failed: {_one_line(e)}") from None
+        prefix = module
+    fn = mod
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            public = sorted(n for n, v in vars(mod).items() if callable(v) and not n.startswith("_")
+                            and not isinstance(v, type) and getattr(v, "__module__", None) == mod.__name__)
+            defined = f" (its functions: {', '.join(public[:12])})" if public else ""
+            raise ConfigError(f"--impl {spec!r}: {module} has no {attr!r}{defined}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise ConfigError(f"--impl {spec!r}: {attr} is not callable ({type(fn).__name__} {fn!r:.40}); expected a "
+                          f"function {KERNEL_SIGNATURE}")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # some callables have none: the first call will tell
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(*range(6))
+        except TypeError:
+            raise ConfigError(f"--impl {spec!r}: {attr}{sig} cannot be called as {KERNEL_SIGNATURE}") from None
+    return UserKernel(f"{prefix}:{attr}", fn, spec)
+
+
+def check_kernel_names(kernels) -> None:
+    """ConfigError when a user kernel has a built-in's name or another kernel's (two files of one stem)."""
+    seen: dict[str, UserKernel] = {}
+    for kernel in kernels:
+        what = f"--impl {kernel.source!r}" if kernel.source else f"user kernel {kernel.name!r}"
+        if kernel.name in BUILTIN_IMPLS:
+            raise ConfigError(f"{what}: {kernel.name!r} is a built-in implementation's name")
+        if kernel.name in seen:
+            other = seen[kernel.name].source or kernel.name
+            raise ConfigError(f"{what}: named {kernel.name!r} like --impl {other!r} (rename one file or function)")
+        seen[kernel.name] = kernel
+
+
+def _import_file(spec: str, path: Path):
+    """The module of a .py file, executed once per file (``sys.modules``, under a name of its path)."""
+    resolved = path.resolve()
+    name = f"jaxconv_user_kernels_{resolved.stem}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:10]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    module_spec = importlib.util.spec_from_file_location(name, resolved)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"--impl {spec!r}: {path} cannot be imported as a Python module")
+    mod = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = mod  # dataclasses and pickling look a module up by name while it runs
+    try:
+        module_spec.loader.exec_module(mod)
+    except BaseException as e:
+        del sys.modules[name]
+        if not isinstance(e, Exception):
+            raise
+        raise ConfigError(f"--impl {spec!r}: importing {path} failed: {_one_line(e)}") from None
+    return mod
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
 
 
 def _to_layout(x: np.ndarray, w: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
@@ -158,8 +280,7 @@ def prepare(variant: Variant, shape: ConvShape, mode: str, dtype: str, x, w, g) 
     the output gradient g, cast to ``dtype``."""
     if variant.framework == "torch":
         return _torch_runner(shape, mode, x, w, g, variant.layout, dtype)
-    make = EXTRA_JAX.get(variant.impl)
-    fn = make(shape, variant.layout) if make else _jax_fn(variant.impl, shape, variant.layout)
+    fn = _jax_fn(variant.impl, shape, variant.layout, variant.fn)
     xl, wl = _to_layout(x, w, variant.layout)
     gl = _to_layout(g, w, variant.layout)[0]
     cast = lambda a: jnp.asarray(a, jnp.dtype(dtype))
@@ -271,6 +392,14 @@ def calibrate_torch(dtypes) -> dict[str, float]:
                 best = min(best, time.perf_counter() - start)
         rates[dtype] = 2.0 * 8 * 32 * 32 * 64 * 64 * 9 / best
     return rates
+
+
+def shape_mismatch(outs: list[np.ndarray], refs: list[np.ndarray]) -> str | None:
+    """"output shape (...) != reference (...)" for the first output of the wrong shape, else None."""
+    for out, ref in zip(outs, refs, strict=True):
+        if np.shape(out) != ref.shape:
+            return f"output shape {tuple(np.shape(out))} != reference {ref.shape}"
+    return None
 
 
 def relative_error(outs: list[np.ndarray], refs: list[np.ndarray]) -> float:

@@ -24,7 +24,8 @@ every file is an object with
   pass reading two of x, w, y (or dy) and writing the third: (x + w + y) * passes * itemsize),
   ``intensity`` (flops / bytes), ``peak_flops_per_s``,
   ``roofline_flops_per_s``, ``default_impl`` (what ``jaxconv.models.conv.choose`` picks), ``results``
-  (one per implementation and layout: ``impl``, ``framework`` "jax" | "torch", ``layout`` "NHWC" |
+  (one per implementation and layout: ``impl`` (a built-in's name, or a user kernel's "module:function",
+  ``--impl``), ``framework`` "jax" | "torch", ``layout`` "NHWC" |
   "NCHW", ``status`` "ok" | "mismatch" | "error" | "skipped", ``error`` (max |out - ref| / max |ref| over
   the output or both gradients; ref: XLA in float32 at HIGHEST precision on the same data), ``message``,
   ``time_s`` (median per call), ``min_time_s``, ``runs_s``, ``compile_s`` (first call), ``flops_per_s``,
