@@ -118,12 +118,15 @@ class ParallelConfig:
 @dataclasses.dataclass(frozen=True)
 class ConvConfig:
     """How each conv layer is computed: ``jaxconv.models.conv_policy`` (the environment variables
-    JAXCONV_CONV_IMPL, JAXCONV_CONV_TABLE and JAXCONV_CONV_RULES set these at the command line)."""
+    JAXCONV_CONV_IMPL, JAXCONV_CONV_TABLE, JAXCONV_CONV_RULES and JAXCONV_CONV_AUTOTUNE set these at the
+    command line)."""
 
     impl: str = _key("", "one implementation everywhere: xla, im2col, taps, fft, or a forward/input_grad/"
                      "kernel_grad triple such as xla/im2col/im2col; empty = the table, then the rules")
     table: str = _key("", "an autotune table from `jaxconv bench conv` (its conv_table.json); empty = none")
     rules: Literal["default", "none"] = _key("default", "none: XLA's conv wherever no table entry applies")
+    autotune: bool = _key(False, "measure every conv layer's implementations on this machine on first use "
+                          "(cached in ~/.cache/jaxconv), use the winners; the run records them in WORKDIR/conv_table.json")
 
 
 @dataclasses.dataclass(frozen=True)

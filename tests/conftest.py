@@ -8,6 +8,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # CLI errors) then compile each program once instead of once per process.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="jaxconv-jit-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# conv.autotune's cache of measured winners: the tests never touch the user's ~/.cache.
+os.environ.setdefault("JAXCONV_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="jaxconv-autotune-"))
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402

@@ -122,7 +122,7 @@ def test_the_conv_policy_is_data_recorded_in_the_run(tmp_path):
                    "--workdir", str(tmp_path / "run"), env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "run" / "config.json").read_text())["conv"] == {
-        "impl": "im2col", "table": "", "rules": "default"}
+        "impl": "im2col", "table": "", "rules": "default", "autotune": False}
     done = run_cli("train", "lenet_modern_mnist", "--smoke", "--workdir", str(tmp_path / "bad"),
                    env=dict(os.environ, JAXCONV_CONV_IMPL="bogus"))
     assert done.returncode == ConfigError.exit_code and done.stderr.count("\n") == 1

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv.bench.timing import time_calls
+from jaxconv.timing import time_calls
 from jaxconv.models.pooling import max_pool
 
 SHAPES = (("LeNet C1 pool", (256, 28, 28, 6), 2, 2), ("LeNet C3 pool", (256, 10, 10, 16), 2, 2),

@@ -10,7 +10,7 @@ say). One case is one row (``measure_case``):
 1. agreement first: every variant's outputs are compared with XLA's conv in float32 at HIGHEST
    precision on the same (dtype-rounded) data; a variant whose max |error| / max |reference| exceeds
    ``TOLERANCE[dtype]`` is a "mismatch": reported, not timed, never the winner;
-2. then each agreeing variant is timed (``jaxconv.bench.timing``); a PyTorch variant predicted (from
+2. then each agreeing variant is timed (``jaxconv.timing``); a PyTorch variant predicted (from
    PyTorch's FLOP/s on a medium conv, measured at the start) to take over ``max_call_s`` per call is
    "skipped" (PyTorch's bfloat16 conv on CPUs without bf16 units runs at well under 1 GFLOP/s);
 3. the default path (what the conv policy picks, the layers' choice: ``jaxconv.models.conv_policy``) is
@@ -36,7 +36,7 @@ from jaxconv.bench.conv_runners import (BUILTIN_IMPLS, TOLERANCE, VARIANTS, User
 from jaxconv.bench.conv_shapes import (ALL_MODES, DTYPES, MODES, QUICK_CASES, SETS, ConvShape, layer_fields,
                                        parse_shape, shape_sets)
 from jaxconv.bench.conv_table import autotune_table
-from jaxconv.bench.timing import time_calls
+from jaxconv.timing import time_calls
 from jaxconv.errors import ConfigError
 from jaxconv.models.conv import DEFAULT_POLICY
 from jaxconv.models.conv_policy import ConvPolicy, Signature

@@ -254,7 +254,7 @@ def _pass_fn(fn: Callable, shape: ConvShape, mode: str) -> Callable:
 @dataclasses.dataclass
 class Runner:
     """A variant ready to run on one case: ``call()`` computes ``shape.outputs(mode)`` in ``layout``,
-    ``sync(result)`` waits for it (``jaxconv.bench.timing``)."""
+    ``sync(result)`` waits for it (``jaxconv.timing``)."""
 
     call: Callable[[], Any]
     sync: Callable[[Any], Any]

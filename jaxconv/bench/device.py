@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.bench.timing import time_calls
+from jaxconv.timing import time_calls
 
 
 def cpu_model() -> str:

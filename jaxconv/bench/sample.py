@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxconv import sampling
 from jaxconv.bench.models import param_count, preset_image, random_params
-from jaxconv.bench.timing import time_calls
+from jaxconv.timing import time_calls
 from jaxconv.errors import ConfigError
 from jaxconv.models import PRESETS, build_model, heads, pixelcnn
 

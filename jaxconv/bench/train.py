@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxconv import experiments
 from jaxconv.bench.models import forward_flops, param_count, preset_image, random_params
-from jaxconv.bench.timing import time_calls
+from jaxconv.timing import time_calls
 from jaxconv.config import (CheckpointConfig, Config, ConvConfig, DataConfig, OptimConfig, ParallelConfig,
                             apply_overrides)
 from jaxconv.data.pipeline import train_batches

@@ -13,19 +13,20 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxconv import config as config_lib
-from jaxconv import losses, stopping, tasks
+from jaxconv import autotune, losses, stopping, tasks
 from jaxconv.config import Config
 from jaxconv.data.pipeline import Prefetcher, eval_batches, train_batches
 from jaxconv.data.sources import Split, image_mean, load_split
 from jaxconv.errors import NonFiniteError
-from jaxconv.models import build_run_model
+from jaxconv.models import build_model
+from jaxconv.models.conv_policy import ConvPolicy, load_table
 from jaxconv.stopping import StopRequest
 from jaxconv.train import progress as progress_lib
 from jaxconv.train import restore as restore_lib
@@ -52,29 +53,46 @@ class Run:
     init: Any  # () -> a fresh single-copy TrainState, replicated over the mesh
     spec: restore_lib.RunSpec | None = None  # what restoring needs of the data (written to run.json)
     mean: np.ndarray | None = None  # the train mean image [H, W, C] of data.subtract_mean runs
+    conv_table: dict[str, str] = dataclasses.field(default_factory=dict)  # conv.autotune's winners
 
 
-def build_run(config: Config) -> Run:
+def build_run(config: Config, tuned: Path | None = None, log: Callable[[str], None] = lambda _: None) -> Run:
     """The run of a config (its data, task, optimizer and compiled steps); in a multi-process run the
-    caller has started ``jax.distributed`` first (``train`` does)."""
+    caller has started ``jax.distributed`` first (``train`` does). With ``conv.autotune``, the conv
+    winners recorded in the file ``tuned`` if it exists, else the measured or cached ones
+    (``jaxconv.autotune``); ``Run.conv_table`` holds them."""
     par = DataParallel(config.parallel, config.data.batch_size, config.data.eval_batch_size)
     train_data = load_split(config.data, "train")
     val_data = load_split(config.data, "val")
     mean = image_mean(train_data) if config.data.subtract_mean else None  # [H, W, C], pixel units
-    task = tasks.task_for(build_run_model(config), config, mean)
+    spec = restore_lib.spec_of(config, train_data)
+    policy, conv_table = _conv_policy(config, spec, config.data.batch_size // par.num_devices, tuned, log)
+    task = tasks.task_for(build_model(config.model, jnp.dtype(config.train.dtype), policy), config, mean)
     task.validate(tasks.DataSpec(tuple(train_data.images.shape[1:]), train_data.num_classes, len(train_data)))
     forward, sums = task.forward, task.sums
     model = task.model
     tx, schedule = make_optimizer(config.optim, config.schedule, config.train.steps)
     step = make_train_step(forward, sums, tx, schedule, skip_nonfinite=config.train.nonfinite == "skip",
                            axis_name=par.axis_name)
-    spec = restore_lib.spec_of(config, train_data)
     init = jax.jit(partial(init_state, model, tx, (1, *spec.input_shape), config.train.seed),
                    out_shardings=par.replicated)
     return Run(config, par, train_data, val_data, tx, schedule,
                train_step=par.compile(step, donate=True),
                eval_step=par.compile(make_eval_step(forward, sums, axis_name=par.axis_name), donate=False),
-               init=init, spec=spec, mean=mean)
+               init=init, spec=spec, mean=mean, conv_table=conv_table)
+
+
+def _conv_policy(config: Config, spec: restore_lib.RunSpec, batch: int, tuned: Path | None,
+                 log: Callable[[str], None]) -> tuple[ConvPolicy, dict[str, str]]:
+    policy = ConvPolicy.from_config(config.conv)
+    if not config.conv.autotune:
+        return policy, {}
+    if tuned is not None and tuned.exists():
+        table = dict(load_table(str(tuned)))
+    else:
+        table = autotune.tuned_table(autotune.layer_signatures(config.model, config.train.dtype, spec.input_shape,
+                                                               batch), log)
+    return autotune.policy_with(policy, table), table
 
 
 def evaluate(run: Run, params: Any, data: Split | None = None) -> dict[str, float]:
@@ -114,12 +132,17 @@ def train(config: Config, workdir: Path, stop: StopRequest | None = None) -> dic
     config_lib.validate(config)
     maybe_initialize_distributed(config.parallel)  # before anything (jax.process_index) starts a backend
     lead = jax.process_index() == 0
-    run = build_run(config)  # the checks that need the data, before anything is written
+    log = partial(print, file=sys.stderr, flush=True) if lead else (lambda *_: None)
+    # The checks that need the data, before anything is written; conv.autotune reuses the winners a
+    # previous start recorded.
+    run = build_run(config, workdir / workdir_lib.CONV_TABLE, log)
     workdir_lib.create(workdir)
     with workdir_lib.locked(workdir) if lead else contextlib.nullcontext():
         previous = workdir_lib.previous_config(workdir)
         if previous is not None:
             workdir_lib.check_restart(previous, config, workdir)
+        if lead and run.conv_table:
+            workdir_lib.write_conv_table(run.conv_table, workdir)
         result = _train_locked(run, workdir, stop)
     return {**result, "wall_s": time.perf_counter() - began}
 

@@ -2,8 +2,8 @@
 
 Layout: ``config.json`` (the effective config), ``run.json`` and ``train_mean.npy`` (what restoring needs
 from the data: ``jaxconv.train.restore``), ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/STEP/``
-(each with ``jaxconv-checksums.json``), ``corrupt-checkpoints/`` (damaged steps moved aside on resume) and
-``lock``.
+(each with ``jaxconv-checksums.json``), ``corrupt-checkpoints/`` (damaged steps moved aside on resume),
+``conv_table.json`` (with ``conv.autotune``: the conv implementations the run uses) and ``lock``.
 """
 
 from __future__ import annotations
@@ -114,6 +114,19 @@ def check_restart(previous: Config, config: Config, workdir: Path) -> None:
 def _may_change(section: str, key: str) -> bool:
     allowed = RESTART_MAY_CHANGE.get(section, ())
     return allowed is None or key in allowed
+
+
+CONV_TABLE = "conv_table.json"  # conv.autotune's winners, as a conv table (``jaxconv.models.conv_policy``)
+
+
+def write_conv_table(winners: dict[str, str], workdir: Path) -> None:
+    """The conv implementations this run uses (``conv.autotune``): a resumed run reads them back."""
+    path = workdir / CONV_TABLE
+    table = {"description": "the conv implementations this run measured and uses (conv.autotune)",
+             "winners": dict(sorted(winners.items()))}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def write_config(config: Config, workdir: Path) -> None:
