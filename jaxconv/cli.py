@@ -242,6 +242,8 @@ def _train_summary(config, workdir: Path, result: dict) -> str:
     if "wall_s" in result and not result.get("finished"):
         wall = round(result["wall_s"])
         lines.append(f"wall time: {wall // 3600}:{wall // 60 % 60:02d}:{wall % 60:02d} ({result['wall_s']:.1f} s)")
+    if "devices" in result:
+        lines.append(f"devices: {result['devices']}")
     if "best_step" in result:
         lines.append(f"best: step {result['best_step']}, val {result['best_metric']} {result['best_value']:.6g}")
     if "checkpoints" in result:

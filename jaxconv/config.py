@@ -107,6 +107,9 @@ class CheckpointConfig:
 class ParallelConfig:
     mode: Literal["jit", "pmap"] = _key("jit", "jit + Mesh/NamedSharding, or jax.pmap + lax.pmean")
     num_devices: int = _key(0, "local devices to use; 0 = all")
+    cpu_devices: int = _key(0, "CPU only: XLA host devices created before JAX starts, so that each runs on a core "
+                            "of its own; 0 = one per core (the largest count that divides data.batch_size); "
+                            "ignored when XLA_FLAGS sets --xla_force_host_platform_device_count")
     distributed: Literal["auto", "off"] = _key(
         "auto", "auto: call jax.distributed.initialize() when a cluster environment (or coordinator_address, "
         "num_processes, process_id) says the run has several processes; off: never")
@@ -304,7 +307,7 @@ _NON_NEGATIVE = {
     "train": ("eval_every",),
     "checkpoint": ("every", "keep_best"),
     "schedule": ("warmup_steps",),
-    "parallel": ("num_devices", "num_processes"),
+    "parallel": ("num_devices", "cpu_devices", "num_processes"),
     "optim": ("weight_decay", "grad_clip_norm"),
 }
 _FRACTIONS = {  # [0, 1)

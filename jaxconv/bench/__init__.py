@@ -18,7 +18,6 @@ Each run measures the device's peaks first (``jaxconv.bench.device``) and writes
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
 from pathlib import Path
 from typing import Callable
@@ -52,21 +51,6 @@ class Options:
     conv: ConvConfig = ConvConfig()  # the layers' conv policy (conv and train benchmarks)
 
 
-def force_host_devices(count: int) -> None:
-    """Asks JAX for ``count`` CPU devices (``jax_num_cpu_devices``) unless the user chose a count (that
-    option or XLA's ``--xla_force_host_platform_device_count``) or JAX's backends have started (then the
-    device count is fixed and this is a no-op)."""
-    import jax
-
-    if "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or \
-            jax.config.jax_num_cpu_devices >= 0:
-        return
-    try:
-        jax.config.update("jax_num_cpu_devices", count)
-    except RuntimeError:  # the backends have started: JAX refuses a new count
-        pass
-
-
 def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
     """Runs the benchmark(s); returns the files written."""
     from jaxconv.errors import ConfigError
@@ -74,7 +58,9 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
     if options.what not in (*BENCHMARKS, "all"):
         raise ConfigError(f"unknown benchmark {options.what!r}; choose conv, sample, train, all or report")
     if options.what in ("train", "all"):
-        force_host_devices(max(options.devices or [8]))
+        from jaxconv.train.parallel import request_host_devices
+
+        request_host_devices(max(options.devices or [8]))
     from jaxconv.bench import conv_shapes
 
     for text in options.shapes:  # bad shapes fail before anything is measured

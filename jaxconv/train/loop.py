@@ -33,7 +33,7 @@ from jaxconv.train import restore as restore_lib
 from jaxconv.train import workdir as workdir_lib
 from jaxconv.train.checkpoint import Checkpoints
 from jaxconv.train.metrics import MetricsWriter, read_metrics
-from jaxconv.train.parallel import DataParallel, maybe_initialize_distributed
+from jaxconv.train.parallel import DataParallel, create_host_devices, maybe_initialize_distributed
 from jaxconv.train.state import TrainState, init_state, make_optimizer
 from jaxconv.train.step import make_eval_step, make_train_step
 
@@ -120,7 +120,8 @@ def train(config: Config, workdir: Path, stop: StopRequest | None = None) -> dic
 
     The result: ``step``, ``train`` and ``val`` (the last logged metrics), ``finished`` (a run that was
     already finished), ``wall_s`` (this call's seconds), ``workdir``, ``checkpoints`` (their directory),
-    ``checkpoint_steps`` (the steps kept there) and, when the run keeps a best checkpoint, ``best_step``,
+    ``checkpoint_steps`` (the steps kept there), ``devices`` (how many of which backend, and the images
+    each computes per step) and, when the run keeps a best checkpoint, ``best_step``,
     ``best_metric`` (its name) and ``best_value``.
 
     ``stop``: set by SIGINT/SIGTERM (``jaxconv.stopping``); when the caller passes none, Python signal
@@ -131,6 +132,7 @@ def train(config: Config, workdir: Path, stop: StopRequest | None = None) -> dic
     workdir = Path(workdir)
     config_lib.validate(config)
     maybe_initialize_distributed(config.parallel)  # before anything (jax.process_index) starts a backend
+    create_host_devices(config.parallel, config.data.batch_size)
     lead = jax.process_index() == 0
     log = partial(print, file=sys.stderr, flush=True) if lead else (lambda *_: None)
     # The checks that need the data, before anything is written; conv.autotune reuses the winners a
@@ -144,7 +146,8 @@ def train(config: Config, workdir: Path, stop: StopRequest | None = None) -> dic
         if lead and run.conv_table:
             workdir_lib.write_conv_table(run.conv_table, workdir)
         result = _train_locked(run, workdir, stop)
-    return {**result, "wall_s": time.perf_counter() - began}
+    devices = f"{run.par.num_devices} {jax.default_backend()} ({config.data.batch_size // run.par.num_devices} images each)"
+    return {**result, "devices": devices, "wall_s": time.perf_counter() - began}
 
 
 def _train_locked(run: Run, workdir: Path, stop: StopRequest | None) -> dict[str, Any]:

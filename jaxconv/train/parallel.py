@@ -56,6 +56,36 @@ def maybe_initialize_distributed(config: ParallelConfig) -> None:
                           f"parallel.distributed=off for one process") from None
 
 
+def request_host_devices(count: int) -> bool:
+    """Asks JAX for ``count`` CPU devices (``jax_num_cpu_devices``) unless the user chose a count (that
+    option or XLA's ``--xla_force_host_platform_device_count``) or JAX's backends have started (then the
+    count is fixed); whether the request was made."""
+    if "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or \
+            jax.config.jax_num_cpu_devices >= 0:
+        return False
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # the backends have started: JAX refuses a new count
+        return False
+    return True
+
+
+def create_host_devices(config: ParallelConfig, batch_size: int) -> None:
+    """Before JAX's backends start: ``parallel.cpu_devices`` CPU devices, each batch split over them.
+
+    Why: XLA:CPU runs one device's ops one after another, each on the cores its own kernel can use;
+    small ops and chains of them use about one core. Devices of their own run concurrently: on 2
+    cores Gated PixelCNN MNIST trained 1.4x faster on 2 devices (docs/benchmarks.md). 0: one per core,
+    the largest count that divides the batch. Only the CPU client is affected; on a GPU host the
+    accelerator stays the default backend."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    request_host_devices(host_device_count(config.cpu_devices, batch_size, cores))
+
+
+def host_device_count(cpu_devices: int, batch_size: int, cores: int) -> int:
+    return cpu_devices or max(d for d in range(1, cores + 1) if batch_size % d == 0)
+
+
 class DataParallel:
     """Places batches and states on the devices for one engine (``jit`` or ``pmap``)."""
 

@@ -1,0 +1,35 @@
+"""parallel.cpu_devices: a CPU run splits each batch over one host device per core unless told otherwise."""
+
+import os
+
+from jaxconv.train.parallel import host_device_count
+
+
+def test_one_device_per_core_that_divides_the_batch():
+    assert host_device_count(0, 64, 2) == 2
+    assert host_device_count(0, 64, 6) == 4  # 6 and 5 do not divide 64
+    assert host_device_count(0, 63, 2) == 1
+    assert host_device_count(0, 64, 1) == 1
+    assert host_device_count(3, 64, 2) == 3  # an explicit count is used as given
+
+
+def _train(cli, tmp_path, name, *sets, xla_flags=""):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if xla_flags:
+        env["XLA_FLAGS"] = xla_flags
+    args = [arg for item in ("train.steps=2", "train.eval_every=2", "checkpoint.every=2", *sets)
+            for arg in ("--set", item)]
+    done = cli("train", "lenet_modern_mnist", "--smoke", "--workdir", str(tmp_path / name), *args, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    return done.stdout
+
+
+def test_the_cli_creates_the_devices_it_is_asked_for(cli, tmp_path):
+    assert "devices: 2 cpu (32 images each)" in _train(
+        cli, tmp_path, "two", "parallel.cpu_devices=2")
+    assert "devices: 1 cpu (64 images each)" in _train(
+        cli, tmp_path, "one", "parallel.cpu_devices=1")
+    # A device count the user gave XLA wins over the config.
+    assert "devices: 4 cpu (16 images each)" in _train(
+        cli, tmp_path, "flags", "parallel.cpu_devices=2", xla_flags="--xla_force_host_platform_device_count=4")
