@@ -8,10 +8,18 @@ to float tolerance, return the same images.
 - ``sample_naive``: one whole-image forward pass per variable (H*W*C passes) in one jitted loop.
 - ``sample_cached``: in the spirit of Ramachandran et al. 2017, computes only what a new variable
   changes. pixelcnn: each layer's output at the current position only, from per-block caches of
-  the spatial convs' inputs (every other layer is 1x1). gated_pixelcnn: per row, the vertical stack
-  once (it sees only rows above), from per-layer caches of its inputs; per variable, the horizontal
-  stack and the output layers at the current position only, from per-layer caches of the current
-  row. Either way the work per image is about C whole-image forward passes instead of H*W*C.
+  the spatial convs' inputs (every other layer is 1x1; the model's ``PixelCNN.position``).
+  gated_pixelcnn: per row, the vertical stack once (it sees only rows above), one matmul per layer;
+  per position, the horizontal stack and the output layers, two small matmuls per layer; each conv's
+  taps are added into "pending" rows and positions ahead (below, ``_cached_gated``). With one colour
+  group (bernoulli, logistic mixture) the stacks never see the pixel itself, so a pixel's C variables
+  share one pass; with three (softmax RGB) each channel recomputes the horizontal stack. The work per
+  image is one whole-image forward pass (C for the horizontal stack of softmax RGB) instead of H*W*C.
+  Each row's Gumbel noise is drawn at once (the same values as per variable), the logistic mixture's
+  log-probabilities in a layout XLA:CPU vectorises (``_mixture_log_probs``).
+
+``cached_compiled`` returns the compiled program ``sample_cached`` runs (its HLO op names: profiles,
+``tools/profile_sampler.py``).
 
 Completion: ``images`` [B,H,W,C] uint8 and ``known_rows``: rows < known_rows are kept as given.
 ``labels`` [B] int for a class-conditional model. ``temperature`` divides the log-probabilities.
@@ -28,7 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.models.heads import sample_variable, scale_values, to_images, to_values
+from jaxconv.models.heads import (sample_variable, scale_values, to_images, to_values, variable_log_prob,
+                                  variable_params)
+from jaxconv.models.masked import centre_mask
+from jaxconv.models.materialize import materialize
 from jaxconv.models.pixelcnn import GatedPixelCNN, PixelCNN, layer_dilations
 
 
@@ -91,14 +102,13 @@ def _initial_values(config, shape, images, known_rows: int) -> jax.Array:
     return to_values(config, images)
 
 
-def _draw(model, key, temperature, values, raw_pos, i, j, c: int, known_rows: int) -> jax.Array:
-    """Samples variable (i, j, c) into ``values`` unless its row is given."""
-    _, _, w, channels = values.shape
-    n = (i * w + j) * channels + c
-    pixel = scale_values(model.config, values[:, i, j])  # [B, C]
-    drawn = sample_variable(model.config, raw_pos, pixel, c, jax.random.fold_in(key, n), temperature)
-    keep = i < known_rows
-    return values.at[:, i, j, c].set(jnp.where(keep, values[:, i, j, c], drawn))
+def cached_compiled(model: nn.Module, params: Any, key: jax.Array, shape: tuple[int, int, int, int], *,
+                    labels: jax.Array | None = None, images: jax.Array | None = None, known_rows: int = 0,
+                    temperature: float = 1.0):
+    """The compiled computation ``sample_cached`` runs for these arguments (for profiles: its HLO op names)."""
+    values = _initial_values(model.config, shape, images, known_rows)
+    run = _cached_gated if isinstance(model, GatedPixelCNN) else _cached_pixelcnn
+    return run.lower(model, known_rows, False, params, key, values, labels, jnp.float32(temperature)).compile()
 
 
 def _report(progress: bool, i: jax.Array, height: int) -> None:
@@ -134,6 +144,103 @@ def _naive(model, known_rows, progress, params, key, values, labels, temperature
     return jax.lax.fori_loop(known_rows, h, row, values)
 
 
+# ----------------------------------------------------------------------------------------------
+# Drawing a variable, as ``sample_variable`` draws it, at a fraction of its cost.
+
+
+def _row_noise(config, key: jax.Array, i: jax.Array, b: int, w: int, channels: int) -> jax.Array:
+    """Row i's Gumbel noise [W, C, B, V]: variable n's is exactly the noise ``sample_variable`` draws with
+    ``fold_in(key, n)``, in one vectorised draw per row instead of one threefry loop per variable."""
+    n = (i * w + jnp.arange(w)[:, None]) * channels + jnp.arange(channels)[None, :]
+    draw = lambda m: jax.random.gumbel(jax.random.fold_in(key, m), (b, config.num_values), jnp.float32)
+    return jax.vmap(jax.vmap(draw))(n)
+
+
+def _log_sigmoid_pair(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(log_sigmoid(x), log_sigmoid(-x)), each bit for bit as ``jax.nn.log_sigmoid`` computes it
+    (-logaddexp(-x, 0) = -(max(-x, 0) + log1p(exp(-|x|)))), sharing their log1p(exp(-|x|)), which XLA
+    computes twice for the two calls."""
+    shared = jnp.log1p(jnp.exp(-jnp.abs(x)))
+    nan = jnp.isnan(x)
+    return (-jnp.where(nan, -x + 0.0, jnp.maximum(-x, 0.0) + shared),
+            -jnp.where(nan, x + 0.0, jnp.maximum(x, 0.0) + shared))
+
+
+def _log_sigmoid_difference(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``jaxconv.models.heads._log_sigmoid_difference`` with the same operations, but for the midpoint
+    rule's two log-sigmoids (of mid and -mid), which share their transcendentals: 9 instead of 11 per element."""
+    flip = a + b > 0
+    hi, lo = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
+    width = a - b
+    narrow = width < 1e-2
+    log_hi = jax.nn.log_sigmoid(hi)
+    delta = jnp.where(narrow, -1.0, jax.nn.log_sigmoid(lo) - log_hi)
+    exact = log_hi + jnp.log(-jnp.expm1(delta))
+    ls_mid, ls_neg_mid = _log_sigmoid_pair(0.5 * (a + b))
+    approx = jnp.log(jnp.maximum(width, 1e-30)) + ls_mid + ls_neg_mid
+    return jnp.where(narrow, approx, exact)
+
+
+def _mixture_log_probs(params: jax.Array) -> jax.Array:
+    """``variable_log_prob`` of the logistic mixture for all 256 values: params [B, 3K] -> [B, 256].
+
+    The same elementwise formula as ``jaxconv.models.heads`` in a [B, K, 256] layout (the value axis minor,
+    where XLA:CPU vectorises; heads' [B, 256, K] reduces over a minor axis of K = 5, 10x slower at batch 64),
+    and the edge bins' one-sided CDFs only for the values 0 and 255 instead of for all 256 (a select)."""
+    logits, means, log_scales = jnp.split(params.astype(jnp.float32), 3, axis=-1)  # [B, K]
+    inv_scale = jnp.exp(-jnp.maximum(log_scales, -7.0))[..., None]
+    centred = (jnp.arange(256, dtype=jnp.float32) / 255.0 * 2.0 - 1.0) - means[..., None]  # [B, K, 256]
+    upper, lower = inv_scale * (centred + 1.0 / 255.0), inv_scale * (centred - 1.0 / 255.0)
+    log_bin = jnp.concatenate([jax.nn.log_sigmoid(upper[..., :1]),
+                               _log_sigmoid_difference(upper[..., 1:255], lower[..., 1:255]),
+                               jax.nn.log_sigmoid(-lower[..., 255:])], axis=-1)
+    return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1)[..., None] + log_bin, axis=1)
+
+
+def _draw_noise(config, raw_pos: jax.Array, pixel_scaled: jax.Array, c: int, noise: jax.Array,
+                temperature: jax.Array) -> jax.Array:
+    """``sample_variable`` with its Gumbel noise given [B, V]: the same draw."""
+    params = variable_params(config, raw_pos, pixel_scaled)[:, c]  # [B, Q]
+    if config.head == "logistic_mixture":
+        log_p = _mixture_log_probs(params)
+    else:
+        candidates = jnp.broadcast_to(jnp.arange(config.num_values), (params.shape[0], config.num_values))
+        log_p = variable_log_prob(config, params, candidates)
+    return _argmax(log_p / temperature + noise)
+
+
+def _argmax(x: jax.Array) -> jax.Array:
+    """``jnp.argmax(x, axis=-1)`` (the first maximum, or the first NaN) as a max and a min: XLA:CPU's argmax (a
+    reduction of (value, index) pairs) took 124 us for [64, 256], these two 14 us."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    first = jnp.where((x == top) | jnp.isnan(x), jnp.arange(x.shape[-1]), x.shape[-1])
+    return jnp.min(first, axis=-1).astype(jnp.int32)
+
+
+def _draw(config, noise, temperature, values, raw_pos, i, j, c: int, known_rows: int) -> jax.Array:
+    """Samples variable (i, j, c) into ``values`` with its Gumbel noise [B, V] unless its row is given."""
+    pixel = scale_values(config, values[:, i, j])  # [B, C]
+    drawn = _draw_noise(config, raw_pos, pixel, c, noise, temperature)
+    keep = i < known_rows
+    return values.at[:, i, j, c].set(jnp.where(keep, values[:, i, j, c], drawn))
+
+
+def _read(x: jax.Array, index: jax.Array) -> jax.Array:
+    """x[index] along the first axis, into its own buffer. XLA:CPU fuses a dynamic slice into its elementwise
+    consumer, and such a fusion with transcendentals (the gates, a head's log-probabilities) ran 2x slower
+    than the slice and the fusion apart (a conditional is never fused into; ``jaxconv.models.materialize``,
+    here for any size)."""
+    v = jax.lax.dynamic_index_in_dim(x, index, 0, False)
+    if jax.default_backend() != "cpu":
+        return v
+    first = v.reshape(-1)[0]
+    return jax.lax.cond(first == first, lambda u: u, lambda u: u + jnp.zeros((), u.dtype), v)
+
+
+# ----------------------------------------------------------------------------------------------
+# PixelCNN: the model's ``position`` method, block caches.
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _cached_pixelcnn(model, known_rows, progress, params, key, values, labels, temperature):
     if labels is not None:
@@ -145,49 +252,194 @@ def _cached_pixelcnn(model, known_rows, progress, params, key, values, labels, t
                              model.dtype) for d in layer_dilations(config))
     pad = lambda v: jnp.pad(scale_values(config, v, model.dtype), ((0, 0), (p0, p0), (p0, p0), (0, 0)))
 
-    def position(n, carry):
-        values, caches = carry
-        i, j = jnp.divmod(n, w)
-        for c in range(channels):
-            raw, caches = model.apply({"params": params}, pad(values), caches, i, j, method=PixelCNN.position)
-            values = _draw(model, key, temperature, values, raw, i, j, c, known_rows)
-        return values, caches
-
     def row(i, carry):
-        carry = jax.lax.fori_loop(i * w, (i + 1) * w, position, carry)
+        noise = _row_noise(config, key, i, b, w, channels)  # [W, C, B, V]
+
+        def position(j, carry):
+            values, caches = carry
+            noise_j = _read(noise, j)
+            for c in range(channels):
+                raw, caches = model.apply({"params": params}, pad(values), caches, i, j, method=PixelCNN.position)
+                values = _draw(config, noise_j[c], temperature, values, raw, i, j, c, known_rows)
+            return values, caches
+
+        carry = jax.lax.fori_loop(0, w, position, carry)  # static bounds: a scan (its FLOPs can be counted)
         _report(progress, i, h)
         return carry
 
     return jax.lax.fori_loop(0, h, row, (values, caches))[0]
 
 
+# ----------------------------------------------------------------------------------------------
+# Gated PixelCNN: per row, the vertical stack with one matmul per layer; per position, the horizontal
+# stack with two small matmuls per layer; no caches of whole images, no per-variable gather, scatter or
+# random-number loop.
+#
+# Kernels are read from ``params`` with the masks the modules apply (``jaxconv.models.masked``), as
+# matrices. A kxk (or 1x(r+1)) conv is split by the row (or column) it reads: a new row (position) of a
+# layer's input is multiplied once by all its taps (one matmul, N = (r+1) * 2F), and each tap's product
+# is added into a "pending" buffer at the output row (position) it feeds: d*s rows (columns) further
+# for tap r - s. The output row (position) is then the current tap's product plus its pending sum. A
+# layer's vertical pending rows live in a ring of d*r + 1 rows; the horizontal ones in a row of W + d*r
+# columns, which starts as the row's link + class bias + horizontal bias.
+#
+# Layouts put the index a step moves along first (rows [rows, B, W, .], row positions [W, B, .]), so a
+# step reads and writes contiguous blocks with dynamic_slice / dynamic_update_slice.
+
+
+def _gate(x: jax.Array) -> jax.Array:
+    a, b = jnp.split(x, 2, axis=-1)
+    return jnp.tanh(a) * jax.nn.sigmoid(b)
+
+
+def _dot(x: jax.Array, w: jax.Array) -> jax.Array:
+    return jnp.dot(x, w, preferred_element_type=x.dtype)
+
+
+def _gated_weights(model: GatedPixelCNN, params: Any) -> dict:
+    """The model's kernels, masked as its modules mask them, as matrices in the compute dtype."""
+    config, dtype = model.config, model.dtype
+    r, colours, f = config.kernel // 2, config.colours, config.features
+    cast = lambda a: jnp.asarray(a).astype(dtype)
+
+    def taps_last_masked(p, mask_type, out_tiles):
+        """[1, r+1, Cin, Cout] horizontal kernel -> [Cin, (r+1) * Cout]: block s is tap r - s (block 0: the
+        centre tap, with its channel mask)."""
+        kernel = p["kernel"]
+        centre = kernel[0, r] * centre_mask(kernel.shape[2], kernel.shape[3], colours, mask_type, out_tiles)
+        return jnp.concatenate([centre] + [kernel[0, r - s] for s in range(1, r + 1)], axis=1)
+
+    def one_by_one(p, groups):
+        kernel = p["kernel"][0, 0]
+        return cast(kernel * centre_mask(kernel.shape[0], kernel.shape[1], groups, "B")), cast(p["bias"])
+
+    first = params["horizontal_first"]["kernel"]
+    first = first.at[0, r].multiply(centre_mask(first.shape[2], first.shape[3], colours, "A"))
+    weights = {
+        "v_first": cast(params["vertical_first"]["kernel"].reshape(-1, f)),  # [(r+1)*k*C, F], (row, column) taps
+        "v_first_bias": cast(params["vertical_first"]["bias"]),
+        "h_first": cast(first.reshape(-1, f)),  # [(r+1)*C, F], columns j-r .. j
+        "h_first_bias": cast(params["horizontal_first"]["bias"]),
+        "head": [one_by_one(params["head"][name], colours) for name in ("hidden", "logits")],
+        "layers": []}
+    for l in range(config.num_layers):
+        p = params[f"layers_{l}"]
+        vertical = p["vertical_conv"]["kernel"]  # [r+1, k, F, 2F]
+        weights["layers"].append({
+            # [k*F, (r+1)*2F]: block s is kernel row r - s (the input row feeds the output row d*s below).
+            "v": cast(jnp.concatenate([vertical[r - s].reshape(-1, 2 * f) for s in range(r + 1)], axis=1)),
+            "v_bias": cast(p["vertical_conv"]["bias"]),
+            "link": one_by_one(p["link"], 1),
+            "h": cast(taps_last_masked(p["horizontal_conv"], "B", 2)),  # [F, (r+1)*2F]
+            "h_bias": cast(p["horizontal_conv"]["bias"]),
+            "residual": one_by_one(p["residual"], colours),
+            "classes": cast(p["class_bias"]["embedding"]) if config.num_classes else None})
+    return weights
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _cached_gated(model, known_rows, progress, params, key, values, labels, temperature):
-    config = model.config
+    config, dtype = model.config, model.dtype
     b, h, w, channels = values.shape
-    r, f = config.kernel // 2, config.features
+    r, k, f = config.kernel // 2, config.kernel, config.features
     dilations = layer_dilations(config)
-    apply = functools.partial(model.apply, {"params": params})
-    v_caches = tuple(jnp.zeros((b, h + d * r, w + 2 * d * r, f), model.dtype) for d in dilations)
+    wts = _gated_weights(model, params)
+    conds = [0.0 if lw["classes"] is None else lw["classes"][labels] for lw in wts["layers"]]  # [B, 2F]
+    scale = lambda v: scale_values(config, v, dtype)
+    # The image, scaled, rows first, padded as the first vertical layer reads it: r+1 rows on top, r columns
+    # each side (row i of the image is row i + r + 1).
+    x_rows = jnp.pad(scale(values.transpose(1, 0, 2, 3)), ((r + 1, 0), (0, 0), (r, r), (0, 0)))
+    out_rows = values.transpose(1, 0, 2, 3)  # [H, B, W, C]
+    # Rows above the image feed nothing: their rows' slots start as the bias.
+    rings = tuple(jnp.broadcast_to(lw["v_bias"], (d * r + 1, b, w, 2 * f)) for lw, d in zip(wts["layers"], dilations))
 
-    def column(j, carry):
-        values, h_caches, links, i = carry
-        for c in range(channels):
-            x_row = scale_values(config, jax.lax.dynamic_slice_in_dim(values, i, 1, axis=1), model.dtype)
-            x_row = jnp.pad(x_row, ((0, 0), (0, 0), (r, 0), (0, 0)))  # [B, 1, W+r, C]
-            raw, h_caches = apply(x_row, h_caches, links, j, labels, method=GatedPixelCNN.horizontal_position)
-            values = _draw(model, key, temperature, values, raw, i, j, c, known_rows)
-        return values, h_caches, links, i
+    def vertical(i, x_rows, rings):
+        """Row i's vertical stack -> (updated rings, per layer the horizontal row bias [W, B, 2F])."""
+        window = jax.lax.dynamic_slice_in_dim(x_rows, i, r + 1, axis=0)  # image rows i-r-1 .. i-1
+        cols = jnp.concatenate([window[a, :, t:t + w] for a in range(r + 1) for t in range(k)], axis=-1)
+        v = _dot(cols, wts["v_first"]) + wts["v_first_bias"]  # [B, W, F]
+        new_rings, row_biases = [], []
+        for lw, ring, d, cond in zip(wts["layers"], rings, dilations, conds):
+            v = jnp.pad(materialize(v), ((0, 0), (d * r, d * r), (0, 0)))
+            cols = jnp.concatenate([v[:, t * d:t * d + w] for t in range(k)], axis=-1)  # [B, W, k*F]
+            z = _dot(cols, lw["v"])  # [B, W, (r+1)*2F]
+            # Row i + d*r's first contribution (tap 0) sets its slot (bias + it), the nearer rows' add to
+            # theirs; row i's slot is read after the writes: every read of the old ring feeds a write, so
+            # XLA updates it in place (a read it cannot order before a write costs a copy of the ring).
+            for s in range(r, 0, -1):
+                q = (i + d * s) % (d * r + 1)
+                ahead = (lw["v_bias"] if s == r else jax.lax.dynamic_index_in_dim(ring, q, 0, False)) + \
+                    z[..., 2 * f * s:2 * f * (s + 1)]
+                ring = jax.lax.dynamic_update_index_in_dim(ring, ahead, q, 0)
+            pre = _read(ring, i % (d * r + 1)) + z[..., :2 * f]
+            cond_v = cond if isinstance(cond, float) else cond[:, None]
+            v = _gate(pre + cond_v)
+            link_w, link_b = lw["link"]
+            row_bias = _dot(pre, link_w) + link_b + cond_v + lw["h_bias"]  # [B, W, 2F]
+            row_biases.append(row_bias.transpose(1, 0, 2))
+            new_rings.append(ring)
+        return tuple(new_rings), row_biases
 
-    def row(i, carry):
-        values, v_caches = carry
-        x_pad = jnp.pad(scale_values(config, values, model.dtype), ((0, 0), (r + 1, 0), (r, r), (0, 0)))
-        v_caches, links = apply(x_pad, v_caches, i, labels, method=GatedPixelCNN.vertical_row)
-        h_caches = tuple(jnp.zeros((b, 1, w + d * r, f), model.dtype) for d in dilations)
+    def head(skip):
+        (w1, b1), (w2, b2) = wts["head"]
+        return (_dot(jax.nn.relu(_dot(jax.nn.relu(skip), w1) + b1), w2) + b2).astype(jnp.float32)
+
+    def horizontal(j, x_row, pending, write: bool):
+        """Position j's raw output [B, P] from the row's inputs x_row [W+r, B, C] (scaled, r zero columns
+        on the left) and pending buffers; ``write``: also add this position's taps into the later ones."""
+        window = jax.lax.dynamic_slice_in_dim(x_row, j, r + 1, axis=0)  # columns j-r .. j
+        hs = _dot(window.transpose(1, 0, 2).reshape(b, -1), wts["h_first"]) + wts["h_first_bias"]  # [B, F]
+        skip, new_pending = 0.0, []
+        for lw, buf, d in zip(wts["layers"], pending, dilations):
+            z = _dot(hs, lw["h"])  # [B, (r+1)*2F]
+            if write:  # the writes before the read of column j (in place, as the vertical rings)
+                for s in range(1, r + 1):
+                    ahead = jax.lax.dynamic_index_in_dim(buf, j + d * s, 0, False) + z[:, 2 * f * s:2 * f * (s + 1)]
+                    buf = jax.lax.dynamic_update_index_in_dim(buf, ahead, j + d * s, 0)
+            pre = _read(buf, j) + z[:, :2 * f]
+            res_w, res_b = lw["residual"]
+            out = _dot(_gate(pre), res_w) + res_b
+            hs, skip = hs + out, skip + out
+            new_pending.append(buf)
+        return head(skip), tuple(new_pending)
+
+    def columns(i, out_rows, row_biases):
+        """Samples row i, position by position -> its values [B, W, C]."""
+        noise = _row_noise(config, key, i, b, w, channels)  # [W, C, B, V]
+        row = jax.lax.dynamic_index_in_dim(out_rows, i, 0, False).transpose(1, 0, 2)  # [W, B, C] (initial values)
+        x_row = jnp.pad(scale(row), ((r, 0), (0, 0), (0, 0)))
+        pending = tuple(jnp.pad(rb, ((0, d * r), (0, 0), (0, 0))) for rb, d in zip(row_biases, dilations))
+
+        def position(j, carry):
+            row, x_row, pending = carry
+            pixel = jax.lax.dynamic_index_in_dim(row, j, 0, False)  # [B, C]
+            noise_j = _read(noise, j)  # [C, B, V]
+            raw = None
+            for c in range(channels):
+                # With one colour group the stack never sees the pixel itself: once for all its channels.
+                # Otherwise channel c's groups see the channels drawn before it: recompute, and add into
+                # the later positions only with the whole pixel's (last channel's) values.
+                if raw is None or config.colours > 1:
+                    raw, new_pending = horizontal(j, x_row, pending, write=c == channels - 1 or config.colours == 1)
+                drawn = _draw_noise(config, raw, scale(pixel), c, noise_j[c], temperature)
+                pixel = pixel.at[:, c].set(drawn)
+                x_row = jax.lax.dynamic_update_index_in_dim(x_row, scale(pixel), j + r, 0)
+            row = jax.lax.dynamic_update_index_in_dim(row, pixel, j, 0)
+            return row, x_row, new_pending
+
+        row, _, _ = jax.lax.fori_loop(0, w, position, (row, x_row, pending))
+        return row.transpose(1, 0, 2)
+
+    def step(i, carry):
+        x_rows, out_rows, rings = carry
+        rings, row_biases = vertical(i, x_rows, rings)
         # Given rows only feed the vertical stack of the rows below: skip their horizontal stack.
-        values = jax.lax.cond(i < known_rows, lambda v: v,
-                              lambda v: jax.lax.fori_loop(0, w, column, (v, h_caches, links, i))[0], values)
+        row = jax.lax.cond(i < known_rows, lambda: jax.lax.dynamic_index_in_dim(out_rows, i, 0, False),
+                           lambda: columns(i, out_rows, row_biases))
+        out_rows = jax.lax.dynamic_update_index_in_dim(out_rows, row, i, 0)
+        x_rows = jax.lax.dynamic_update_slice(x_rows, scale(row)[None], (i + r + 1, 0, r, 0))
         _report(progress, i, h)
-        return values, v_caches
+        return x_rows, out_rows, rings
 
-    return jax.lax.fori_loop(0, h, row, (values, v_caches))[0]
+    _, out_rows, _ = jax.lax.fori_loop(0, h, step, (x_rows, out_rows, rings))
+    return out_rows.transpose(1, 0, 2, 3)

@@ -213,14 +213,18 @@ def conv_plots(doc: dict, out_dir: Path) -> list[Path]:
 def sample_markdown(doc: dict) -> str:
     lines = _header(doc, "Sampling")
     lines += ["| preset | image | batch | naive img/s (extrapolated from) | cached img/s | speed-up | agree | "
-              "cached compile s |", "|---|---|---|---|---|---|---|---|"]
+              "cached compile s | cached MFLOP/image | cached GFLOP/s (of matmul peak) | forward pass img/s | "
+              "cached cost, forward passes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
-        n = r["naive"]
+        n, c, f = r["naive"], r["cached"], r.get("forward")  # flops and forward: absent in older results
+        flops = (f"{_g(r['flops_per_image'] / 1e6)} | {_g(c['flops_per_s'] / 1e9)} ({_pct(c.get('frac_peak'))})"
+                 if "flops_per_image" in r else "- | -")
+        passes = f"{c['forward_passes']:.2f}" if "forward_passes" in c else "-"
         lines.append(f"| {r['preset']} | {'x'.join(map(str, r['image']))} | {r['batch']} | "
                      f"{_g(n['images_per_s'])} ({n['variables_timed']} of {n['variables_total']} variables) | "
-                     f"{_g(r['cached']['images_per_s'])} | {r['speedup']:.1f}x | "
+                     f"{_g(c['images_per_s'])} | {r['speedup']:.1f}x | "
                      f"{'yes' if r['agree'] else ('-' if r['agree'] is None else '**no**')} | "
-                     f"{r['cached']['compile_s']:.1f} |")
+                     f"{c['compile_s']:.1f} | {flops} | {_g(f['images_per_s']) if f else '-'} | {passes} |")
     return "\n".join(lines + [""] + _footer(doc)) + "\n"
 
 

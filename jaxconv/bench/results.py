@@ -36,7 +36,13 @@ every file is an object with
   ({``variables_timed``, ``variables_total``, ``time_per_variable_s``, ``images_per_s``, ``extrapolated``
   (true: timed variables scaled to the whole image), ``compile_s``, ``runs_s``}), ``cached``
   ({``time_s``, ``images_per_s``, ``compile_s``, ``runs_s``}), ``speedup`` (cached / naive images/s),
-  ``agree`` (the naive sampler redraws the cached sample's last variables identically; null if unchecked).
+  ``agree`` (the naive sampler redraws the cached sample's last variables identically; null if unchecked);
+  optional (written since the cached sampler's FLOPs are reported): ``flops_per_image`` (the conv and matmul
+  FLOPs the cached sampler runs per image, counted from its traced program with its loops' trip counts),
+  ``cached.flops_per_s`` (flops_per_image * cached images/s), ``cached.frac_peak`` (that / the float32 matmul
+  peak, null without peaks), ``cached.forward_passes`` (time per cached image / time per image of one
+  whole-image forward pass at the same batch) and ``forward`` ({``time_s``, ``images_per_s``,
+  ``flops_per_image``, ``runs_s``}: that forward pass).
 - train rows, one per (preset, framework, dtype, devices, batch): ``preset``, ``framework``, ``dtype``,
   ``devices``, ``batch`` (global), ``images_per_s``, ``step_s``, ``compile_s`` (first step: tracing,
   compilation and one step), ``runs`` (images/s per repeat), ``flops_per_image`` (model FLOPs: 3x the
@@ -105,8 +111,12 @@ SAMPLE_ROW = _obj({
     "preset": STR, "image": {**_arr(INT, 3), "maxItems": 3}, "params": INT, "batch": INT,
     "naive": _obj({"variables_timed": INT, "variables_total": INT, "time_per_variable_s": NUM, "images_per_s": NUM,
                    "extrapolated": BOOL, "compile_s": NUM, "runs_s": _arr(NUM, 1)}),
-    "cached": _obj({"time_s": NUM, "images_per_s": NUM, "compile_s": NUM, "runs_s": _arr(NUM, 1)}),
-    "speedup": NUM, "agree": {"type": ["boolean", "null"]}})
+    "cached": _obj({"time_s": NUM, "images_per_s": NUM, "compile_s": NUM, "runs_s": _arr(NUM, 1)},
+                   {"flops_per_s": NUM, "frac_peak": OPT_NUM, "forward_passes": NUM}),
+    "speedup": NUM, "agree": {"type": ["boolean", "null"]}},
+    # Added later (results written before them stay valid):
+    {"flops_per_image": NUM,
+     "forward": _obj({"time_s": NUM, "images_per_s": NUM, "flops_per_image": NUM, "runs_s": _arr(NUM, 1)})})
 
 TRAIN_ROW = _obj({
     "preset": STR, "framework": {"enum": ["jax", "torch"]}, "dtype": {"enum": ["float32", "bfloat16"]},

@@ -1,4 +1,5 @@
-"""``jaxconv bench sample``: naive vs cached PixelCNN sampling, images/s per batch size.
+"""``jaxconv bench sample``: naive vs cached PixelCNN sampling, images/s per batch size, and the cached
+sampler's FLOPs, FLOP/s and cost in whole-image forward passes.
 
 Presets: on CPU the MNIST-size ones (``pixelcnn_mnist``, ``gated_pixelcnn_mnist``, 28x28x1) and the
 small 32x32x3 one (``gated_pixelcnn_cifar``); on an accelerator also the paper-size ``pixelcnn_cifar``
@@ -7,7 +8,17 @@ them: ``jaxconv.bench.models.random_params``). Batch sizes 1, 16, 64, 256 (on CP
 32x32x3 presets).
 
 - cached: ``jaxconv.sampling.sample_cached`` draws whole images (all H*W*C variables); images/s =
-  batch / median time of a full sample.
+  batch / median time of a full sample. ``flops_per_image``: the conv and matmul FLOPs (2 * multiply-adds)
+  the cached sampler runs per image, counted exactly from its traced program (``cached_flops``: every
+  ``dot_general`` and ``conv_general_dilated`` with its shapes, times the trip counts of the loops around
+  it; of a conditional, its costlier branch). XLA's own ``cost_analysis()`` of the compiled sampler counts a
+  loop's body once whatever its trip count, so it is not used. Elementwise work (gates, the heads'
+  log-probabilities, the Gumbel noise) is not counted, as in training MFU. ``flops_per_s`` = FLOPs per
+  image * images/s; ``frac_peak`` = that / the run's measured float32 matmul peak.
+- forward: one whole-image forward pass (jitted ``model.apply``) at the same batch; images/s = batch /
+  median time. ``cached.forward_passes`` = time per cached image / time per forward-pass image: the
+  cached sampler's cost in forward passes (about 1 is the floor: it computes each layer at each position
+  once).
 - naive: one whole-image forward pass per variable, so every variable costs the same; the naive loop
   (``jaxconv.sampling``'s own step) is timed on a fixed number of variables (the last ones of the
   image, ``--naive-variables``) and extrapolated: images/s = batch / (time per variable * H*W*C)
@@ -15,7 +26,9 @@ them: ``jaxconv.bench.models.random_params``). Batch sizes 1, 16, 64, 256 (on CP
 - agree: the naive sampler, given the cached sample, redraws those last variables with the same keys;
   it must return the cached sample unchanged.
 
-Target (reported): cached >= 100x naive at batch 64 on CPU for the 28x28 presets.
+Targets (reported, on CPU): cached >= 100x naive at batch 64 for the 28x28 presets; for
+gated_pixelcnn_mnist at batch 64, cached FLOP/s >= 50% of the matmul peak and a cached image costing
+<= 1.2 forward passes; gated_pixelcnn_cifar's cached images/s >= 10x from batch 1 to batch 64.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import types
 from typing import Callable
 
 import jax
@@ -30,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv import sampling
-from jaxconv.bench.models import param_count, preset_image, random_params
+from jaxconv.bench.models import jaxpr_flops, param_count, preset_image, random_params
 from jaxconv.timing import time_calls
 from jaxconv.errors import ConfigError
 from jaxconv.models import PRESETS, build_model, heads, pixelcnn
@@ -41,6 +55,9 @@ BATCH_SIZES = (1, 16, 64, 256)
 # On CPU the 32x32x3 presets stop at 64: a cached batch of 256 takes minutes (--batch-sizes overrides).
 CPU_BATCH_SIZES = {"gated_pixelcnn_cifar": (1, 16, 64), "pixelcnn_cifar": (1, 16, 64)}
 TARGET_SPEEDUP = 100.0
+TARGET_FRAC_PEAK = 0.5  # gated_pixelcnn_mnist, batch 64
+TARGET_FORWARD_PASSES = 1.2  # gated_pixelcnn_mnist, batch 64
+TARGET_BATCH_SCALING = 10.0  # gated_pixelcnn_cifar, images/s batch 64 / batch 1
 
 
 def _quick_config(name: str):
@@ -58,7 +75,38 @@ def _naive_variables(model, start: int, count: int, params, key, values, tempera
     return jax.lax.fori_loop(start, start + count, step, values)
 
 
-def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats: int, seed: int = 0) -> dict:
+def _loop_flops(jaxpr) -> float:
+    """2 * multiply-adds of a jaxpr's convolutions and matmuls, each times the trip count of the loops around
+    it (a scan's ``length``; a conditional counts its costlier branch). ValueError for a while loop, whose
+    trip count the program does not state."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name in ("dot_general", "conv_general_dilated"):
+            total += jaxpr_flops(types.SimpleNamespace(eqns=[eqn]))
+        elif name == "scan":
+            total += eqn.params["length"] * _loop_flops(eqn.params["jaxpr"].jaxpr)
+        elif name == "cond":
+            total += max(_loop_flops(branch.jaxpr) for branch in eqn.params["branches"])
+        elif name == "while":
+            raise ValueError("a while loop (trip count unknown) in the sampler: FLOPs cannot be counted")
+        else:
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (list, tuple)) else (value,):
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        total += _loop_flops(inner)
+    return total
+
+
+def cached_flops(model, params, shape: tuple[int, int, int, int]) -> float:
+    """Conv and matmul FLOPs per image of ``sampling.sample_cached`` drawing ``shape`` = (B, H, W, C) images."""
+    jaxpr = jax.make_jaxpr(lambda p, k: sampling.sample_cached(model, p, k, shape))(params, jax.random.key(0))
+    return _loop_flops(jaxpr.jaxpr) / shape[0]
+
+
+def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats: int, seed: int = 0,
+            peaks: dict | None = None) -> dict:
     config = _quick_config(name) if quick else PRESETS[name]
     h, w, c = (6, 6, preset_image(name)[2]) if quick else preset_image(name)
     model = build_model(config)
@@ -88,6 +136,13 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
     naive = time_calls(naive_call, **timing)
     agree = bool(np.array_equal(np.asarray(out["redrawn"]), np.asarray(values)))
 
+    x = jnp.zeros(shape, jnp.float32)
+    forward_fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    forward = time_calls(lambda: forward_fn(params, x), **{**timing, "repeats": max(repeats, 5), "min_time": 0.05,
+                                                          "warmup": 1})
+    flops = cached_flops(model, params, shape)
+    peak = peaks["matmul_flops_per_s"][str(jnp.dtype(model.dtype))] if peaks else None
+
     per_variable = naive["median_s"] / count
     naive_ips = batch / (per_variable * total)
     cached_ips = batch / cached["median_s"]
@@ -99,13 +154,21 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
                   "images_per_s": naive_ips, "extrapolated": count < total, "compile_s": first(naive),
                   "runs_s": naive["runs_s"]},
         "cached": {"time_s": cached["median_s"], "images_per_s": cached_ips, "compile_s": first(cached),
-                   "runs_s": cached["runs_s"]},
+                   "runs_s": cached["runs_s"], "flops_per_s": flops * cached_ips,
+                   "frac_peak": flops * cached_ips / peak if peak else None,
+                   "forward_passes": cached["median_s"] / forward["median_s"]},
+        "forward": {"time_s": forward["median_s"], "images_per_s": batch / forward["median_s"],
+                    "flops_per_image": jaxpr_flops(jax.make_jaxpr(forward_fn)(params, x).jaxpr) / batch,
+                    "runs_s": forward["runs_s"]},
+        "flops_per_image": flops,
         "speedup": cached_ips / naive_ips, "agree": agree,
     }
 
 
 def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: list[int] | None = None,
-        naive_variables: int | None = None, repeats: int | None = None, log: Callable[[str], None] = print) -> dict:
+        naive_variables: int | None = None, repeats: int | None = None, peaks: dict | None = None,
+        log: Callable[[str], None] = print) -> dict:
+    """``peaks``: the run's ``device.measure_peaks()`` (without them ``frac_peak`` is null)."""
     accelerator = jax.default_backend() != "cpu"
     presets = presets or (["pixelcnn_mnist", "gated_pixelcnn_mnist"] if quick else
                           list(ACCELERATOR_PRESETS if accelerator else CPU_PRESETS))
@@ -122,22 +185,48 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                                                     CPU_BATCH_SIZES.get(name, BATCH_SIZES)))
         for batch in batch_sizes:
             start = time.perf_counter()
-            row = measure(name, batch, quick=quick, naive_variables=naive_variables, repeats=repeats)
+            row = measure(name, batch, quick=quick, naive_variables=naive_variables, repeats=repeats, peaks=peaks)
             rows.append(row)
-            log(f"{name} batch {batch}: cached {row['cached']['images_per_s']:.3g} img/s, naive "
+            cached = row["cached"]
+            frac = "" if cached["frac_peak"] is None else f" ({cached['frac_peak']:.0%} of the matmul peak)"
+            log(f"{name} batch {batch}: cached {cached['images_per_s']:.3g} img/s, naive "
                 f"{row['naive']['images_per_s']:.3g} img/s (extrapolated from {row['naive']['variables_timed']} "
-                f"variables), speed-up {row['speedup']:.1f}x, agree {row['agree']} "
-                f"({time.perf_counter() - start:.0f} s)")
+                f"variables), speed-up {row['speedup']:.1f}x, agree {row['agree']}; cached "
+                f"{row['flops_per_image'] / 1e6:.3g} MFLOP/image, {cached['flops_per_s'] / 1e9:.3g} GFLOP/s{frac}, "
+                f"{cached['forward_passes']:.2f} forward passes per image (forward pass "
+                f"{row['forward']['images_per_s']:.3g} img/s) ({time.perf_counter() - start:.0f} s)")
     targets = []
     if not accelerator:
+        def at(name, batch):
+            return next((r for r in rows if r["preset"] == name and r["batch"] == batch), None)
+
+        def target(name, value, goal, met):
+            targets.append({"name": name, "value": value, "goal": goal, "met": None if value is None else met(value)})
+
         for name in ("pixelcnn_mnist", "gated_pixelcnn_mnist"):
-            hit = [r for r in rows if r["preset"] == name and r["batch"] == 64]
-            value = hit[0]["speedup"] if hit else None
-            targets.append({"name": f"{name}: cached / naive images/s at batch 64 (CPU, 28x28)", "value": value,
-                            "goal": f">= {TARGET_SPEEDUP:g}", "met": None if value is None else value >= TARGET_SPEEDUP})
+            row = at(name, 64)
+            target(f"{name}: cached / naive images/s at batch 64 (CPU, 28x28)", row and row["speedup"],
+                   f">= {TARGET_SPEEDUP:g}", lambda v: v >= TARGET_SPEEDUP)
+        row = at("gated_pixelcnn_mnist", 64)
+        frac = row and row["cached"]["frac_peak"]
+        target("gated_pixelcnn_mnist: cached FLOP/s, % of the float32 matmul peak, batch 64 (CPU)",
+               None if frac is None else 100 * frac, f">= {100 * TARGET_FRAC_PEAK:g}",
+               lambda v: v >= 100 * TARGET_FRAC_PEAK)
+        target("gated_pixelcnn_mnist: cached cost in whole-image forward passes per image, batch 64 (CPU)",
+               row and row["cached"]["forward_passes"], f"<= {TARGET_FORWARD_PASSES:g}",
+               lambda v: v <= TARGET_FORWARD_PASSES)
+        one, many = at("gated_pixelcnn_cifar", 1), at("gated_pixelcnn_cifar", 64)
+        target("gated_pixelcnn_cifar: cached images/s at batch 64 / at batch 1 (CPU)",
+               one and many and many["cached"]["images_per_s"] / one["cached"]["images_per_s"],
+               f">= {TARGET_BATCH_SCALING:g}", lambda v: v >= TARGET_BATCH_SCALING)
     notes = [f"naive images/s are extrapolated from the time of {naive_variables} variables (the image's last ones) "
              "of the naive loop; each costs one whole-image forward pass",
-             "compile_s: first call minus a steady-state call", "parameters: random initialisation"]
+             "compile_s: first call minus a steady-state call", "parameters: random initialisation",
+             "cached FLOPs: the convs and matmuls the cached sampler runs per image, counted from its traced program "
+             "with the loops' trip counts (elementwise work, e.g. the heads' log-probabilities, not counted); "
+             "% of peak: against the run's measured float32 matmul peak",
+             "forward passes: time per cached image / time per image of one whole-image forward pass at the same "
+             "batch"]
     if quick:
         notes.append("--quick: tiny models on 6x6 images, one repeat; the timings mean nothing")
     settings = {"presets": presets, "batch_sizes": given or "default", "naive_variables": naive_variables,

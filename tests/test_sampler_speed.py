@@ -1,0 +1,168 @@
+"""The fast cached sampler (``jaxconv.sampling``): its parts draw exactly what ``sample_variable`` draws,
+it agrees with the naive sampler where its pending buffers wrap or reach past the image, its compiled
+program keeps its buffers in place, and ``jaxconv bench sample`` counts its FLOPs exactly.
+
+Timings are not asserted (a shared CPU); the structure that made the sampler fast is.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxconv import sampling
+from jaxconv.bench import results
+from jaxconv.bench import sample as bench_sample
+from jaxconv.bench.models import jaxpr_flops
+from jaxconv.models import PRESETS, build_model, heads
+from jaxconv.models.pixelcnn import GatedPixelCNNConfig, PixelCNNConfig, build
+
+
+def random_params(model, shape, labels=None, seed=0):
+    extra = {} if labels is None else {"labels": labels}
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), **extra))["params"]
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1])) if s.ndim > 1
+                                              else rng.normal(size=s.shape) * 0.1, jnp.float32), shapes)
+
+
+# --- drawing ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", [
+    GatedPixelCNNConfig(channels=1, head="bernoulli"),
+    GatedPixelCNNConfig(channels=3, head="softmax"),
+    GatedPixelCNNConfig(channels=3, head="logistic_mixture", mixtures=5)], ids=["bernoulli", "softmax", "mixture"])
+def test_row_noise_draws_what_sample_variable_draws(config):
+    """A row's noise drawn at once + the cached sampler's log-probabilities and argmax: the same values as
+    ``sample_variable`` with ``fold_in(key, n)``, variable by variable."""
+    b, w, c, i = 16, 4, config.channels, 3
+    key = jax.random.key(11)
+    raw = jax.random.normal(jax.random.key(1), (w, b, config.head_channels)) * 3
+    pixel = jax.random.uniform(jax.random.key(2), (b, c), minval=-1.0, maxval=1.0)
+    temperature = jnp.float32(0.7)
+    noise = sampling._row_noise(config, key, i, b, w, c)
+    for j in range(w):
+        for ch in range(c):
+            n = (i * w + j) * c + ch
+            expected = heads.sample_variable(config, raw[j], pixel, ch, jax.random.fold_in(key, n), temperature)
+            got = sampling._draw_noise(config, raw[j], pixel, ch, noise[j, ch], temperature)
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_mixture_log_probs_match_heads():
+    config = GatedPixelCNNConfig(channels=3, head="logistic_mixture", mixtures=5)
+    params = jax.random.normal(jax.random.key(0), (64, 15)) * jnp.array([1.0] * 5 + [0.5] * 5 + [2.0] * 5)
+    candidates = jnp.broadcast_to(jnp.arange(256), (64, 256))
+    expected = heads.variable_log_prob(config, params, candidates)
+    np.testing.assert_allclose(sampling._mixture_log_probs(params), expected, rtol=1e-5, atol=1e-5)
+    # The bin formula itself is heads', operation for operation: equal bit for bit.
+    a = jax.random.normal(jax.random.key(1), (4096,)) * jnp.exp(jax.random.normal(jax.random.key(2), (4096,)) * 3)
+    b = a - jnp.exp(jax.random.normal(jax.random.key(3), (4096,)) * 3)
+    np.testing.assert_array_equal(jax.jit(sampling._log_sigmoid_difference)(a, b),
+                                  jax.jit(heads._log_sigmoid_difference)(a, b))
+
+
+def test_argmax_is_jnp_argmax():
+    x = jax.random.normal(jax.random.key(0), (50, 256))
+    x = x.at[1, 7].set(jnp.nan).at[2].set(-jnp.inf).at[3, 5].set(jnp.inf).at[4, [3, 9]].set(10.0)
+    x = x.at[5, [2, 8]].set(jnp.nan)
+    np.testing.assert_array_equal(sampling._argmax(x), jnp.argmax(x, axis=-1))
+
+
+# --- agreement where the cached sampler's buffers wrap --------------------------------------------
+
+
+@pytest.mark.parametrize("config, shape, known_rows", [
+    # d * r >= W and >= H: every pending write lands past the row or below the image.
+    (GatedPixelCNNConfig(channels=1, head="bernoulli", features=6, num_layers=3, dilations=(1, 4, 8),
+                         output_features=6), (3, 4, 4, 1), 0),
+    # 5x5 kernels (r = 2: two pending taps per conv), RGB softmax (recomputed per channel), classes.
+    (GatedPixelCNNConfig(channels=3, head="softmax", features=6, num_layers=2, kernel=5, dilations=(1, 2),
+                         output_features=6, num_classes=2), (2, 5, 4, 3), 1),
+    # All rows given: only the vertical stack runs; the images come back unchanged.
+    (GatedPixelCNNConfig(channels=3, head="logistic_mixture", mixtures=2, features=6, num_layers=2,
+                         output_features=6), (2, 3, 3, 3), 3),
+], ids=["dilated-past-image", "k5-softmax-classes", "all-given"])
+def test_cached_agrees_with_naive_where_buffers_wrap(config, shape, known_rows):
+    model = build(config)
+    labels = jnp.arange(shape[0]) % config.num_classes if config.num_classes else None
+    params = random_params(model, shape[1:], labels=None if labels is None else labels[:1])
+    given = jax.random.randint(jax.random.key(7), shape, 0, 256).astype(jnp.uint8) if known_rows else None
+    kwargs = dict(labels=labels, images=given, known_rows=known_rows, temperature=0.9)
+    naive = sampling.sample_naive(model, params, jax.random.key(5), shape, **kwargs)
+    cached = sampling.sample_cached(model, params, jax.random.key(5), shape, **kwargs)
+    np.testing.assert_array_equal(naive, cached)
+    if known_rows == shape[1]:
+        np.testing.assert_array_equal(cached, given)
+
+
+def test_bfloat16_model_samples():
+    model = build(GatedPixelCNNConfig(channels=1, head="bernoulli", features=8, num_layers=2, output_features=8),
+                  dtype=jnp.bfloat16)
+    params = random_params(model, (6, 6, 1))
+    images = np.asarray(sampling.sample_cached(model, params, jax.random.key(0), (2, 6, 6, 1)))
+    assert images.dtype == np.uint8 and set(np.unique(images)) <= {0, 255}
+
+
+# --- the compiled program ----------------------------------------------------------------------------
+
+
+def test_compiled_gated_sampler_updates_its_buffers_in_place():
+    """No copy of a pending row or vertical ring (XLA copies a loop-carried buffer when a read of it cannot be
+    ordered before an in-place write: the first version of this sampler copied five pending rows per
+    position), no scatter, and no argmax reduction (pairs of value and index, slow on CPU)."""
+    config = PRESETS["gated_pixelcnn_mnist"]
+    model = build_model(config)
+    b, h, w = 8, 12, 12
+    params = random_params(model, (h, w, 1))
+    text = sampling.cached_compiled(model, params, jax.random.key(0), (b, h, w, 1)).as_text()
+    r, f = config.kernel // 2, config.features
+    buffers = {f"f32[{w + d * r},{b},{2 * f}]" for d in config.dilations}
+    buffers |= {f"f32[{d * r + 1},{b},{w},{2 * f}]" for d in config.dilations}
+    copies = re.findall(r"= (f32\[[\d,]+\])\S* copy\(", text)
+    assert not buffers & set(copies), sorted(buffers & set(copies))
+    assert not re.search(r"\bscatter\(", text)
+    assert not re.search(r"= \(s32\[[\d,]*\]\S*, f32\[[\d,]*\]\S*\) reduce\(|= \(f32\[[\d,]*\]\S*, s32\[[\d,]*\]\S*\) "
+                         r"reduce\(", text)
+
+
+# --- FLOPs ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config, image, ratio", [
+    (PRESETS["gated_pixelcnn_mnist"], (28, 28, 1), 1.0),
+    (PRESETS["pixelcnn_mnist"], (28, 28, 1), 1.0),
+    (GatedPixelCNNConfig(channels=3, head="logistic_mixture", features=12, num_layers=2, output_features=12),
+     (8, 8, 3), 1.0),
+    (GatedPixelCNNConfig(channels=3, head="softmax", features=12, num_layers=2, output_features=12), (8, 8, 3), None),
+], ids=["gated-mnist", "pixelcnn-mnist", "gated-mixture", "gated-softmax"])
+def test_cached_flops_are_the_forward_pass_flops(config, image, ratio):
+    """One colour group: the cached sampler computes each layer at each position once, a forward pass's FLOPs
+    exactly. RGB softmax: the horizontal stack and head three times, the vertical stack once."""
+    model = build_model(config)
+    params = random_params(model, image)
+    shape = (2, *image)
+    cached = bench_sample.cached_flops(model, params, shape)
+    forward = jaxpr_flops(jax.make_jaxpr(lambda p, x: model.apply({"params": p}, x))(params, jnp.zeros(shape)).jaxpr)
+    forward /= shape[0]
+    if ratio is None:
+        assert forward < cached < 3 * forward
+    else:
+        assert cached == pytest.approx(ratio * forward, rel=1e-12)
+
+
+def test_bench_row_reports_flops_and_forward_passes():
+    peaks = {"matmul_flops_per_s": {"float32": 1e11, "bfloat16": 1e11}, "memory_bytes_per_s": 1e10, "measurements": []}
+    row = bench_sample.measure("gated_pixelcnn_mnist", 2, quick=True, naive_variables=2, repeats=1, peaks=peaks)
+    errors = []
+    results._check(results._clean(row), results.SAMPLE_ROW, "$", errors)
+    assert not errors, errors
+    assert row["agree"] is True
+    assert row["flops_per_image"] == pytest.approx(row["forward"]["flops_per_image"], rel=1e-12)
+    cached = row["cached"]
+    assert cached["flops_per_s"] == pytest.approx(row["flops_per_image"] * cached["images_per_s"])
+    assert cached["frac_peak"] == pytest.approx(cached["flops_per_s"] / 1e11)
+    assert cached["forward_passes"] == pytest.approx(cached["time_s"] / row["forward"]["time_s"])
