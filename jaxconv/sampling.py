@@ -8,7 +8,7 @@ to float tolerance, return the same images.
 - ``sample_naive``: one whole-image forward pass per variable (H*W*C passes) in one jitted loop.
 - ``sample_cached``: in the spirit of Ramachandran et al. 2017, computes only what a new variable
   changes. pixelcnn: each layer's output at the current position only, from per-block caches of
-  the spatial convs' inputs (every other layer is 1x1; the model's ``PixelCNN.position``).
+  the spatial convs' inputs (every other layer is 1x1), each layer one matmul of its window.
   gated_pixelcnn: per row, the vertical stack once (it sees only rows above), one matmul per layer;
   per position, the horizontal stack and the output layers, two small matmuls per layer; each conv's
   taps are added into "pending" rows and positions ahead (below, ``_cached_gated``). With one colour
@@ -38,7 +38,7 @@ import numpy as np
 
 from jaxconv.models.heads import (sample_variable, scale_values, to_images, to_values, variable_log_prob,
                                   variable_params)
-from jaxconv.models.masked import centre_mask
+from jaxconv.models.masked import centre_mask, raster_mask
 from jaxconv.models.materialize import materialize
 from jaxconv.models.pixelcnn import GatedPixelCNN, PixelCNN, layer_dilations
 
@@ -217,14 +217,6 @@ def _argmax(x: jax.Array) -> jax.Array:
     return jnp.min(first, axis=-1).astype(jnp.int32)
 
 
-def _draw(config, noise, temperature, values, raw_pos, i, j, c: int, known_rows: int) -> jax.Array:
-    """Samples variable (i, j, c) into ``values`` with its Gumbel noise [B, V] unless its row is given."""
-    pixel = scale_values(config, values[:, i, j])  # [B, C]
-    drawn = _draw_noise(config, raw_pos, pixel, c, noise, temperature)
-    keep = i < known_rows
-    return values.at[:, i, j, c].set(jnp.where(keep, values[:, i, j, c], drawn))
-
-
 def _read(x: jax.Array, index: jax.Array) -> jax.Array:
     """x[index] along the first axis, into its own buffer. XLA:CPU fuses a dynamic slice into its elementwise
     consumer, and such a fusion with transcendentals (the gates, a head's log-probabilities) ran 2x slower
@@ -238,36 +230,99 @@ def _read(x: jax.Array, index: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# PixelCNN: the model's ``position`` method, block caches.
+# PixelCNN: per position, each layer as one matmul of its window (read from the padded image or from a
+# block's cache of its spatial conv's input).
+
+
+def _pixelcnn_weights(model: PixelCNN, params: Any) -> dict:
+    """The model's kernels, masked as ``MaskedConv2D`` masks them (either form), as [k*k*Cin, Cout] matrices."""
+    config, dtype = model.config, model.dtype
+    cast = lambda a: jnp.asarray(a).astype(dtype)
+
+    def matrix(p, k, mask_type):
+        if "kernel" in p:
+            kernel = p["kernel"]
+        else:  # cropped: the rows above and the centre row up to the centre tap
+            r = k // 2
+            row = p["kernel_row"]
+            kernel = jnp.zeros((k, k, *row.shape[2:]), row.dtype).at[r, :r + 1].set(row[0])
+            if r:
+                kernel = kernel.at[:r].set(p["kernel_above"])
+        mask = raster_mask(k, kernel.shape[2], kernel.shape[3], config.colours, mask_type)
+        return cast((kernel * mask).reshape(-1, kernel.shape[3])), cast(p["bias"])
+
+    blocks = [params[f"blocks_{n}"] for n in range(config.num_blocks)]
+    return {"first": matrix(params["first"], config.first_kernel, "A"),
+            "blocks": [{"reduce": matrix(b["reduce"], 1, "B"), "spatial": matrix(b["spatial"], config.kernel, "B"),
+                        "expand": matrix(b["expand"], 1, "B")} for b in blocks],
+            "head": [matrix(params["head"][name], 1, "B") for name in ("hidden", "logits")]}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _cached_pixelcnn(model, known_rows, progress, params, key, values, labels, temperature):
     if labels is not None:
         raise ValueError("pixelcnn is unconditional: call it with labels=None")
-    config = model.config
+    config, dtype = model.config, model.dtype
     b, h, w, channels = values.shape
-    p0 = config.first_kernel // 2
-    caches = tuple(jnp.zeros((b, h + 2 * d * (config.kernel // 2), w + 2 * d * (config.kernel // 2), config.hidden),
-                             model.dtype) for d in layer_dilations(config))
-    pad = lambda v: jnp.pad(scale_values(config, v, model.dtype), ((0, 0), (p0, p0), (p0, p0), (0, 0)))
+    k0, k = config.first_kernel, config.kernel
+    p0, r = k0 // 2, k // 2
+    dilations = layer_dilations(config)
+    # Activations are [features, B] (the batch minor): a window [rows, columns, features, B] is then one
+    # contiguous block, a [taps * features, B] matrix without a transpose; each layer is W^T @ window.
+    wts = jax.tree.map(lambda a: a.T if a.ndim == 2 else a[:, None], _pixelcnn_weights(model, params))
+    scale = lambda v: scale_values(config, v, dtype)
+    dense = lambda x, wb: _dot(wb[0], x) + wb[1]
+    x_pad = jnp.pad(scale(values.transpose(1, 2, 3, 0)), ((p0, p0), (p0, p0), (0, 0), (0, 0)))  # [H+2p0, W+2p0, C, B]
+    caches = tuple(jnp.zeros((h + 2 * d * r, w + 2 * d * r, config.hidden, b), dtype) for d in dilations)
+
+    def window(x, i, j, size, step):
+        """The size x size block at (i, j) of a [rows, columns, features, B] array, every step-th tap ->
+        [taps * features, B]."""
+        block = jax.lax.dynamic_slice(x, (i, j, 0, 0), (size, size, *x.shape[2:]))[::step, ::step]
+        return block.reshape(-1, x.shape[3])
+
+    def stack(i, j, x_pad, caches):
+        """Position (i, j): the raw output [B, P] and the caches with this position's spatial-conv inputs."""
+        hs = dense(window(x_pad, i, j, k0, 1), wts["first"])  # [2h, B]
+        new_caches = []
+        for bw, cache, d in zip(wts["blocks"], caches, dilations):
+            p = d * r
+            start = jax.nn.relu(dense(jax.nn.relu(hs), bw["reduce"]))  # [h, B]
+            # Write, then read the window (the write is in it): every read follows the write (in place).
+            cache = jax.lax.dynamic_update_slice(cache, start[None, None], (i + p, j + p, 0, 0))
+            hs = hs + dense(jax.nn.relu(dense(window(cache, i, j, 2 * p + 1, d), bw["spatial"])), bw["expand"])
+            new_caches.append(cache)
+        hidden = jax.nn.relu(dense(jax.nn.relu(hs), wts["head"][0]))
+        return dense(hidden, wts["head"][1]).astype(jnp.float32).T, tuple(new_caches)
 
     def row(i, carry):
+        values_t, x_pad, caches = carry  # values_t [H, W, B, C]
         noise = _row_noise(config, key, i, b, w, channels)  # [W, C, B, V]
 
         def position(j, carry):
-            values, caches = carry
+            row_values, x_pad, caches = carry
             noise_j = _read(noise, j)
+            # The pixel's given (or initial) values from the row as it came in: the carried row is only
+            # written, so XLA updates it in place (its fusions re-read a slice wherever they use it).
+            pixel = jax.lax.dynamic_index_in_dim(given, j, 0, False)  # [B, C]
+            raw = None
             for c in range(channels):
-                raw, caches = model.apply({"params": params}, pad(values), caches, i, j, method=PixelCNN.position)
-                values = _draw(config, noise_j[c], temperature, values, raw, i, j, c, known_rows)
-            return values, caches
+                # One colour group: the network never sees the pixel itself, one pass for its channels.
+                if raw is None or config.colours > 1:
+                    raw, new_caches = stack(i, j, x_pad, caches)
+                drawn = _draw_noise(config, raw, scale(pixel), c, noise_j[c], temperature)
+                pixel = pixel.at[:, c].set(jnp.where(i < known_rows, pixel[:, c], drawn))
+                x_pad = jax.lax.dynamic_update_slice(x_pad, scale(pixel).T[None, None], (i + p0, j + p0, 0, 0))
+            row_values = jax.lax.dynamic_update_index_in_dim(row_values, pixel, j, 0)
+            return row_values, x_pad, new_caches
 
-        carry = jax.lax.fori_loop(0, w, position, carry)  # static bounds: a scan (its FLOPs can be counted)
+        given = jax.lax.dynamic_index_in_dim(values_t, i, 0, False)  # [W, B, C]
+        row_values, x_pad, caches = jax.lax.fori_loop(0, w, position, (given, x_pad, caches))  # a scan
         _report(progress, i, h)
-        return carry
+        return jax.lax.dynamic_update_index_in_dim(values_t, row_values, i, 0), x_pad, caches
 
-    return jax.lax.fori_loop(0, h, row, (values, caches))[0]
+    values_t = jax.lax.fori_loop(0, h, row, (values.transpose(1, 2, 0, 3), x_pad, caches))[0]
+    return values_t.transpose(2, 0, 1, 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,13 +461,13 @@ def _cached_gated(model, known_rows, progress, params, key, values, labels, temp
     def columns(i, out_rows, row_biases):
         """Samples row i, position by position -> its values [B, W, C]."""
         noise = _row_noise(config, key, i, b, w, channels)  # [W, C, B, V]
-        row = jax.lax.dynamic_index_in_dim(out_rows, i, 0, False).transpose(1, 0, 2)  # [W, B, C] (initial values)
-        x_row = jnp.pad(scale(row), ((r, 0), (0, 0), (0, 0)))
+        given = jax.lax.dynamic_index_in_dim(out_rows, i, 0, False).transpose(1, 0, 2)  # [W, B, C] (initial values)
+        x_row = jnp.pad(scale(given), ((r, 0), (0, 0), (0, 0)))
         pending = tuple(jnp.pad(rb, ((0, d * r), (0, 0), (0, 0))) for rb, d in zip(row_biases, dilations))
 
         def position(j, carry):
             row, x_row, pending = carry
-            pixel = jax.lax.dynamic_index_in_dim(row, j, 0, False)  # [B, C]
+            pixel = jax.lax.dynamic_index_in_dim(given, j, 0, False)  # [B, C], from the row as it came in
             noise_j = _read(noise, j)  # [C, B, V]
             raw = None
             for c in range(channels):
@@ -427,7 +482,7 @@ def _cached_gated(model, known_rows, progress, params, key, values, labels, temp
             row = jax.lax.dynamic_update_index_in_dim(row, pixel, j, 0)
             return row, x_row, new_pending
 
-        row, _, _ = jax.lax.fori_loop(0, w, position, (row, x_row, pending))
+        row, _, _ = jax.lax.fori_loop(0, w, position, (given, x_row, pending))
         return row.transpose(1, 0, 2)
 
     def step(i, carry):

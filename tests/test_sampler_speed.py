@@ -85,7 +85,12 @@ def test_argmax_is_jnp_argmax():
     # All rows given: only the vertical stack runs; the images come back unchanged.
     (GatedPixelCNNConfig(channels=3, head="logistic_mixture", mixtures=2, features=6, num_layers=2,
                          output_features=6), (2, 3, 3, 3), 3),
-], ids=["dilated-past-image", "k5-softmax-classes", "all-given"])
+    # pixelcnn in the cropped form (its kernels assembled), RGB softmax, dilated blocks, a given row.
+    (PixelCNNConfig(channels=3, head="softmax", hidden=6, num_blocks=2, output_features=6, dilations=(1, 2),
+                    conv_form="cropped"), (2, 4, 4, 3), 1),
+    (PixelCNNConfig(channels=1, head="bernoulli", hidden=4, num_blocks=1, output_features=4, first_kernel=5),
+     (2, 3, 5, 1), 0),
+], ids=["dilated-past-image", "k5-softmax-classes", "all-given", "pixelcnn-cropped-softmax", "pixelcnn-k5"])
 def test_cached_agrees_with_naive_where_buffers_wrap(config, shape, known_rows):
     model = build(config)
     labels = jnp.arange(shape[0]) % config.num_classes if config.num_classes else None
@@ -110,20 +115,37 @@ def test_bfloat16_model_samples():
 # --- the compiled program ----------------------------------------------------------------------------
 
 
-def test_compiled_gated_sampler_updates_its_buffers_in_place():
-    """No copy of a pending row or vertical ring (XLA copies a loop-carried buffer when a read of it cannot be
-    ordered before an in-place write: the first version of this sampler copied five pending rows per
-    position), no scatter, and no argmax reduction (pairs of value and index, slow on CPU)."""
-    config = PRESETS["gated_pixelcnn_mnist"]
-    model = build_model(config)
-    b, h, w = 8, 12, 12
-    params = random_params(model, (h, w, 1))
-    text = sampling.cached_compiled(model, params, jax.random.key(0), (b, h, w, 1)).as_text()
-    r, f = config.kernel // 2, config.features
-    buffers = {f"f32[{w + d * r},{b},{2 * f}]" for d in config.dilations}
-    buffers |= {f"f32[{d * r + 1},{b},{w},{2 * f}]" for d in config.dilations}
-    copies = re.findall(r"= (f32\[[\d,]+\])\S* copy\(", text)
-    assert not buffers & set(copies), sorted(buffers & set(copies))
+def loop_copies(hlo_text: str) -> set[str]:
+    """Shapes of the copies in the innermost while-loop bodies (the per-position steps: they run H*W times; a
+    copy per row or in the entry is cheap)."""
+    bodies = set(re.findall(r"body=%([\w.\-]+)", hlo_text))
+    lines: dict[str, list[str]] = {}
+    computation = None
+    for line in hlo_text.splitlines():
+        if line and not line.startswith(" "):
+            computation = line.split(" ")[0].lstrip("%")
+        elif computation in bodies:
+            lines.setdefault(computation, []).append(line)
+    copies = set()
+    for body in lines.values():
+        if not any(re.search(r"\) while\(|\} while\(", line) for line in body):
+            copies |= {m.group(1) for line in body if (m := re.search(r"= ([fs]32\[[\d,]+\])\S* copy\(", line))}
+    return copies
+
+
+@pytest.mark.parametrize("name, shape", [("gated_pixelcnn_mnist", (8, 12, 12, 1)),
+                                         ("gated_pixelcnn_cifar", (4, 10, 10, 3)),
+                                         ("pixelcnn_mnist", (256, 6, 6, 1))])
+def test_compiled_sampler_updates_its_buffers_in_place(name, shape):
+    """No copy bigger than one pixel's values [B, C] in the per-position loop: XLA copies a loop-carried buffer
+    when a read of it cannot be ordered before an in-place write. The first version of the gated sampler
+    copied its five pending rows at every position; the model's ``PixelCNN.position`` (its windows through
+    ``materialize``'s conditional) copied every block cache at every position from batch 256 on, 20x slower.
+    No scatter, and no argmax reduction (pairs of value and index, slow on CPU)."""
+    model = build_model(PRESETS[name])
+    text = sampling.cached_compiled(model, random_params(model, shape[1:]), jax.random.key(0), shape).as_text()
+    size = lambda s: int(np.prod([int(n) for n in s[4:-1].split(",")]))
+    assert not {s for s in loop_copies(text) if size(s) > shape[0] * shape[3]}
     assert not re.search(r"\bscatter\(", text)
     assert not re.search(r"= \(s32\[[\d,]*\]\S*, f32\[[\d,]*\]\S*\) reduce\(|= \(f32\[[\d,]*\]\S*, s32\[[\d,]*\]\S*\) "
                          r"reduce\(", text)
@@ -165,4 +187,6 @@ def test_bench_row_reports_flops_and_forward_passes():
     cached = row["cached"]
     assert cached["flops_per_s"] == pytest.approx(row["flops_per_image"] * cached["images_per_s"])
     assert cached["frac_peak"] == pytest.approx(cached["flops_per_s"] / 1e11)
-    assert cached["forward_passes"] == pytest.approx(cached["time_s"] / row["forward"]["time_s"])
+    # Timed alternately: the median of each repeat's cached / forward ratio.
+    ratios = [a / b for a, b in zip(cached["runs_s"], row["forward"]["runs_s"])]
+    assert len(ratios) >= 3 and cached["forward_passes"] == pytest.approx(float(np.median(ratios)))

@@ -41,7 +41,7 @@ every file is an object with
   FLOPs the cached sampler runs per image, counted from its traced program with its loops' trip counts),
   ``cached.flops_per_s`` (flops_per_image * cached images/s), ``cached.frac_peak`` (that / the float32 matmul
   peak, null without peaks), ``cached.forward_passes`` (time per cached image / time per image of one
-  whole-image forward pass at the same batch) and ``forward`` ({``time_s``, ``images_per_s``,
+  whole-image forward pass at the same batch, timed alternately: the median of the repeats' ratios) and ``forward`` ({``time_s``, ``images_per_s``,
   ``flops_per_image``, ``runs_s``}: that forward pass).
 - train rows, one per (preset, framework, dtype, devices, batch): ``preset``, ``framework``, ``dtype``,
   ``devices``, ``batch`` (global), ``images_per_s``, ``step_s``, ``compile_s`` (first step: tracing,

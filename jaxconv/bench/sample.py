@@ -16,9 +16,10 @@ them: ``jaxconv.bench.models.random_params``). Batch sizes 1, 16, 64, 256 (on CP
   log-probabilities, the Gumbel noise) is not counted, as in training MFU. ``flops_per_s`` = FLOPs per
   image * images/s; ``frac_peak`` = that / the run's measured float32 matmul peak.
 - forward: one whole-image forward pass (jitted ``model.apply``) at the same batch; images/s = batch /
-  median time. ``cached.forward_passes`` = time per cached image / time per forward-pass image: the
-  cached sampler's cost in forward passes (about 1 is the floor: it computes each layer at each position
-  once).
+  median time. The cached sample and the forward pass are timed alternately (``_alternate``: a shared
+  machine's load changes within seconds); ``cached.forward_passes`` = the median over those repeats of
+  cached time / forward time, per image alike: the cached sampler's cost in forward passes (about 1 is the
+  floor: it computes each layer at each position once).
 - naive: one whole-image forward pass per variable, so every variable costs the same; the naive loop
   (``jaxconv.sampling``'s own step) is timed on a fixed number of variables (the last ones of the
   image, ``--naive-variables``) and extrapolated: images/s = batch / (time per variable * H*W*C)
@@ -35,6 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import statistics
 import time
 import types
 from typing import Callable
@@ -105,6 +108,37 @@ def cached_flops(model, params, shape: tuple[int, int, int, int]) -> float:
     return _loop_flops(jaxpr.jaxpr) / shape[0]
 
 
+def _alternate(first_fn: Callable, second_fn: Callable, *, repeats: int, budget: float, min_time: float = 0.05):
+    """Times two calls alternately, in the same minutes (a shared machine's load changes within seconds): each
+    repeat times enough calls of the first, then of the second, to last ``min_time``. Returns each one's
+    timing (as ``time_calls``: median_s, min_s, runs_s, number, first_s) and the per-repeat time ratios
+    first / second."""
+    timings = []
+    for fn in (first_fn, second_fn):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())  # compiles
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        estimate = max(time.perf_counter() - start, 1e-7)
+        timings.append({"first_s": first, "number": max(1, math.ceil(min_time / estimate)), "estimate": estimate,
+                        "runs_s": []})
+    per_repeat = sum(t["estimate"] * t["number"] for t in timings)
+    for _ in range(max(1, min(repeats, int(budget / per_repeat)))):
+        for fn, t in zip((first_fn, second_fn), timings):
+            start = time.perf_counter()
+            result = None
+            for _ in range(t["number"]):
+                result = fn()
+            jax.block_until_ready(result)
+            t["runs_s"].append((time.perf_counter() - start) / t["number"])
+    ratios = [a / b for a, b in zip(timings[0]["runs_s"], timings[1]["runs_s"])]
+    for t in timings:
+        del t["estimate"]
+        t.update(median_s=statistics.median(t["runs_s"]), min_s=min(t["runs_s"]))
+    return timings[0], timings[1], ratios
+
+
 def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats: int, seed: int = 0,
             peaks: dict | None = None) -> dict:
     config = _quick_config(name) if quick else PRESETS[name]
@@ -122,7 +156,10 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
         out["images"] = sampling.sample_cached(model, params, key, shape)
         return out["images"]
 
-    cached = time_calls(cached_call, **timing)
+    x = jnp.zeros(shape, jnp.float32)
+    forward_fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    cached, forward, ratios = _alternate(cached_call, lambda: forward_fn(params, x), repeats=max(repeats, 3),
+                                         budget=budget)
     values = heads.to_values(config, out["images"])
 
     total = h * w * c
@@ -136,10 +173,6 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
     naive = time_calls(naive_call, **timing)
     agree = bool(np.array_equal(np.asarray(out["redrawn"]), np.asarray(values)))
 
-    x = jnp.zeros(shape, jnp.float32)
-    forward_fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
-    forward = time_calls(lambda: forward_fn(params, x), **{**timing, "repeats": max(repeats, 5), "min_time": 0.05,
-                                                          "warmup": 1})
     flops = cached_flops(model, params, shape)
     peak = peaks["matmul_flops_per_s"][str(jnp.dtype(model.dtype))] if peaks else None
 
@@ -156,7 +189,7 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
         "cached": {"time_s": cached["median_s"], "images_per_s": cached_ips, "compile_s": first(cached),
                    "runs_s": cached["runs_s"], "flops_per_s": flops * cached_ips,
                    "frac_peak": flops * cached_ips / peak if peak else None,
-                   "forward_passes": cached["median_s"] / forward["median_s"]},
+                   "forward_passes": statistics.median(ratios)},
         "forward": {"time_s": forward["median_s"], "images_per_s": batch / forward["median_s"],
                     "flops_per_image": jaxpr_flops(jax.make_jaxpr(forward_fn)(params, x).jaxpr) / batch,
                     "runs_s": forward["runs_s"]},
@@ -226,7 +259,7 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
              "with the loops' trip counts (elementwise work, e.g. the heads' log-probabilities, not counted); "
              "% of peak: against the run's measured float32 matmul peak",
              "forward passes: time per cached image / time per image of one whole-image forward pass at the same "
-             "batch"]
+             "batch, the two timed alternately (median of the repeats' ratios)"]
     if quick:
         notes.append("--quick: tiny models on 6x6 images, one repeat; the timings mean nothing")
     settings = {"presets": presets, "batch_sizes": given or "default", "naive_variables": naive_variables,
