@@ -139,8 +139,9 @@ def loop_copies(hlo_text: str) -> set[str]:
 def test_compiled_sampler_updates_its_buffers_in_place(name, shape):
     """No copy bigger than one pixel's values [B, C] in the per-position loop: XLA copies a loop-carried buffer
     when a read of it cannot be ordered before an in-place write. The first version of the gated sampler
-    copied its five pending rows at every position; the model's ``PixelCNN.position`` (its windows through
-    ``materialize``'s conditional) copied every block cache at every position from batch 256 on, 20x slower.
+    copied its five pending rows at every position; the pixelcnn sampler through the model's former
+    ``PixelCNN.position`` method (its conv windows through ``materialize``'s conditional) copied every block
+    cache at every position from batch 256 on, 20x slower.
     No scatter, and no argmax reduction (pairs of value and index, slow on CPU)."""
     model = build_model(PRESETS[name])
     text = sampling.cached_compiled(model, random_params(model, shape[1:]), jax.random.key(0), shape).as_text()

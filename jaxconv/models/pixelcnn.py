@@ -7,12 +7,9 @@ channels per pixel. The heads (values, scaling, likelihoods, drawing a variable)
 Call: ``model.apply({'params': p}, x_scaled [B,H,W,C], labels=None|[B] int, train=False)`` -> the
 head's raw output [B, H, W, P] (float32).
 
-The cached sampler's contract (``jaxconv.sampling.sample_cached``): besides ``__call__``, each model
-computes one position from caches with the same submodules. ``PixelCNN.position(x_pad, caches, i, j)``
--> (raw output at (i, j) [B, P], updated caches); ``GatedPixelCNN.vertical_row(x_pad, caches, i, labels)``
--> (updated caches, per-layer links of row i) and ``GatedPixelCNN.horizontal_position(x_row_pad, caches,
-links, j, labels)`` -> (raw output at column j [B, P], updated caches). Their docstrings give the
-padding of each input and cache; ``layer_dilations`` gives the dilation of each cached layer.
+The cached sampler (``jaxconv.sampling.sample_cached``) computes one position at a time from these
+modules' parameters (their masks from ``jaxconv.models.masked``) and ``layer_dilations``: it relies on the
+parameter names and shapes here, and its agreement with ``__call__`` is tested.
 
 pixelcnn: a 7x7 mask-A layer (2h channels), residual blocks 2h -> ReLU -> 1x1 (h) -> ReLU -> 3x3
 mask B (h) -> ReLU -> 1x1 (2h) -> +input (the paper's Figure 5), then ReLU -> 1x1 (output_features)
@@ -227,22 +224,6 @@ class PixelCNN(nn.Module):
             h = block(h)
         return self.head(h)  # [B, H, W, P]
 
-    def position(self, x_pad: jax.Array, caches: tuple, i: jax.Array, j: jax.Array) -> tuple[jax.Array, tuple]:
-        """The raw output at (i, j) only.
-
-        x_pad: model input padded by first_kernel // 2 [B, H+2p, W+2p, C]; caches: per block its
-        spatial conv's input padded by dilation * (kernel // 2). Taps after (i, j) in a window are
-        masked, so what the caches hold there (zeros, stale values) does not matter.
-        """
-        h = self.first(_window(x_pad, i, j, self.config.first_kernel, self.config.first_kernel), padded=True)
-        new_caches = []
-        for block, cache, d in zip(self.blocks, caches, _cycle(self.config.dilations, self.config.num_blocks)):
-            p = d * (self.config.kernel // 2)
-            cache = jax.lax.dynamic_update_slice(cache, block.start(h), (0, i + p, j + p, 0))
-            h = block.finish(h, _window(cache, i, j, 2 * p + 1, 2 * p + 1), padded=True)
-            new_caches.append(cache)
-        return self.head(h)[:, 0, 0], tuple(new_caches)
-
 
 class GatedLayer(nn.Module):
     features: int
@@ -309,44 +290,6 @@ class GatedPixelCNN(nn.Module):
             skip = skip + out
         return self.head(skip)  # [B, H, W, P]
 
-    def vertical_row(self, x_pad: jax.Array, caches: tuple, i: jax.Array,
-                     labels: jax.Array | None) -> tuple[tuple, tuple]:
-        """The vertical stack on row i (from rows above only) -> (updated caches, links [B,1,W,2F] per layer).
-
-        x_pad: model input padded r+1 rows on top and r columns each side; caches: per layer its
-        vertical input padded d*r on top and each side.
-        """
-        r = self.config.kernel // 2
-        v = self.vertical_first(jax.lax.dynamic_slice_in_dim(x_pad, i, r + 1, axis=1), padded=True)
-        new_caches, links = [], []
-        for layer, cache, d in zip(self.layers, caches, _cycle(self.config.dilations, self.config.num_layers)):
-            cache = jax.lax.dynamic_update_slice(cache, v, (0, i + d * r, d * r, 0))
-            v, link = layer.vertical(jax.lax.dynamic_slice_in_dim(cache, i, d * r + 1, axis=1),
-                                     layer.condition(labels), padded=True)
-            new_caches.append(cache)
-            links.append(link)
-        return tuple(new_caches), tuple(links)
-
-    def horizontal_position(self, x_row_pad: jax.Array, caches: tuple, links: tuple, j: jax.Array,
-                            labels: jax.Array | None) -> tuple[jax.Array, tuple]:
-        """The raw output at column j of the current row [B, P].
-
-        x_row_pad: the row's model input padded r columns on the left [B, 1, W+r, C]; caches: per
-        layer its horizontal input on this row padded d*r on the left.
-        """
-        r = self.config.kernel // 2
-        h = self.horizontal_first(jax.lax.dynamic_slice_in_dim(x_row_pad, j, r + 1, axis=2), padded=True)
-        skip, new_caches = 0.0, []
-        for layer, cache, link, d in zip(self.layers, caches, links,
-                                         _cycle(self.config.dilations, self.config.num_layers)):
-            cache = jax.lax.dynamic_update_slice(cache, h, (0, 0, j + d * r, 0))
-            h, out = layer.horizontal(jax.lax.dynamic_slice_in_dim(cache, j, d * r + 1, axis=2),
-                                      jax.lax.dynamic_slice_in_dim(link, j, 1, axis=2), layer.condition(labels),
-                                      padded=True)
-            skip = skip + out
-            new_caches.append(cache)
-        return self.head(skip)[:, 0, 0], tuple(new_caches)
-
 
 def _gate(x: jax.Array) -> jax.Array:
     a, b = jnp.split(x, 2, axis=-1)
@@ -355,10 +298,6 @@ def _gate(x: jax.Array) -> jax.Array:
 
 def _cycle(values: tuple[int, ...], n: int) -> list[int]:
     return [values[i % len(values)] for i in range(n)]
-
-
-def _window(x: jax.Array, i: jax.Array, j: jax.Array, height: int, width: int) -> jax.Array:
-    return jax.lax.dynamic_slice(x, (0, i, j, 0), (x.shape[0], height, width, x.shape[3]))
 
 
 def layer_dilations(config: PixelCNNConfig | GatedPixelCNNConfig) -> list[int]:
