@@ -46,6 +46,14 @@ class DataConfig:
                                  "crop a random H x W window; 0 = off")
     augment_flip: bool = _key(False, "augmentation (classification only, as augment_crop_pad): random horizontal "
                               "flip, probability 1/2")
+    augment_rotate: float = _key(0.0, "augmentation (classification only, as augment_crop_pad, before the crop): "
+                                 "rotate each image by a random angle in [-D, D] degrees about its centre "
+                                 "(bilinear); 0 = off; at most 180")
+    augment_scale: float = _key(0.0, "augmentation (classification only, as augment_rotate, with it): zoom each "
+                                "image by a random factor in [1-S, 1+S] about its centre; 0 = off; in [0, 1)")
+    augment_elastic: float = _key(0.0, "augmentation (classification only, as augment_crop_pad, first): elastic "
+                                  "distortion of strength alpha (Simard et al. 2003: a random displacement field, "
+                                  "uniform in [-1, 1], smoothed by a Gaussian of 4 pixels, times alpha); 0 = off")
     subtract_mean: bool = _key(False, "subtract the train split's mean image (after scaling to [0, 1]) in training "
                                "and evaluation (normalisation, not augmentation); pixels=unit only")
     crop_size: int = _key(0, "classification: train on a random crop_size x crop_size window of every image (after "
@@ -303,7 +311,7 @@ _POSITIVE = {
     "schedule": ("decay_factor",),
 }
 _NON_NEGATIVE = {
-    "data": ("augment_crop_pad", "crop_size", "image_size"),
+    "data": ("augment_crop_pad", "crop_size", "image_size", "augment_rotate", "augment_elastic"),
     "train": ("eval_every",),
     "checkpoint": ("every", "keep_best"),
     "schedule": ("warmup_steps",),
@@ -312,6 +320,7 @@ _NON_NEGATIVE = {
 }
 _FRACTIONS = {  # [0, 1)
     "optim": ("momentum", "b1", "b2"),
+    "data": ("augment_scale",),
 }
 _AT_MOST = {
     "data.batch_size": MAX_BATCH,
@@ -351,6 +360,8 @@ def validate(config: Config) -> None:
     if not 0 <= config.schedule.final_factor <= 1:
         raise ConfigError(f"schedule.final_factor must be in [0, 1] (a fraction of the peak learning rate), "
                           f"got {config.schedule.final_factor}")
+    if config.data.augment_rotate > 180:
+        raise ConfigError(f"data.augment_rotate must be at most 180 (degrees), got {config.data.augment_rotate}")
     if any(b < 0 for b in config.schedule.boundaries):
         raise ConfigError(f"schedule.boundaries must be steps >= 0, got {config.schedule.boundaries}")
     if config.parallel.process_id < -1:

@@ -10,9 +10,16 @@ integers). Augmentation: pure functions of (images, key); the key comes from the
 one. Shapes: [B, H, W, C], any float dtype.
 
 Order in :class:`jaxconv.tasks.Classification`: scale to [0, 1] -> subtract the mean image (train
-and eval) -> crop and flip (train only; evaluation takes the central ``crop_size`` window when
-``data.crop_size`` is set). Cropping therefore pads with 0 *after* mean subtraction, i.e. with the
-mean colour, the neutral input (no black frame that exists in no real image).
+and eval) -> elastic distortion, rotation and scale, crop, flip (train only; evaluation takes the
+central ``crop_size`` window when ``data.crop_size`` is set). Warping and cropping therefore fill with 0
+*after* mean subtraction, i.e. with the mean colour, the neutral input (no black frame that exists in
+no real image).
+
+Distortions of handwriting (Simard et al. 2003, "Best practices for convolutional neural networks
+applied to visual document analysis"), both bilinear: ``random_rotate_scale`` turns each image by a
+random angle in [-D, D] degrees and zooms it by a random factor in [1 - S, 1 + S] about its centre (an
+affine distortion); ``random_elastic`` moves every pixel along a smooth random displacement field (the
+paper's elastic distortion: uniform noise in [-1, 1] smoothed by a Gaussian of sigma pixels, times alpha).
 
 Two crops: ``crop_pad`` pads by P and crops back to H x W (shifts of -P..P, the CIFAR recipe);
 ``crop_size`` crops a smaller S x S window anywhere in the image (AlexNet's 224 x 224 patches of the
@@ -27,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 BINARY_THRESHOLD = 127  # binarised MNIST: pixel > 127 -> 1 (a fixed threshold, not stochastic)
+ELASTIC_SIGMA = 4.0  # the smoothing of elastic distortions, in pixels (Simard et al. 2003, for 29x29 digits)
 
 
 def binarise(images: jax.Array) -> jax.Array:
@@ -60,6 +68,79 @@ def random_crop(images: jax.Array, key: jax.Array, pad: int, size: int = 0) -> j
     return jax.vmap(crop)(padded, dy, dx)  # [B, out_h, out_w, C]
 
 
+def rotate_scale(images: jax.Array, degrees: jax.Array, factors: jax.Array) -> jax.Array:
+    """Turns image i by ``degrees[i]`` (counter-clockwise as displayed, rows downwards) and zooms it by
+    ``factors[i]`` (> 1 enlarges) about its centre ((H-1)/2, (W-1)/2); bilinear, 0 outside the image.
+    [B, H, W, C], [B], [B] -> [B, H, W, C]; angle 0 and factor 1 give the images back exactly."""
+    _, h, w, _ = images.shape
+    centre_y, centre_x = (h - 1) / 2.0, (w - 1) / 2.0
+    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - centre_y, jnp.arange(w, dtype=jnp.float32) - centre_x,
+                          indexing="ij")  # [H, W] output offsets from the centre
+
+    def warp(image: jax.Array, angle: jax.Array, factor: jax.Array) -> jax.Array:
+        # Each output pixel reads the input at the inverse map: rotate back by -angle, divide by the zoom.
+        cos, sin = jnp.cos(angle) / factor, jnp.sin(angle) / factor
+        src_y = centre_y + cos * ys + sin * xs  # [H, W]
+        src_x = centre_x - sin * ys + cos * xs
+        return _bilinear(image, src_y, src_x)
+
+    radians = jnp.asarray(degrees, jnp.float32) * (jnp.pi / 180.0)
+    out = jax.vmap(warp)(images.astype(jnp.float32), radians, jnp.asarray(factors, jnp.float32))
+    return out.astype(images.dtype)  # [B, H, W, C]
+
+
+def _bilinear(image: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
+    """image [H, W, C] read at the real coordinates y, x [H', W'] -> [H', W', C]; 0 outside."""
+    h, w, _ = image.shape
+    y0, x0 = jnp.floor(y), jnp.floor(x)
+    out = jnp.zeros((*y.shape, image.shape[-1]), image.dtype)
+    for yi in (y0, y0 + 1):
+        for xi in (x0, x0 + 1):
+            weight = (1.0 - jnp.abs(y - yi)) * (1.0 - jnp.abs(x - xi))  # [H', W']
+            inside = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= w - 1)
+            pixel = image[jnp.clip(yi, 0, h - 1).astype(jnp.int32), jnp.clip(xi, 0, w - 1).astype(jnp.int32)]
+            out = out + jnp.where(inside, weight, 0.0)[..., None] * pixel  # [H', W', C]
+    return out
+
+
+def random_rotate_scale(images: jax.Array, key: jax.Array, degrees: float = 0.0, scale: float = 0.0) -> jax.Array:
+    """Turns each image by a random angle, uniform in [-degrees, degrees], and zooms it by a random
+    factor, uniform in [1 - scale, 1 + scale] (``rotate_scale``); the identity when both are 0."""
+    if degrees == 0 and scale == 0:
+        return images
+    key_angle, key_scale = jax.random.split(key)
+    b = images.shape[0]
+    angles = jax.random.uniform(key_angle, (b,), jnp.float32, -degrees, degrees)  # [B]
+    factors = jax.random.uniform(key_scale, (b,), jnp.float32, 1.0 - scale, 1.0 + scale)  # [B]
+    return rotate_scale(images, angles, factors)
+
+
+def gaussian_blur(field: jax.Array, sigma: float) -> jax.Array:
+    """Each channel of [B, H, W, C] convolved with a Gaussian of ``sigma`` pixels (separable; 0 outside;
+    the kernel sums to 1 over the whole plane, so a constant field keeps its value away from the edges)."""
+    _, h, w, _ = field.shape
+
+    def matrix(n: int) -> jax.Array:  # [n, n]: row i holds the kernel centred on i
+        offsets = jnp.arange(n, dtype=jnp.float32)[:, None] - jnp.arange(n, dtype=jnp.float32)[None, :]
+        return jnp.exp(-0.5 * (offsets / sigma) ** 2) / (sigma * jnp.sqrt(2.0 * jnp.pi))
+
+    return jnp.einsum("ij,bjkc,lk->bilc", matrix(h), field, matrix(w))
+
+
+def random_elastic(images: jax.Array, key: jax.Array, alpha: float = 0.0, sigma: float = ELASTIC_SIGMA) -> jax.Array:
+    """Simard et al. 2003's elastic distortion: a displacement field, uniform in [-1, 1] per pixel and
+    direction, smoothed by a Gaussian of ``sigma`` pixels and scaled by ``alpha``; each output pixel
+    reads the image at its displaced position (bilinear, 0 outside). The identity when alpha is 0."""
+    if alpha == 0:
+        return images
+    b, h, w, _ = images.shape
+    noise = jax.random.uniform(key, (b, h, w, 2), jnp.float32, -1.0, 1.0)  # [B, H, W, (dy, dx)]
+    field = alpha * gaussian_blur(noise, sigma)
+    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    out = jax.vmap(_bilinear)(images.astype(jnp.float32), ys + field[..., 0], xs + field[..., 1])
+    return out.astype(images.dtype)  # [B, H, W, C]
+
+
 def center_crop(images: jax.Array, size: int) -> jax.Array:
     """The central size x size window of every image (top-left corner ((H-S)//2, (W-S)//2))."""
     _, h, w, _ = images.shape
@@ -74,10 +155,16 @@ def random_flip(images: jax.Array, key: jax.Array) -> jax.Array:
 
 
 def augment(images: jax.Array, key: jax.Array, *, crop_pad: int = 0, flip: bool = False,
-            crop_size: int = 0) -> jax.Array:
-    """Random crop (padding ``crop_pad``, window ``crop_size`` or H x W), then random horizontal flip;
-    the identity when all are off."""
+            crop_size: int = 0, rotate: float = 0.0, scale: float = 0.0, elastic: float = 0.0) -> jax.Array:
+    """Elastic distortion of strength ``elastic`` (``random_elastic``), then random rotation by up to
+    ``rotate`` degrees and zoom by up to ``scale`` (``random_rotate_scale``), then random crop (padding
+    ``crop_pad``, window ``crop_size`` or H x W), then random horizontal flip; the identity when all are
+    off. Each has a key of its own: turning one on leaves the others' draws as they were."""
     key_crop, key_flip = jax.random.split(key)
+    if elastic:
+        images = random_elastic(images, jax.random.fold_in(key, 3), elastic)
+    if rotate or scale:
+        images = random_rotate_scale(images, jax.random.fold_in(key, 2), rotate, scale)
     images = random_crop(images, key_crop, crop_pad, crop_size)
     return random_flip(images, key_flip) if flip else images
 

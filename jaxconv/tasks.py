@@ -109,9 +109,11 @@ class Classification(Task):
         x = preprocess.scale_pixels(images, data.pixels, jnp.dtype(self.config.train.dtype))  # [B, H, W, C]
         if self.mean is not None:
             x = preprocess.subtract_mean(x, self.mean)
-        if train and (data.augment_crop_pad > 0 or data.augment_flip or data.crop_size > 0):
+        if train and (data.augment_crop_pad > 0 or data.augment_flip or data.crop_size > 0 or data.augment_rotate > 0
+                      or data.augment_scale > 0 or data.augment_elastic > 0):
             return preprocess.augment(x, jax.random.fold_in(rng, AUGMENT_STREAM), crop_pad=data.augment_crop_pad,
-                                      flip=data.augment_flip, crop_size=data.crop_size)  # [B, S, S, C] with crop_size
+                                      flip=data.augment_flip, crop_size=data.crop_size, rotate=data.augment_rotate,
+                                      scale=data.augment_scale, elastic=data.augment_elastic)  # crop_size: [B, S, S, C]
         if data.crop_size:
             return preprocess.center_crop(x, data.crop_size)  # [B, S, S, C]
         return x
@@ -132,9 +134,11 @@ class Density(Task):
     def validate(self, data: DataSpec) -> None:
         super().validate(data)
         cfg = self.config
-        if cfg.data.augment_crop_pad or cfg.data.augment_flip or cfg.data.subtract_mean or cfg.data.crop_size:
-            raise ConfigError("data.augment_crop_pad, data.augment_flip, data.subtract_mean and data.crop_size apply "
-                              "to classification models only")
+        if (cfg.data.augment_crop_pad or cfg.data.augment_flip or cfg.data.augment_rotate or cfg.data.augment_scale
+                or cfg.data.augment_elastic or cfg.data.subtract_mean or cfg.data.crop_size):
+            raise ConfigError("data.augment_crop_pad, data.augment_flip, data.augment_rotate, data.augment_scale, "
+                              "data.augment_elastic, data.subtract_mean and data.crop_size apply to classification "
+                              "models only")
         # The head decides the variables' values; data.pixels may say so, and must not say otherwise.
         values = "binary" if cfg.model.head == "bernoulli" else "uint8"
         if cfg.data.pixels not in ("unit", values):

@@ -191,7 +191,8 @@ def test_augmentation_is_a_pure_function_of_the_key_and_off_in_eval():
             return x
 
     config = apply_overrides(experiments.load("lenet_modern_mnist"), [
-        "data.augment_crop_pad=1", "data.augment_flip=true", "data.subtract_mean=true"])
+        "data.augment_crop_pad=1", "data.augment_flip=true", "data.subtract_mean=true", "data.augment_rotate=0",
+        "data.augment_scale=0", "data.augment_elastic=0"])
     images = (np.arange(8 * 4 * 4 * 3) % 256).astype(np.uint8).reshape(8, 4, 4, 3)
     mean = images.mean(axis=0)
     forward = tasks.Classification(Echo(), config, mean).forward
@@ -230,3 +231,157 @@ def test_augmentation_config_is_checked():
         tasks.task_for(build_model(config.model), config).validate(mnist)
     config = apply_overrides(experiments.load("pixelcnn_mnist"), ["data.pixels=binary"])
     tasks.task_for(build_model(config.model), config).validate(mnist)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rotation and scale (data.augment_rotate, data.augment_scale)
+
+
+def test_rotate_scale_is_exact_at_right_angles_and_at_rest():
+    from jaxconv import preprocess
+
+    x = _images(n=3, h=6, w=6)
+    ones, zeros = np.ones(3), np.zeros(3)
+    np.testing.assert_array_equal(preprocess.rotate_scale(x, zeros, ones), x)  # angle 0, factor 1
+    # counter-clockwise as displayed, about the centre: numpy's rot90 of the (rows, columns) axes
+    np.testing.assert_allclose(preprocess.rotate_scale(x, np.full(3, 90.0), ones), np.rot90(x, 1, axes=(1, 2)),
+                               atol=1e-5)
+    np.testing.assert_allclose(preprocess.rotate_scale(x, np.full(3, -90.0), ones), np.rot90(x, -1, axes=(1, 2)),
+                               atol=1e-5)
+    odd = _images(n=3, h=7, w=5)  # about the centre of a non-square image too
+    np.testing.assert_allclose(preprocess.rotate_scale(odd, np.full(3, 180.0), ones), odd[:, ::-1, ::-1], atol=1e-5)
+    # per image: the first turned, the second zoomed out by 2 (corners outside -> 0; centre kept), the third left
+    y = np.asarray(preprocess.rotate_scale(odd, np.array([180.0, 0.0, 0.0]), np.array([1.0, 0.5, 1.0])))
+    np.testing.assert_allclose(y[0], odd[0, ::-1, ::-1], atol=1e-5)
+    np.testing.assert_allclose(y[1, 3, 2], odd[1, 3, 2], atol=1e-6)
+    np.testing.assert_array_equal(y[1, 0, 0], 0)
+    np.testing.assert_array_equal(y[2], odd[2])
+
+
+def test_random_rotate_scale_is_a_pure_shape_preserving_function_of_the_key():
+    import jax
+    import jax.numpy as jnp
+
+    from jaxconv import preprocess
+
+    x = _images(n=16, h=8, w=8)
+    y = np.asarray(preprocess.random_rotate_scale(x, jax.random.key(0), degrees=15.0, scale=0.1))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    np.testing.assert_array_equal(y, preprocess.random_rotate_scale(x, jax.random.key(0), degrees=15.0, scale=0.1))
+    assert not np.array_equal(y, preprocess.random_rotate_scale(x, jax.random.key(1), degrees=15.0, scale=0.1))
+    assert not any(np.allclose(a, b) for a, b in zip(x, y))  # every image moved
+    # a different transform per image: the same image 16 times comes out 16 ways
+    same = np.repeat(x[:1], 16, axis=0)
+    z = np.asarray(preprocess.random_rotate_scale(same, jax.random.key(2), degrees=15.0, scale=0.1))
+    assert len({row.tobytes() for row in z}) == 16
+    # zero strength: the images themselves, for either knob off alone too
+    for knobs in ({}, {"degrees": 0.0, "scale": 0.0}):
+        np.testing.assert_array_equal(preprocess.random_rotate_scale(x, jax.random.key(0), **knobs), x)
+    np.testing.assert_array_equal(preprocess.augment(x, jax.random.key(0)), x)
+    rotated = np.asarray(preprocess.random_rotate_scale(x, jax.random.key(0), degrees=15.0))
+    zoomed = np.asarray(preprocess.random_rotate_scale(x, jax.random.key(0), scale=0.1))
+    assert not np.array_equal(rotated, x) and not np.array_equal(zoomed, x)
+    # traced (as in the jitted train step) and in bfloat16: the same shape and dtype
+    half = jax.jit(preprocess.random_rotate_scale, static_argnums=(2, 3))(jnp.asarray(x, jnp.bfloat16),
+                                                                          jax.random.key(0), 15.0, 0.1)
+    assert half.shape == x.shape and half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(half, np.float32), y, atol=0.02)
+
+
+def test_small_rotations_keep_a_digit_recognisable():
+    """A 10-degree turn of a real digit moves little ink: most stays on, none appears far away."""
+    import jax
+
+    from jaxconv import preprocess
+
+    digits = load_split(DataConfig(source="mnist"), "train").images[:32].astype(np.float32) / 255.0
+    turned = np.asarray(preprocess.rotate_scale(digits, np.full(32, 10.0), np.ones(32)))
+    ink = digits.sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(turned.sum(axis=(1, 2, 3)), ink, rtol=0.05)  # bilinear keeps the mass, ~
+    overlap = (np.minimum(turned, digits).sum(axis=(1, 2, 3)) / ink)
+    assert overlap.min() > 0.4, overlap.min()
+    again = np.asarray(preprocess.random_rotate_scale(digits, jax.random.key(0), degrees=10.0, scale=0.1))
+    assert np.all(np.abs(again.sum(axis=(1, 2, 3)) / ink - 1) < 0.3)  # zoom changes the ink by (1 +- 0.1)^2
+
+
+def test_distortions_reach_the_model_in_training_only_and_are_checked():
+    import flax.linen as nn
+    import jax
+
+    from jaxconv import experiments, preprocess, tasks
+    from jaxconv.config import apply_overrides
+    from jaxconv.errors import ConfigError
+    from jaxconv.models import build_model
+
+    class Echo(nn.Module):  # returns what the model would see
+        @nn.compact
+        def __call__(self, x, train):
+            return x
+
+    config = apply_overrides(experiments.load("lenet_modern_mnist"), [
+        "data.augment_crop_pad=1", "data.augment_rotate=10", "data.augment_scale=0.1", "data.augment_elastic=20"])
+    images = (np.arange(8 * 6 * 6) % 256).astype(np.uint8).reshape(8, 6, 6, 1)
+    forward = jax.jit(tasks.Classification(Echo(), config).forward, static_argnums=3)
+    batch, key = {"images": images}, jax.random.key(0)
+    unit = images / 255.0
+    np.testing.assert_allclose(forward({}, batch, key, False), unit, atol=1e-6)  # evaluation: none
+    expected = preprocess.augment(unit.astype(np.float32), jax.random.fold_in(key, tasks.AUGMENT_STREAM),
+                                  crop_pad=1, rotate=10.0, scale=0.1, elastic=20.0)
+    np.testing.assert_allclose(forward({}, batch, key, True), expected, atol=1e-6)
+    # turning a distortion on leaves the crop's randomness as it was: the same shifts of the distorted images
+    crop_only = preprocess.augment(unit.astype(np.float32), jax.random.key(1), crop_pad=1)
+    for knob in ({"rotate": 1e-9}, {"elastic": 1e-9}):
+        distorted = preprocess.augment(unit.astype(np.float32), jax.random.key(1), crop_pad=1, **knob)
+        np.testing.assert_allclose(distorted, crop_only, atol=1e-5)
+
+    load = lambda *o: apply_overrides(experiments.load("lenet_modern_mnist"), list(o))  # noqa: E731
+    with pytest.raises(ConfigError, match="data.augment_rotate must be >= 0"):
+        load("data.augment_rotate=-1")
+    with pytest.raises(ConfigError, match="data.augment_rotate must be at most 180"):
+        load("data.augment_rotate=181")
+    with pytest.raises(ConfigError, match=r"data.augment_scale must be in \[0, 1\)"):
+        load("data.augment_scale=1")
+    with pytest.raises(ConfigError, match="data.augment_elastic must be >= 0"):
+        load("data.augment_elastic=-1")
+    mnist = tasks.DataSpec((28, 28, 1), num_classes=10, train_examples=4000)
+    for override in ("data.augment_rotate=5", "data.augment_scale=0.1", "data.augment_elastic=34"):
+        config = apply_overrides(experiments.load("pixelcnn_mnist"), [override])
+        with pytest.raises(ConfigError, match="apply to classification models only"):
+            tasks.task_for(build_model(config.model), config).validate(mnist)
+
+
+def test_random_elastic_is_a_pure_shape_preserving_function_of_the_key():
+    import jax
+    import jax.numpy as jnp
+
+    from jaxconv import preprocess
+
+    x = _images(n=8, h=12, w=10)
+    y = np.asarray(preprocess.random_elastic(x, jax.random.key(0), alpha=34.0))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    np.testing.assert_array_equal(y, preprocess.random_elastic(x, jax.random.key(0), alpha=34.0))
+    assert not np.array_equal(y, preprocess.random_elastic(x, jax.random.key(1), alpha=34.0))
+    assert not any(np.allclose(a, b) for a, b in zip(x, y))
+    np.testing.assert_array_equal(preprocess.random_elastic(x, jax.random.key(0), alpha=0.0), x)  # off
+    np.testing.assert_array_equal(preprocess.augment(x, jax.random.key(0), elastic=0.0), x)
+    # a tiny strength moves every pixel by a tiny amount: the image, nearly
+    np.testing.assert_allclose(preprocess.random_elastic(x, jax.random.key(0), alpha=1e-3), x, atol=1e-3)
+    half = jax.jit(preprocess.random_elastic, static_argnums=2)(jnp.asarray(x, jnp.bfloat16), jax.random.key(0), 34.0)
+    assert half.shape == x.shape and half.dtype == jnp.bfloat16
+
+
+def test_the_elastic_field_is_smooth_and_small():
+    """The Gaussian keeps a constant field constant away from the edges and shrinks white noise to a few
+    hundredths: alpha 34 moves pixels by about 1.3 pixels (Simard et al. 2003's sigma 4, alpha 34)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxconv import preprocess
+
+    ones = jnp.ones((1, 40, 40, 2))
+    np.testing.assert_allclose(preprocess.gaussian_blur(ones, 4.0)[0, 14:26, 14:26], 1.0, rtol=1e-3)  # 3.5 sigma
+    noise = jax.random.uniform(jax.random.key(0), (64, 28, 28, 2), minval=-1.0, maxval=1.0)
+    smooth = np.asarray(preprocess.gaussian_blur(noise, 4.0))[:, 8:20, 8:20]
+    assert 0.03 < smooth.std() < 0.05  # uniform noise's std 0.577 / (2 sqrt(pi) sigma) = 0.041
+    neighbours = np.corrcoef(smooth[:, :-1].ravel(), smooth[:, 1:].ravel())[0, 1]
+    assert neighbours > 0.95, neighbours  # adjacent pixels move together (white noise: 0)

@@ -16,7 +16,13 @@ Faithful choices (LeCun et al. 1998, section II.B):
   bitmaps are not published in machine-readable form, and softmax is the standard substitute.
 Total 60,000 (the paper's figure) + 850 = 60,850 trainable parameters.
 
-Modern: the same layer sizes with ReLU, 2x2 max pooling, a full C3 and a dense head: 61,706.
+Modern: the same layer sizes with ReLU, 2x2 max pooling, a full C3 and a dense head: 61,706. Optional
+dropout (``LeNetConfig.dropout``, training only, the ``'dropout'`` rng the train step passes) on the
+outputs of C5 and F6, the two hidden dense layers, where a modern small CNN has it (as AlexNet's fc6
+and fc7); the faithful network refuses it (the 1998 network has none).
+
+Call: ``model.apply({'params': p}, x, train=bool, rngs={'dropout': key})`` (the key is used only when
+training with dropout > 0).
 """
 
 from __future__ import annotations
@@ -50,10 +56,17 @@ class LeNetConfig:
     variant: Literal["faithful", "modern"] = key("faithful", "faithful (LeCun et al. 1998: scaled tanh, trainable "
                                                  "subsampling, C3 table) or modern (ReLU, max pooling, full C3)")
     num_classes: int = key(10, "output classes (>= 2)")
+    dropout: float = key(0.0, "modern only: dropout rate on the outputs of the hidden dense layers C5 and F6, "
+                         "training only; in [0, 1); the faithful 1998 network has none (a config error)")
 
     def validate(self) -> None:
         if self.num_classes < 2:
             raise ConfigError(f"model.num_classes must be >= 2, got {self.num_classes}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout and self.variant == "faithful":
+            raise ConfigError(f"model.dropout={self.dropout} applies to variant modern only: the faithful LeNet-5 "
+                              f"(1998) has no dropout")
 
     def check_input_shape(self, shape: tuple[int, ...]) -> None:
         """LeNet-5's sizes fit 32x32 inputs (28x28 are padded to 32x32); others fail deep in a layer."""
@@ -115,13 +128,14 @@ class LeNet5(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
-        del train  # LeNet has no dropout or batch statistics
         x = x.astype(self.dtype)
         if x.shape[1] == 28:
             x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))  # [B, 32, 32, C]
         conv = lambda n, name: Conv(n, (5, 5), padding="VALID", dtype=self.dtype, policy=self.policy, name=name)
         dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name)
         if self.config.variant == "faithful":
+            if self.config.dropout:  # validate() refuses it; a hand-built module must not train another network
+                raise ConfigError("model.dropout applies to variant modern only")
             x = lecun_tanh(Subsample(self.dtype, name="S2")(conv(6, "C1")(x)))  # [B, 14, 14, 6]
             x = lecun_tanh(Subsample(self.dtype, name="S4")(SparseC3(self.dtype, name="C3")(x)))  # [B, 5, 5, 16]
             x = lecun_tanh(conv(120, "C5")(x)).reshape(x.shape[0], -1)  # [B, 120]
@@ -130,6 +144,7 @@ class LeNet5(nn.Module):
             pool = lambda y: max_pool(y, 2, 2)
             x = pool(nn.relu(conv(6, "C1")(x)))  # [B, 14, 14, 6]
             x = pool(nn.relu(conv(16, "C3")(x)))  # [B, 5, 5, 16]
-            x = nn.relu(dense(120, "C5")(x.reshape(x.shape[0], -1)))
-            x = nn.relu(dense(84, "F6")(x))
+            drop = nn.Dropout(self.config.dropout, deterministic=not train or not self.config.dropout)
+            x = drop(nn.relu(dense(120, "C5")(x.reshape(x.shape[0], -1))))  # [B, 120]
+            x = drop(nn.relu(dense(84, "F6")(x)))  # [B, 84]
         return dense(self.config.num_classes, "output")(x).astype(jnp.float32)  # [B, classes]
