@@ -53,7 +53,8 @@ def test_the_cache_measures_each_layer_once_and_survives_damage(tmp_path, monkey
 def test_train_with_autotune_records_its_winners_and_resumes_with_them(cli, tmp_path):
     env = {**os.environ, "JAXCONV_CACHE_DIR": str(tmp_path / "cache")}
     workdir = tmp_path / "run"
-    args = ("train", "lenet_modern_mnist", "--smoke", "--workdir", str(workdir), "--set", "conv.autotune=true")
+    args = ("train", "lenet_modern_mnist", "--smoke", "--workdir", str(workdir), "--set", "conv.autotune=true",
+            *[a for item in ("train.steps=2", "train.eval_every=2", "checkpoint.every=2") for a in ("--set", item)])
     first = cli(*args, env=env)
     assert first.returncode == 0, first.stderr
     assert "autotuning conv" in first.stderr and "Traceback" not in first.stderr

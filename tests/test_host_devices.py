@@ -28,8 +28,6 @@ def _train(cli, tmp_path, name, *sets, xla_flags=""):
 def test_the_cli_creates_the_devices_it_is_asked_for(cli, tmp_path):
     assert "devices: 2 cpu (32 images each)" in _train(
         cli, tmp_path, "two", "parallel.cpu_devices=2")
-    assert "devices: 1 cpu (64 images each)" in _train(
-        cli, tmp_path, "one", "parallel.cpu_devices=1")
     # A device count the user gave XLA wins over the config.
     assert "devices: 4 cpu (16 images each)" in _train(
         cli, tmp_path, "flags", "parallel.cpu_devices=2", xla_flags="--xla_force_host_platform_device_count=4")
