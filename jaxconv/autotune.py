@@ -31,12 +31,11 @@ import optax
 
 from jaxconv.timing import time_calls
 from jaxconv.models import build_model
-from jaxconv.models.conv_impls import IMPLEMENTATIONS, supports
+from jaxconv.models.conv_impls import IMPLEMENTATIONS, TOLERANCE, supports
 from jaxconv.models.conv_policy import ConvPolicy, Signature
 from jaxconv.train.state import init_state
 
 PASSES = ("forward", "input_grad", "kernel_grad")
-TOLERANCE = {"float32": 5e-3, "bfloat16": 5e-2}  # max |error| / max |XLA's|, as ``jaxconv bench conv``
 TIMING = {"repeats": 3, "min_time": 0.02, "warmup": 1, "budget": 2.0}
 
 

@@ -9,24 +9,18 @@ drawn at once, the same values), printed per variable and per image (times H * W
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 
+from jaxconv.timing import time_calls
 from jaxconv import sampling
 from jaxconv.bench.models import preset_image
 from jaxconv.models import PRESETS, heads
 
 
 def best_of(fn, repeats: int = 5) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return time_calls(fn, repeats=repeats, min_time=0.0, warmup=0)["min_s"]
 
 
 def main() -> None:

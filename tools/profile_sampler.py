@@ -14,12 +14,12 @@ import gzip
 import json
 import re
 import tempfile
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from jaxconv.timing import time_calls
 from jaxconv import sampling
 from jaxconv.bench.models import preset_image, random_params
 from jaxconv.models import PRESETS, build_model
@@ -45,13 +45,7 @@ def op_sources(hlo_text: str) -> tuple[dict[str, str], set[str]]:
 
 
 def best_of(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return time_calls(fn, repeats=repeats, min_time=0.0, warmup=0)["min_s"]
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from jaxconv.models import conv as conv_lib
 from jaxconv.models import conv_impls
 from jaxconv.models.masked import MaskedConv2D, masked_to_cropped, raster_mask
 
-TOLERANCE = {"float32": 5e-3, "bfloat16": 5e-2}  # max |err| / max |ref|; float32 allows TF32 on GPUs
+TOLERANCE = conv_impls.TOLERANCE
 
 
 @dataclasses.dataclass
