@@ -4,6 +4,10 @@
 evaluates held-out NLL, draws samples, and writes ``WORKDIR/results.md`` (one table),
 ``WORKDIR/results.json``, ``WORKDIR/results.png`` (NLL vs parameters vs training time) and
 ``WORKDIR/samples.png`` (one row of samples per variant).
+
+Runs whose configs share a ``Config.name`` are seeds of one variant: the table and figure give their mean
+and range (``jaxconv.experiments.pixelcnn_variants`` trains its binary variants twice this way), and
+``results.json`` keeps every run.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ SAMPLES_PER_VARIANT = 8
 
 
 def run_study(variants: dict[str, Config], workdir: Path, stop: StopRequest | None = None) -> list[dict[str, Any]]:
-    """The variants' rows; an interrupted study (``stop`` set) returns the rows finished so far and
-    writes no report (the same command resumes it)."""
+    """One row per run (``variants`` maps each run's directory name to its config); an interrupted study
+    (``stop`` set) returns the rows finished so far and writes no report (the same command resumes it)."""
     workdir = Path(workdir)
     rows = []
     for name, config in variants.items():
@@ -51,7 +55,8 @@ def _run_variant(name: str, config: Config, workdir: Path, stop: StopRequest | N
     _, _, state = loop.restore_workdir(workdir, "latest")
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     val = result["val"]
-    row = {"variant": name, "head": config.model.head, "family": config.model.family,
+    row = {"run": name, "variant": variant_name(config), "seed": config.train.seed, "data_seed": config.data.seed,
+           "head": config.model.head, "family": config.model.family,
            "data": "binary" if config.model.head == "bernoulli" else "8-bit",
            "params": params, "steps": result["step"], "train_seconds": round(seconds, 1),
            "nll_nats": val["nll_nats"], "bits_per_dim": val["bits_per_dim"], "val_images": int(val["count"])}
@@ -60,11 +65,34 @@ def _run_variant(name: str, config: Config, workdir: Path, stop: StopRequest | N
     return row
 
 
+def variant_name(config: Config) -> str:
+    return config.name.rpartition("/")[2]
+
+
+def by_variant(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The runs grouped by variant, in the order each variant first appears."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["variant"], []).append(row)
+    return list(groups.values())
+
+
+def _spread(runs: list[dict[str, Any]], key: str, digits: int) -> str:
+    """The mean; with several seeds, followed by their range."""
+    values = [r[key] for r in runs]
+    mean = f"{np.mean(values):.{digits}f}"
+    return mean if len(values) == 1 else f"{mean} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| variant | model | data, head | params | steps | train time | val NLL (nats/image) | bits/dim |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['family']} | {r['data']}, {r['head']} | {r['params']:,} | {r['steps']} | "
-              f"{r['train_seconds']:.0f} s | {r['nll_nats']:.2f} | {r['bits_per_dim']:.4f} |" for r in rows]
+    lines = ["| variant | model | data, head | params | steps | seeds | train time | val NLL (nats/image) | bits/dim |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for runs in by_variant(rows):
+        r = runs[0]
+        lines.append(f"| {r['variant']} | {r['family']} | {r['data']}, {r['head']} | {r['params']:,} | {r['steps']} | "
+                     f"{', '.join(str(run['seed']) for run in runs)} | "
+                     f"{np.mean([run['train_seconds'] for run in runs]):.0f} s | {_spread(runs, 'nll_nats', 2)} | "
+                     f"{_spread(runs, 'bits_per_dim', 4)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -79,7 +107,8 @@ def _samples_sheet(rows: list[dict[str, Any]], workdir: Path) -> None:
     """Every variant's sample grid, one per row in table order, its name on the left."""
     from PIL import Image, ImageDraw
 
-    grids = [Image.open(workdir / r["variant"] / "samples.png").convert("RGB") for r in rows]
+    rows = [runs[0] for runs in by_variant(rows)]  # one row of samples per variant: its first seed's
+    grids = [Image.open(workdir / r["run"] / "samples.png").convert("RGB") for r in rows]
     label_w, gap = 130, 4
     sheet = Image.new("RGB", (label_w + max(g.width for g in grids), sum(g.height + gap for g in grids)), "white")
     draw, y = ImageDraw.Draw(sheet), 0
@@ -91,21 +120,27 @@ def _samples_sheet(rows: list[dict[str, Any]], workdir: Path) -> None:
 
 
 def _figure(rows: list[dict[str, Any]], path: Path) -> None:
-    """bits/dim against parameters and training time; binary and 8-bit data in separate rows (their scales differ)."""
+    """bits/dim against parameters and training time, one point per variant (the mean, with a bar over
+    its seeds' range); binary and 8-bit data in separate rows (their scales differ)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [(data, [r for r in rows if r["data"] == data]) for data in dict.fromkeys(r["data"] for r in rows)]
-    fig, axes = plt.subplots(len(groups), 2, figsize=(10, 3.2 * len(groups)), squeeze=False)
-    for (data, sel), row_axes in zip(groups, axes):
+    variants = by_variant(rows)
+    panels = [(data, [runs for runs in variants if runs[0]["data"] == data])
+              for data in dict.fromkeys(r["data"] for r in rows)]
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.2 * len(panels)), squeeze=False)
+    for (data, sel), row_axes in zip(panels, axes):
         for ax, key, label in ((row_axes[0], "params", "parameters"), (row_axes[1], "train_seconds",
                                                                          "training time (s)")):
-            for k, r in enumerate(sel):
-                ax.scatter(r[key], r["bits_per_dim"], s=40, color=f"C{rows.index(r)}")
+            for k, runs in enumerate(sel):
+                x, y = (np.mean([r[name] for r in runs]) for name in (key, "bits_per_dim"))
+                low, high = (y - min(r["bits_per_dim"] for r in runs), max(r["bits_per_dim"] for r in runs) - y)
+                ax.errorbar(x, y, yerr=[[low], [high]], fmt="o", markersize=6, capsize=3,
+                            color=f"C{variants.index(runs)}")
                 # staggered offsets keep the names of variants with equal numbers apart
-                ax.annotate(r["variant"], (r[key], r["bits_per_dim"]), fontsize=7, xytext=(5, 4 - 10 * (k % 2)),
+                ax.annotate(runs[0]["variant"], (x, y), fontsize=7, xytext=(5, 4 - 10 * (k % 2)),
                             textcoords="offset points")
             if key == "params":
                 ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1e3:.0f}k")
@@ -113,7 +148,7 @@ def _figure(rows: list[dict[str, Any]], path: Path) -> None:
             ax.set_ylabel(f"val bits/dim ({data})")
             ax.margins(x=0.25, y=0.25)
             ax.grid(alpha=0.3)
-    fig.suptitle("PixelCNN variants: same data, seed and budget", fontsize=10)
+    fig.suptitle("PixelCNN variants: same data and budget (bars: range over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

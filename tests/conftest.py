@@ -6,10 +6,15 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One compilation cache for the session: the many short subprocess runs (kill/resume, SIGTERM,
 # CLI errors) then compile each program once instead of once per process.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="jaxconv-jit-cache-"))
+# The process that makes these directories (pytest's controller; xdist workers inherit them) removes them.
+_OWN_TEMP_DIRS = []
+for _var, _prefix in (("JAX_COMPILATION_CACHE_DIR", "jaxconv-jit-cache-"),
+                      # conv.autotune's cache of measured winners: the tests never touch the user's ~/.cache
+                      ("JAXCONV_CACHE_DIR", "jaxconv-autotune-")):
+    if _var not in os.environ:
+        os.environ[_var] = __import__("tempfile").mkdtemp(prefix=_prefix)
+        _OWN_TEMP_DIRS.append(os.environ[_var])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-# conv.autotune's cache of measured winners: the tests never touch the user's ~/.cache.
-os.environ.setdefault("JAXCONV_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="jaxconv-autotune-"))
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -18,6 +23,13 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    for path in _OWN_TEMP_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:

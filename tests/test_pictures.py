@@ -101,19 +101,30 @@ def test_pixelcnn_variants_study_writes_table_figure_and_samples(tmp_path):
     from jaxconv.study import run_study
 
     full = experiments.load_study("pixelcnn_variants")
-    assert list(full) == ["pixelcnn", "gated_no_dilation", "gated_dilated", "gated_dilated_softmax",
-                          "gated_dilated_mixture"]
-    budgets = {(c.train.steps, c.data.batch_size, c.train.seed, c.data.seed, c.optim) for c in full.values()}
-    assert len(budgets) == 1  # same seed, data order, optimiser and budget for every variant
-    # Two of the five smoke variants (both families, binary and 8-bit data) keep the suite fast.
+    binary = ["pixelcnn", "gated_no_dilation", "gated_dilated"]
+    assert list(full) == [*[f"{name}{suffix}" for name in binary for suffix in ("", "-seed1")],
+                          "gated_dilated_softmax", "gated_dilated_mixture"]
+    budgets = {(c.train.steps, c.data.batch_size, c.optim) for c in full.values()}
+    assert len(budgets) == 1  # same optimiser and budget for every run
+    for name, config in full.items():  # seed 0 everywhere, and seed 1 (init and batch order) for the replicas
+        seed = 1 if name.endswith("-seed1") else 0
+        assert (config.train.seed, config.data.seed, config.name) == (seed, seed, f"pixelcnn_variants/{name[:-6] if seed else name}")
+    # Two of the five smoke variants (both families, binary and 8-bit data), the binary one with its
+    # second seed, keep the suite fast.
     smoke = experiments.load_study("pixelcnn_variants", smoke=True)
     variants = {name: apply_overrides(smoke[name], ["parallel.num_devices=1", "train.steps=4"])
-                for name in ("pixelcnn", "gated_dilated_mixture")}
+                for name in ("pixelcnn", "pixelcnn-seed1", "gated_dilated_mixture")}
     rows = run_study(variants, tmp_path)
-    assert [r["variant"] for r in rows] == list(variants)
+    assert [(r["run"], r["variant"], r["seed"]) for r in rows] == [
+        ("pixelcnn", "pixelcnn", 0), ("pixelcnn-seed1", "pixelcnn", 1), ("gated_dilated_mixture", "gated_dilated_mixture", 0)]
     assert all(np.isfinite(r["bits_per_dim"]) and r["params"] > 0 and r["val_images"] == 1000 for r in rows)
+    assert rows[0]["nll_nats"] != rows[1]["nll_nats"]  # the seeds differ
     table = (tmp_path / "results.md").read_text().splitlines()
-    assert len(table) == 2 + len(variants) and "gated_dilated_mixture" in table[-1]
+    assert len(table) == 2 + 2 and "gated_dilated_mixture" in table[-1]  # one line per variant
+    cells = [cell.strip() for cell in table[2].split("|")[1:-1]]
+    nll = [r["nll_nats"] for r in rows[:2]]
+    assert cells[0] == "pixelcnn" and cells[5] == "0, 1"
+    assert cells[7] == f"{np.mean(nll):.2f} ({min(nll):.2f}-{max(nll):.2f})"  # mean (range over the seeds)
     picture(tmp_path / "results.png", (10 * DPI, 2 * 3.2 * DPI))  # binary and 8-bit rows, two panels each
     # the sheet: a 130-pixel label column, then per variant its grid of 8 samples (8 columns of 28 + 1
     # gutter, + 1) and a 4-pixel gap
