@@ -71,7 +71,7 @@ def _add_sample_parser(commands) -> None:
     sample.add_argument("--complete", type=int, default=0, metavar="ROWS",
                         help="complete validation images from their top ROWS rows")
     sample.add_argument("--label", type=int, help="class to condition on (default: image k is of class "
-                        "k %% num_classes; with --complete, each image's own class)")
+                        "k %% num_classes, a column per class; with --complete, each image's own class)")
     sample.add_argument("--checkpoint", default="best", help="best, latest, or a step number")
     sample.add_argument("--out", type=Path, help="default: WORKDIR/samples.png")
 

@@ -21,7 +21,11 @@ from jaxconv.train.restore import RunSpec, check_data, load_config, model_of, re
 SAMPLERS = {"cached": sampling.sample_cached, "naive": sampling.sample_naive}
 
 
-def image_grid(images: np.ndarray, columns: int = 8) -> Image.Image:
+GRID_COLUMNS = 8
+CLASS_COLUMNS = 16  # a conditional model's cycling classes get a column each up to this many classes
+
+
+def image_grid(images: np.ndarray, columns: int = GRID_COLUMNS) -> Image.Image:
     """uint8 [N, H, W, C] -> one PIL image, ``columns`` wide, 1-pixel grey gutters."""
     n, h, w, c = images.shape
     rows = -(-n // columns)
@@ -80,7 +84,8 @@ def sample_workdir(workdir: Path, out: Path, *, num: int = 16, seed: int = 0, te
     """Draws ``num`` images from a run's checkpoint, writes a PNG grid to ``out``, returns the images.
 
     A class-conditional run (model.num_classes > 0) draws every image of class ``label``; without it,
-    image k is of class k % num_classes, and completions (``complete_rows``) keep their own image's class.
+    image k is of class k % num_classes, one class per column of the grid (up to CLASS_COLUMNS classes),
+    and completions (``complete_rows``) keep their own image's class.
     Every argument is checked (ConfigError) before the checkpoint is restored: see ``check_sample_args``.
     Reads the work directory alone (config.json, run.json, the checkpoint); completions also read the
     run's validation split (the images they complete).
@@ -103,19 +108,21 @@ def sample_workdir(workdir: Path, out: Path, *, num: int = 16, seed: int = 0, te
         raise ConfigError(f"--complete must be in 0..{shape[1] - 1} rows, got {complete_rows}")
     val = _completed_split(run_config, spec, workdir) if complete_rows else None
     images = jnp.asarray(np.resize(val.images, shape)) if complete_rows else None
-    labels = None
+    labels, columns = None, GRID_COLUMNS
     if label is not None:
         labels = jnp.full((num,), label, jnp.int32)
     elif config.num_classes and complete_rows:
         labels = jnp.asarray(np.resize(val.labels, num), jnp.int32)  # the completed images' own classes
     elif config.num_classes:
         labels = jnp.arange(num, dtype=jnp.int32) % config.num_classes
+        if config.num_classes <= CLASS_COLUMNS:
+            columns = config.num_classes
     run_config, _, state = restore_workdir(workdir, checkpoint)
     model = model_of(run_config)
     params = jax.device_get(state.params)
     samples = np.asarray(SAMPLERS[sampler](model, params, jax.random.key(seed), shape, labels=labels, images=images,
                                            known_rows=complete_rows, temperature=float(temperature), progress=True))
-    write_image(image_grid(samples), out)
+    write_image(image_grid(samples, columns), out)
     return samples
 
 

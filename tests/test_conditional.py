@@ -19,7 +19,9 @@ from jaxconv import cli, generate
 TRAIN = ["train", "gated_pixelcnn_mnist", "--smoke", "--set", "parallel.num_devices=1", "--set", "train.steps=4",
          "--set", "model.num_classes=10"]
 NUM, SEED = 4, 1
-GRID = (8 * 29 + 1, 30)  # generate.image_grid: 8 columns of 28x28 cells, 1-pixel gutters; one row for 4 images
+# generate.image_grid: 28x28 cells, 1-pixel gutters; 8 columns, or one per class (10) when the classes
+# cycle (no --label); one row for 4 images
+GRID, CLASS_GRID = (8 * 29 + 1, 30), (10 * 29 + 1, 30)
 
 
 def ok(done):
@@ -29,10 +31,10 @@ def ok(done):
     return done
 
 
-def cells(path):
+def cells(path, size=GRID):
     """The images of a sample grid [N, 28, 28] (N = NUM), after checking the PNG's size and mode."""
     with Image.open(path) as image:
-        assert image.size == GRID and image.mode == "L"
+        assert image.size == size and image.mode == "L"
         grid = np.asarray(image)
     return np.stack([grid[1:29, 1 + k * 29:29 + k * 29] for k in range(NUM)])
 
@@ -51,7 +53,7 @@ def cycled(trained):
     out = workdir / "cycled.png"
     done = ok(run_cli("sample", str(workdir), "--num", str(NUM), "--seed", str(SEED), "--out", str(out)))
     assert f"wrote {out}" in done.stdout
-    return cells(out)
+    return cells(out, CLASS_GRID)
 
 
 def test_class_conditional_training_through_the_cli(trained):
@@ -86,7 +88,7 @@ def test_naive_sampler_agrees_with_cached_on_a_conditional_run(trained, cycled):
     out = workdir / "naive.png"
     ok(run_cli("sample", str(workdir), "--sampler", "naive", "--num", str(NUM), "--seed", str(SEED),
                "--out", str(out)))
-    np.testing.assert_array_equal(cells(out), cycled)
+    np.testing.assert_array_equal(cells(out, CLASS_GRID), cycled)
 
 
 def test_temperature_nan_is_a_config_error_in_a_real_process(trained):
