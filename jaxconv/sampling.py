@@ -1,7 +1,8 @@
 """Ancestral sampling from the PixelCNN family: a naive and a cached sampler that agree exactly.
 
 Shapes: B batch, H/W/C image, V values per variable. Variable n = (i * W + j) * C + c (raster
-order, then R, G, B) draws with ``fold_in(key, n)`` through Gumbel-max over its log-probabilities
+order, then R, G, B) draws with ``fold_in(key, n)`` through Gumbel-max over its log-probabilities, or,
+for the logistic mixture at temperature 1, directly from the mixture (``heads.draws_directly``)
 (``jaxconv.models.heads.sample_variable``), so both samplers, given the same key and logits equal
 to float tolerance, return the same images.
 
@@ -15,8 +16,9 @@ to float tolerance, return the same images.
   group (bernoulli, logistic mixture) the stacks never see the pixel itself, so a pixel's C variables
   share one pass; with three (softmax RGB) each channel recomputes the horizontal stack. The work per
   image is one whole-image forward pass (C for the horizontal stack of softmax RGB) instead of H*W*C.
-  Each row's Gumbel noise is drawn at once (the same values as per variable), the logistic mixture's
-  log-probabilities in a layout XLA:CPU vectorises (``_mixture_log_probs``).
+  Each row's random numbers are drawn at once (the same values as per variable); the logistic mixture
+  at a temperature other than 1 takes its 256 log-probabilities in a layout XLA:CPU vectorises
+  (``_mixture_log_probs``).
 
 ``cached_compiled`` returns the compiled program ``sample_cached`` runs (its HLO op names: profiles,
 ``tools/profile_sampler.py``).
@@ -36,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.models.heads import (sample_variable, scale_values, to_images, to_values, variable_log_prob,
-                                  variable_params)
+from jaxconv.models.heads import (draws_directly, first_argmax, mixture_draw, sample_variable, scale_values,
+                                  to_images, to_values, variable_log_prob, variable_noise, variable_params)
 from jaxconv.models.masked import centre_mask, raster_mask
 from jaxconv.models.materialize import materialize
 from jaxconv.models.pixelcnn import GatedPixelCNN, PixelCNN, layer_dilations
@@ -49,7 +51,8 @@ def sample_naive(model: nn.Module, params: Any, key: jax.Array, shape: tuple[int
     """One full forward pass per variable; ``shape`` = (B, H, W, C)."""
     _check_call(model.config, shape, labels, temperature)
     values = _initial_values(model.config, shape, images, known_rows)
-    out = _naive(model, known_rows, progress, params, key, values, labels, jnp.float32(temperature))
+    direct = draws_directly(model.config, temperature)
+    out = _naive(model, known_rows, progress, direct, params, key, values, labels, jnp.float32(temperature))
     return to_images(model.config, out)
 
 
@@ -62,7 +65,8 @@ def sample_cached(model: nn.Module, params: Any, key: jax.Array, shape: tuple[in
     run = _cached_gated if isinstance(model, GatedPixelCNN) else _cached_pixelcnn
     if not isinstance(model, (GatedPixelCNN, PixelCNN)):
         raise TypeError(f"no cached sampler for {type(model).__name__}")
-    out = run(model, known_rows, progress, params, key, values, labels, jnp.float32(temperature))
+    direct = draws_directly(model.config, temperature)
+    out = run(model, known_rows, progress, direct, params, key, values, labels, jnp.float32(temperature))
     return to_images(model.config, out)
 
 
@@ -108,7 +112,8 @@ def cached_compiled(model: nn.Module, params: Any, key: jax.Array, shape: tuple[
     """The compiled computation ``sample_cached`` runs for these arguments (for profiles: its HLO op names)."""
     values = _initial_values(model.config, shape, images, known_rows)
     run = _cached_gated if isinstance(model, GatedPixelCNN) else _cached_pixelcnn
-    return run.lower(model, known_rows, False, params, key, values, labels, jnp.float32(temperature)).compile()
+    return run.lower(model, known_rows, False, draws_directly(model.config, temperature), params, key, values, labels,
+                     jnp.float32(temperature)).compile()
 
 
 def _report(progress: bool, i: jax.Array, height: int) -> None:
@@ -116,7 +121,7 @@ def _report(progress: bool, i: jax.Array, height: int) -> None:
         jax.debug.callback(lambda row: print(f"sampled row {int(row) + 1}/{height}", flush=True), i)
 
 
-def _naive_step(model, params, key, values, labels, temperature, n):
+def _naive_step(model, direct, params, key, values, labels, temperature, n):
     """Variable n of the naive sampler: one whole-image forward pass, then its draw."""
     _, _, w, channels = values.shape
     i, rest = jnp.divmod(n, w * channels)
@@ -125,16 +130,16 @@ def _naive_step(model, params, key, values, labels, temperature, n):
     raw_pos = jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(raw, i, 1, False), j, 1, False)
     pixel = scale_values(model.config, jax.lax.dynamic_index_in_dim(
         jax.lax.dynamic_index_in_dim(values, i, 1, False), j, 1, False))
-    drawn = sample_variable(model.config, raw_pos, pixel, c, jax.random.fold_in(key, n), temperature)
+    drawn = sample_variable(model.config, raw_pos, pixel, c, jax.random.fold_in(key, n), temperature, direct)
     return values.at[:, i, j, c].set(drawn)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _naive(model, known_rows, progress, params, key, values, labels, temperature):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _naive(model, known_rows, progress, direct, params, key, values, labels, temperature):
     _, h, w, channels = values.shape
 
     def step(n, values):
-        return _naive_step(model, params, key, values, labels, temperature, n)
+        return _naive_step(model, direct, params, key, values, labels, temperature, n)
 
     def row(i, values):
         values = jax.lax.fori_loop(i * w * channels, (i + 1) * w * channels, step, values)
@@ -148,11 +153,11 @@ def _naive(model, known_rows, progress, params, key, values, labels, temperature
 # Drawing a variable, as ``sample_variable`` draws it, at a fraction of its cost.
 
 
-def _row_noise(config, key: jax.Array, i: jax.Array, b: int, w: int, channels: int) -> jax.Array:
-    """Row i's Gumbel noise [W, C, B, V]: variable n's is exactly the noise ``sample_variable`` draws with
+def _row_noise(config, direct: bool, key: jax.Array, i: jax.Array, b: int, w: int, channels: int) -> jax.Array:
+    """Row i's random numbers [W, C, B, N]: variable n's are exactly those ``sample_variable`` draws with
     ``fold_in(key, n)``, in one vectorised draw per row instead of one threefry loop per variable."""
     n = (i * w + jnp.arange(w)[:, None]) * channels + jnp.arange(channels)[None, :]
-    draw = lambda m: jax.random.gumbel(jax.random.fold_in(key, m), (b, config.num_values), jnp.float32)
+    draw = lambda m: variable_noise(config, jax.random.fold_in(key, m), b, direct)
     return jax.vmap(jax.vmap(draw))(n)
 
 
@@ -197,24 +202,18 @@ def _mixture_log_probs(params: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1)[..., None] + log_bin, axis=1)
 
 
-def _draw_noise(config, raw_pos: jax.Array, pixel_scaled: jax.Array, c: int, noise: jax.Array,
+def _draw_noise(config, direct: bool, raw_pos: jax.Array, pixel_scaled: jax.Array, c: int, noise: jax.Array,
                 temperature: jax.Array) -> jax.Array:
-    """``sample_variable`` with its Gumbel noise given [B, V]: the same draw."""
+    """``sample_variable`` with its random numbers given [B, N]: the same draw."""
     params = variable_params(config, raw_pos, pixel_scaled)[:, c]  # [B, Q]
+    if direct:
+        return mixture_draw(params, noise)
     if config.head == "logistic_mixture":
         log_p = _mixture_log_probs(params)
     else:
         candidates = jnp.broadcast_to(jnp.arange(config.num_values), (params.shape[0], config.num_values))
         log_p = variable_log_prob(config, params, candidates)
-    return _argmax(log_p / temperature + noise)
-
-
-def _argmax(x: jax.Array) -> jax.Array:
-    """``jnp.argmax(x, axis=-1)`` (the first maximum, or the first NaN) as a max and a min: XLA:CPU's argmax (a
-    reduction of (value, index) pairs) took 124 us for [64, 256], these two 14 us."""
-    top = jnp.max(x, axis=-1, keepdims=True)
-    first = jnp.where((x == top) | jnp.isnan(x), jnp.arange(x.shape[-1]), x.shape[-1])
-    return jnp.min(first, axis=-1).astype(jnp.int32)
+    return first_argmax(log_p / temperature + noise)
 
 
 def _read(x: jax.Array, index: jax.Array) -> jax.Array:
@@ -258,8 +257,8 @@ def _pixelcnn_weights(model: PixelCNN, params: Any) -> dict:
             "head": [matrix(params["head"][name], 1, "B") for name in ("hidden", "logits")]}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _cached_pixelcnn(model, known_rows, progress, params, key, values, labels, temperature):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _cached_pixelcnn(model, known_rows, progress, direct, params, key, values, labels, temperature):
     if labels is not None:
         raise ValueError("pixelcnn is unconditional: call it with labels=None")
     config, dtype = model.config, model.dtype
@@ -297,7 +296,7 @@ def _cached_pixelcnn(model, known_rows, progress, params, key, values, labels, t
 
     def row(i, carry):
         values_t, x_pad, caches = carry  # values_t [H, W, B, C]
-        noise = _row_noise(config, key, i, b, w, channels)  # [W, C, B, V]
+        noise = _row_noise(config, direct, key, i, b, w, channels)  # [W, C, B, N]
 
         def position(j, carry):
             row_values, x_pad, caches = carry
@@ -310,7 +309,7 @@ def _cached_pixelcnn(model, known_rows, progress, params, key, values, labels, t
                 # One colour group: the network never sees the pixel itself, one pass for its channels.
                 if raw is None or config.colours > 1:
                     raw, new_caches = stack(i, j, x_pad, caches)
-                drawn = _draw_noise(config, raw, scale(pixel), c, noise_j[c], temperature)
+                drawn = _draw_noise(config, direct, raw, scale(pixel), c, noise_j[c], temperature)
                 pixel = pixel.at[:, c].set(jnp.where(i < known_rows, pixel[:, c], drawn))
                 x_pad = jax.lax.dynamic_update_slice(x_pad, scale(pixel).T[None, None], (i + p0, j + p0, 0, 0))
             row_values = jax.lax.dynamic_update_index_in_dim(row_values, pixel, j, 0)
@@ -392,8 +391,8 @@ def _gated_weights(model: GatedPixelCNN, params: Any) -> dict:
     return weights
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _cached_gated(model, known_rows, progress, params, key, values, labels, temperature):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _cached_gated(model, known_rows, progress, direct, params, key, values, labels, temperature):
     config, dtype = model.config, model.dtype
     b, h, w, channels = values.shape
     r, k, f = config.kernel // 2, config.kernel, config.features
@@ -460,7 +459,7 @@ def _cached_gated(model, known_rows, progress, params, key, values, labels, temp
 
     def columns(i, out_rows, row_biases):
         """Samples row i, position by position -> its values [B, W, C]."""
-        noise = _row_noise(config, key, i, b, w, channels)  # [W, C, B, V]
+        noise = _row_noise(config, direct, key, i, b, w, channels)  # [W, C, B, N]
         given = jax.lax.dynamic_index_in_dim(out_rows, i, 0, False).transpose(1, 0, 2)  # [W, B, C] (initial values)
         x_row = jnp.pad(scale(given), ((r, 0), (0, 0), (0, 0)))
         pending = tuple(jnp.pad(rb, ((0, d * r), (0, 0), (0, 0))) for rb, d in zip(row_biases, dilations))
@@ -476,7 +475,7 @@ def _cached_gated(model, known_rows, progress, params, key, values, labels, temp
                 # the later positions only with the whole pixel's (last channel's) values.
                 if raw is None or config.colours > 1:
                     raw, new_pending = horizontal(j, x_row, pending, write=c == channels - 1 or config.colours == 1)
-                drawn = _draw_noise(config, raw, scale(pixel), c, noise_j[c], temperature)
+                drawn = _draw_noise(config, direct, raw, scale(pixel), c, noise_j[c], temperature)
                 pixel = pixel.at[:, c].set(drawn)
                 x_row = jax.lax.dynamic_update_index_in_dim(x_row, scale(pixel), j + r, 0)
             row = jax.lax.dynamic_update_index_in_dim(row, pixel, j, 0)

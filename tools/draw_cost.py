@@ -1,9 +1,10 @@
 """What drawing the variables costs, apart from the network: one row's worth of variables (W * C draws from a
-random raw output [B, P]) in a jitted loop, by ``heads.sample_variable`` (a threefry loop per draw, heads'
-[B, 256, K] log-probabilities, argmax) and by the cached sampler's ``_draw_noise`` (the row's Gumbel noise
-drawn at once, the same values), printed per variable and per image (times H * W * C variables).
+random raw output [B, P]) in a jitted loop, by ``heads.sample_variable`` (a threefry loop per draw) and by
+the cached sampler's ``_draw_noise`` (the row's random numbers drawn at once, the same values), printed per
+variable and per image (times H * W * C variables). A logistic mixture at temperature 1 is drawn directly
+(``heads.draws_directly``); at any other temperature by Gumbel-max over its 256 values' log-probabilities.
 
-    python tools/draw_cost.py gated_pixelcnn_cifar --batches 1 16 64
+    python tools/draw_cost.py gated_pixelcnn_cifar --batches 1 16 64 [--temperature 0.9]
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("preset")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--temperature", type=float, default=1.0)
     args = parser.parse_args()
     config = PRESETS[args.preset]
     h, w, c = preset_image(args.preset)
     per_row = w * c
-    temperature = jnp.float32(1.0)
+    temperature = jnp.float32(args.temperature)
+    direct = heads.draws_directly(config, args.temperature)
     for b in args.batches:
         raw = jax.random.normal(jax.random.key(0), (per_row, b, config.head_channels))
         pixel = jax.random.uniform(jax.random.key(1), (b, c), minval=-1.0, maxval=1.0)
@@ -40,25 +43,27 @@ def main() -> None:
         @jax.jit
         def old(raw):
             def body(n, acc):
-                drawn = heads.sample_variable(config, raw[n], pixel, n % c, jax.random.fold_in(key, n), temperature)
+                drawn = heads.sample_variable(config, raw[n], pixel, n % c, jax.random.fold_in(key, n), temperature,
+                                               direct)
                 return acc + drawn
             return jax.lax.fori_loop(0, per_row, body, jnp.zeros((b,), jnp.int32))
 
         @jax.jit
         def new(raw):
-            noise = sampling._row_noise(config, key, 0, b, w, c)  # [W, C, B, V]
+            noise = sampling._row_noise(config, direct, key, 0, b, w, c)  # [W, C, B, N]
 
             def body(j, acc):
                 noise_j = sampling._read(noise, j)
                 for ch in range(c):
-                    acc = acc + sampling._draw_noise(config, raw[j * c + ch], pixel, ch, noise_j[ch], temperature)
+                    acc = acc + sampling._draw_noise(config, direct, raw[j * c + ch], pixel, ch, noise_j[ch],
+                                                         temperature)
                 return acc
             return jax.lax.fori_loop(0, w, body, jnp.zeros((b,), jnp.int32))
 
         same = bool(jnp.all(old(raw) == new(raw)))
         t_old, t_new = best_of(lambda: old(raw)), best_of(lambda: new(raw))
         images = h * w * c / b  # variables per image / batch: seconds per variable -> per image
-        print(f"{args.preset} ({config.head}) batch {b}: sample_variable {t_old / per_row * 1e6:.1f} us per variable "
+        print(f"{args.preset} ({config.head}{', direct' if direct else ''}) batch {b}: sample_variable {t_old / per_row * 1e6:.1f} us per variable "
               f"({t_old / per_row * images * 1e3:.1f} ms per image); cached sampler's draw "
               f"{t_new / per_row * 1e6:.1f} us per variable ({t_new / per_row * images * 1e3:.1f} ms per image); "
               f"same draws: {same}")
