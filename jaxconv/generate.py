@@ -15,6 +15,7 @@ from jaxconv import sampling
 from jaxconv.config import Config
 from jaxconv.data.sources import Split, load_split
 from jaxconv.errors import ConfigError, DataError, StorageError
+from jaxconv.models.heads import DRAWS, check_draw
 from jaxconv.models.pixelcnn import AUTOREGRESSIVE_CONFIGS
 from jaxconv.train.restore import RunSpec, check_data, load_config, model_of, restore_workdir, run_spec
 
@@ -46,7 +47,7 @@ def _is_int(value) -> bool:
 
 
 def check_sample_args(*, num, seed, temperature, sampler: str, complete_rows, label, checkpoint: str = "best",
-                      out: Path | None = None) -> None:
+                      out: Path | None = None, draw: str = "gumbel") -> None:
     """Validates what a ``jaxconv sample`` call asks for, before any checkpoint is read or anything compiled.
 
     ``num`` 1..MAX_NUM, ``seed`` 0..2**32-1, ``temperature`` a finite number in [1e-30, 1e30], ``complete_rows``
@@ -64,6 +65,8 @@ def check_sample_args(*, num, seed, temperature, sampler: str, complete_rows, la
             raise StorageError(f"cannot write {out}: it is a directory")
     if sampler not in SAMPLERS:
         raise ConfigError(f"bad sampler {sampler!r}; allowed values: {', '.join(SAMPLERS)}")
+    if draw not in DRAWS:
+        raise ConfigError(f"bad draw {draw!r}; allowed values: {', '.join(DRAWS)}")
     if not _is_int(num) or not 1 <= num <= MAX_NUM:
         raise ConfigError(f"--num must be an integer in 1..{MAX_NUM:,}, got {num!r}")
     if not _is_int(seed) or not 0 <= seed < SEED_LIMIT:
@@ -80,7 +83,7 @@ def check_sample_args(*, num, seed, temperature, sampler: str, complete_rows, la
 
 def sample_workdir(workdir: Path, out: Path, *, num: int = 16, seed: int = 0, temperature: float = 1.0,
                    sampler: str = "cached", complete_rows: int = 0, label: int | None = None,
-                   checkpoint: str = "best") -> np.ndarray:
+                   checkpoint: str = "best", draw: str = "gumbel") -> np.ndarray:
     """Draws ``num`` images from a run's checkpoint, writes a PNG grid to ``out``, returns the images.
 
     A class-conditional run (model.num_classes > 0) draws every image of class ``label``; without it,
@@ -91,12 +94,16 @@ def sample_workdir(workdir: Path, out: Path, *, num: int = 16, seed: int = 0, te
     run's validation split (the images they complete).
     """
     check_sample_args(num=num, seed=seed, temperature=temperature, sampler=sampler, complete_rows=complete_rows,
-                      label=label, checkpoint=checkpoint, out=out)
+                      label=label, checkpoint=checkpoint, out=out, draw=draw)
     workdir, out = Path(workdir), Path(out)
     run_config = load_config(workdir)
     config = run_config.model
     if not isinstance(config, AUTOREGRESSIVE_CONFIGS):
         raise ConfigError(f"{workdir} holds a {config.family} run; sampling needs a PixelCNN-family model")
+    try:
+        check_draw(config, draw, float(temperature))
+    except ValueError as e:
+        raise ConfigError(f"--draw {draw}: {e}") from None
     if label is not None and not config.num_classes:
         raise ConfigError("--label needs a class-conditional model (model.num_classes > 0)")
     if label is not None and not 0 <= label < config.num_classes:
@@ -121,7 +128,8 @@ def sample_workdir(workdir: Path, out: Path, *, num: int = 16, seed: int = 0, te
     model = model_of(run_config)
     params = jax.device_get(state.params)
     samples = np.asarray(SAMPLERS[sampler](model, params, jax.random.key(seed), shape, labels=labels, images=images,
-                                           known_rows=complete_rows, temperature=float(temperature), progress=True))
+                                           known_rows=complete_rows, temperature=float(temperature), draw=draw,
+                                           progress=True))
     write_image(image_grid(samples, columns), out)
     return samples
 

@@ -12,6 +12,7 @@ and range (``jaxconv.experiments.pixelcnn_variants`` trains its binary variants 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import jax
 import numpy as np
 
 from jaxconv.config import Config
+from jaxconv.errors import ConfigError
 from jaxconv.generate import sample_workdir
 from jaxconv.stopping import StopRequest
 from jaxconv.train import loop
@@ -32,6 +34,7 @@ def run_study(variants: dict[str, Config], workdir: Path, stop: StopRequest | No
     """One row per run (``variants`` maps each run's directory name to its config); an interrupted study
     (``stop`` set) returns the rows finished so far and writes no report (the same command resumes it)."""
     workdir = Path(workdir)
+    _check_seed_groups(variants)
     rows = []
     for name, config in variants.items():
         row = _run_variant(name, config, workdir / name, stop)
@@ -46,7 +49,11 @@ def run_study(variants: dict[str, Config], workdir: Path, stop: StopRequest | No
 def _run_variant(name: str, config: Config, workdir: Path, stop: StopRequest | None) -> dict[str, Any] | None:
     done = workdir / "study.json"
     if done.exists():  # finished earlier: a resumed study does not retrain it
-        return json.loads(done.read_text())
+        row = json.loads(done.read_text())
+        row.update(run=name, variant=variant_name(config), group=config.name)  # rows of older studies lack them
+        row.setdefault("seed", config.train.seed)
+        row.setdefault("data_seed", config.data.seed)
+        return row
     clock = time.perf_counter()
     result = loop.train(config, workdir, stop)
     if result.get("terminated"):
@@ -55,7 +62,8 @@ def _run_variant(name: str, config: Config, workdir: Path, stop: StopRequest | N
     _, _, state = loop.restore_workdir(workdir, "latest")
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     val = result["val"]
-    row = {"run": name, "variant": variant_name(config), "seed": config.train.seed, "data_seed": config.data.seed,
+    row = {"run": name, "variant": variant_name(config), "group": config.name, "seed": config.train.seed,
+           "data_seed": config.data.seed,
            "head": config.model.head, "family": config.model.family,
            "data": "binary" if config.model.head == "bernoulli" else "8-bit",
            "params": params, "steps": result["step"], "train_seconds": round(seconds, 1),
@@ -66,14 +74,27 @@ def _run_variant(name: str, config: Config, workdir: Path, stop: StopRequest | N
 
 
 def variant_name(config: Config) -> str:
+    """The variant's name in the table: its ``Config.name`` after the study's prefix (``STUDY/``)."""
     return config.name.rpartition("/")[2]
 
 
+def _check_seed_groups(variants: dict[str, Config]) -> None:
+    """Runs that share a ``Config.name`` must differ in their seeds alone: the table averages them."""
+    unseeded: dict[str, tuple[str, Config]] = {}
+    for run, config in variants.items():
+        plain = config.replace(train=dataclasses.replace(config.train, seed=0),
+                               data=dataclasses.replace(config.data, seed=0))
+        first = unseeded.setdefault(config.name, (run, plain))
+        if first[1] != plain:
+            raise ConfigError(f"study runs {first[0]!r} and {run!r} share the name {config.name!r} but differ in "
+                              "more than train.seed and data.seed; give different variants different names")
+
+
 def by_variant(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """The runs grouped by variant, in the order each variant first appears."""
+    """The runs grouped by variant (``Config.name``), in the order each variant first appears."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault(row["variant"], []).append(row)
+        groups.setdefault(row["group"], []).append(row)
     return list(groups.values())
 
 

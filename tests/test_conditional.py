@@ -124,6 +124,8 @@ def unconditional(trained, tmp_path_factory):
     (["--checkpoint", "²"], "bad checkpoint"),
     (["--out", "grid.bogus"], "name an image file"),
     (["--label", "3", "unconditional"], "--label needs a class-conditional model"),
+    (["--draw", "exact"], "bad draw 'exact'; allowed values: gumbel, direct"),
+    (["--draw", "direct"], "--draw direct: draw='direct' samples a logistic mixture head, not bernoulli"),
 ])
 def test_bad_sample_input_is_one_line_and_exit_2_before_any_restore(trained, unconditional, monkeypatch, capfd,
                                                                      tmp_path, args, message):

@@ -133,3 +133,12 @@ def test_pixelcnn_variants_study_writes_table_figure_and_samples(tmp_path):
     binary = sheet[1:29, 131:131 + 8 * 29]  # the pixelcnn (bernoulli) row's samples, gutters included
     assert set(np.unique(binary)) <= {0, 128, 255} and {0, 255} <= set(np.unique(binary))
     assert run_study(variants, tmp_path) == rows  # finished variants are not retrained
+    # a study.json written before runs had seeds (no run, group, seed keys) still resumes into the same rows
+    old = tmp_path / "pixelcnn-seed1" / "study.json"
+    old.write_text(json.dumps({k: v for k, v in rows[1].items() if k not in ("run", "group", "seed", "data_seed")}))
+    assert run_study(variants, tmp_path) == rows
+    # runs sharing a name average in the table, so they may differ in their seeds alone
+    mixed = {**variants, "other": variants["gated_dilated_mixture"].replace(name=variants["pixelcnn"].name)}
+    with pytest.raises(ConfigError, match="share the name 'pixelcnn_variants/pixelcnn' but differ"):
+        run_study(mixed, tmp_path / "mixed")
+    assert not (tmp_path / "mixed").exists()

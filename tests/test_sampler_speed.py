@@ -47,8 +47,8 @@ def test_row_noise_draws_what_sample_variable_draws(config, temperature):
     key = jax.random.key(11)
     raw = jax.random.normal(jax.random.key(1), (w, b, config.head_channels)) * 3
     pixel = jax.random.uniform(jax.random.key(2), (b, c), minval=-1.0, maxval=1.0)
-    direct = heads.draws_directly(config, temperature)
-    assert direct == (config.head == "logistic_mixture" and temperature == 1.0)
+    direct = config.head == "logistic_mixture" and temperature == 1.0
+    assert heads.check_draw(config, "direct" if direct else "gumbel", temperature) == direct
     noise = sampling._row_noise(config, direct, key, i, b, w, c)
     assert noise.shape == (w, c, b, config.mixtures + 1 if direct else config.num_values)
     t = jnp.float32(temperature)
@@ -58,6 +58,18 @@ def test_row_noise_draws_what_sample_variable_draws(config, temperature):
             expected = heads.sample_variable(config, raw[j], pixel, ch, jax.random.fold_in(key, n), t, direct)
             got = sampling._draw_noise(config, direct, raw[j], pixel, ch, noise[j, ch], t)
             np.testing.assert_array_equal(got, expected)
+
+
+def test_direct_draws_are_for_a_mixture_at_temperature_one():
+    for config, temperature, message in [(MIXTURE, 0.9, "temperature 1 only"),
+                                         (GatedPixelCNNConfig(head="softmax"), 1.0, "not softmax")]:
+        with pytest.raises(ValueError, match=message):
+            heads.check_draw(config, "direct", temperature)
+    with pytest.raises(ValueError, match="temperature 1 only"):  # a traced temperature could be anything
+        jax.jit(lambda t: heads.check_draw(MIXTURE, "direct", t))(1.0)
+    with pytest.raises(ValueError, match="draw must be one of gumbel, direct"):
+        heads.check_draw(MIXTURE, "exact", 1.0)
+    assert not heads.check_draw(MIXTURE, "gumbel", 1.0)
 
 
 def test_direct_mixture_draws_follow_the_discretised_mixture():
@@ -128,9 +140,10 @@ def test_cached_agrees_with_naive_where_buffers_wrap(config, shape, known_rows):
     labels = jnp.arange(shape[0]) % config.num_classes if config.num_classes else None
     params = random_params(model, shape[1:], labels=None if labels is None else labels[:1])
     given = jax.random.randint(jax.random.key(7), shape, 0, 256).astype(jnp.uint8) if known_rows else None
-    # the mixture cases at temperature 1, where they are drawn directly; the others at 0.9
-    temperature = 1.0 if config.head == "logistic_mixture" else 0.9
-    kwargs = dict(labels=labels, images=given, known_rows=known_rows, temperature=temperature)
+    # the mixture cases drawn directly (at temperature 1); the others by Gumbel-max at 0.9
+    mixture = config.head == "logistic_mixture"
+    kwargs = dict(labels=labels, images=given, known_rows=known_rows, temperature=1.0 if mixture else 0.9,
+                  draw="direct" if mixture else "gumbel")
     naive = sampling.sample_naive(model, params, jax.random.key(5), shape, **kwargs)
     cached = sampling.sample_cached(model, params, jax.random.key(5), shape, **kwargs)
     np.testing.assert_array_equal(naive, cached)

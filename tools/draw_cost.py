@@ -1,10 +1,10 @@
 """What drawing the variables costs, apart from the network: one row's worth of variables (W * C draws from a
 random raw output [B, P]) in a jitted loop, by ``heads.sample_variable`` (a threefry loop per draw) and by
 the cached sampler's ``_draw_noise`` (the row's random numbers drawn at once, the same values), printed per
-variable and per image (times H * W * C variables). A logistic mixture at temperature 1 is drawn directly
-(``heads.draws_directly``); at any other temperature by Gumbel-max over its 256 values' log-probabilities.
+variable and per image (times H * W * C variables), by Gumbel-max or (``--draw direct``, a logistic mixture
+at temperature 1) directly (``heads.check_draw``).
 
-    python tools/draw_cost.py gated_pixelcnn_cifar --batches 1 16 64 [--temperature 0.9]
+    python tools/draw_cost.py gated_pixelcnn_cifar --batches 1 16 64 [--temperature 0.9] [--draw direct]
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ def main() -> None:
     parser.add_argument("preset")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--draw", choices=heads.DRAWS, default="gumbel")
     args = parser.parse_args()
     config = PRESETS[args.preset]
     h, w, c = preset_image(args.preset)
     per_row = w * c
     temperature = jnp.float32(args.temperature)
-    direct = heads.draws_directly(config, args.temperature)
+    direct = heads.check_draw(config, args.draw, args.temperature)
     for b in args.batches:
         raw = jax.random.normal(jax.random.key(0), (per_row, b, config.head_channels))
         pixel = jax.random.uniform(jax.random.key(1), (b, c), minval=-1.0, maxval=1.0)

@@ -73,9 +73,8 @@ def _quick_config(name: str):
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _naive_variables(model, start: int, count: int, params, key, values, temperature):
-    """Variables start .. start+count-1 by the naive sampler's own step, at temperature 1 as the cached run."""
-    direct = heads.draws_directly(model.config, 1.0)
-    step = lambda n, v: sampling._naive_step(model, direct, params, key, v, None, temperature, n)
+    """Variables start .. start+count-1 by the naive sampler's own step (Gumbel-max draws, as the cached run)."""
+    step = lambda n, v: sampling._naive_step(model, False, params, key, v, None, temperature, n)
     return jax.lax.fori_loop(start, start + count, step, values)
 
 

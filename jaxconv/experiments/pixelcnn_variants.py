@@ -1,7 +1,7 @@
 """Study: PixelCNN vs Gated PixelCNN (without/with dilation) and the three output heads, equal budget.
 
 Run: ``jaxconv train pixelcnn_variants`` (``--smoke`` for the tests' size; ``--set`` applies to every
-variant). Every variant trains on the embedded MNIST with the same seed, batch (64), steps (1,500),
+run). Every variant trains on the embedded MNIST with seed 0 and the same batch (64), steps (1,500),
 optimiser (Adam 2e-3, clipping at 1, warm-up + cosine) and evaluation split (the 1,000 held-out
 images); binarised data (pixel > 127) for the Bernoulli head, the raw 8-bit pixels for the softmax
 and logistic-mixture heads. The three binary variants train twice, with seeds 0 and 1 (initialisation,

@@ -137,15 +137,29 @@ def first_argmax(x: jax.Array) -> jax.Array:
     return jnp.min(first, axis=-1).astype(jnp.int32)
 
 
-def draws_directly(config: AutoregressiveConfig, temperature: float | jax.Array) -> bool:
-    """Whether variables are drawn from the logistic mixture directly: a component by Gumbel-max over its
-    K logits, then a value of that logistic by its inverse CDF, rounded to its bin (``mixture_draw``).
-    That is the discretised mixture's exact distribution at K + 1 random numbers and a few
-    transcendentals per variable, where Gumbel-max over all 256 values costs 256 random numbers and
-    about 2,300 transcendentals (2,560 log-CDFs). At a temperature other than 1 (a Python number; a
-    traced one counts as other) the draw is Gumbel-max over log p / temperature, as for the other heads."""
-    return (config.head == "logistic_mixture" and not isinstance(temperature, jax.core.Tracer)
-            and float(temperature) == 1.0)
+DRAWS = ("gumbel", "direct")
+
+
+def check_draw(config: AutoregressiveConfig, draw: str, temperature: float | jax.Array) -> bool:
+    """Whether variables are drawn directly (``draw="direct"``); ValueError where that is not possible.
+
+    "gumbel" (the default, every head, any temperature): Gumbel-max over log p(v) / temperature for all V
+    values. "direct" (the logistic mixture at temperature 1, a Python number): a component by Gumbel-max over
+    its K logits, then a value of that logistic by its inverse CDF, rounded to its bin (``mixture_draw``):
+    the same distribution at K + 1 random numbers and a few transcendentals per variable, where Gumbel-max
+    costs 256 random numbers and 2,560 log-CDFs. Its decision, a rounding of a continuous value, flips
+    under the float differences between two computations of the same logits about 20x as often as
+    Gumbel-max's: the naive and cached samplers then give different images more often (2 of 98,304
+    variables of 32x32x3 images, against none by Gumbel-max), so it is opt-in."""
+    if draw not in DRAWS:
+        raise ValueError(f"draw must be one of {', '.join(DRAWS)}, got {draw!r}")
+    if draw == "gumbel":
+        return False
+    if config.head != "logistic_mixture":
+        raise ValueError(f"draw='direct' samples a logistic mixture head, not {config.head}")
+    if isinstance(temperature, jax.core.Tracer) or float(temperature) != 1.0:
+        raise ValueError(f"draw='direct' samples at temperature 1 only, got {temperature!r}")
+    return True
 
 
 def variable_noise(config: AutoregressiveConfig, key: jax.Array, batch: int, direct: bool) -> jax.Array:
@@ -176,7 +190,7 @@ def sample_variable(config: AutoregressiveConfig, raw_pos: jax.Array, pixel_scal
 
     Gumbel-max over log p(v) / temperature for all V values: exact for every head (the logistic
     mixture is sampled from its discretised form), and two samplers with the same key and
-    near-equal logits draw the same value. ``direct`` (``draws_directly``): the mixture's direct draw.
+    near-equal logits draw the same value. ``direct`` (``check_draw``): the mixture's direct draw instead.
     """
     params = variable_params(config, raw_pos, pixel_scaled)  # [B, C, Q]
     params = jnp.take(params, channel, axis=1)  # [B, Q]
