@@ -148,9 +148,9 @@ def check_draw(config: AutoregressiveConfig, draw: str, temperature: float | jax
     its K logits, then a value of that logistic by its inverse CDF, rounded to its bin (``mixture_draw``):
     the same distribution at K + 1 random numbers and a few transcendentals per variable, where Gumbel-max
     costs 256 random numbers and 2,560 log-CDFs. Its decision, a rounding of a continuous value, flips
-    under the float differences between two computations of the same logits about 20x as often as
-    Gumbel-max's: the naive and cached samplers then give different images more often (2 of 98,304
-    variables of 32x32x3 images, against none by Gumbel-max), so it is opt-in."""
+    under the float differences between two computations of the same logits more often than Gumbel-max's
+    comparison of 256 perturbed scores: the naive and cached samplers then give different images more
+    often, so it is opt-in."""
     if draw not in DRAWS:
         raise ValueError(f"draw must be one of {', '.join(DRAWS)}, got {draw!r}")
     if draw == "gumbel":
