@@ -74,13 +74,15 @@ def test_direct_draws_are_for_a_mixture_at_temperature_one():
 
 def test_direct_mixture_draws_follow_the_discretised_mixture():
     """The direct draw (a component, then the logistic's inverse CDF, rounded) against the 256 values'
-    probabilities the likelihood uses: mixtures with mass in the middle, at both edge bins, and ones
-    narrower than a bin centred at 0.3, 0.5 and -0.45 of a bin from a value (rounding, not flooring).
+    probabilities the likelihood uses: mixtures with mass in the middle, at both edge bins, narrower than
+    the log-scale clamp, and narrower than a bin centred at 0.3, 0.5 and -0.45 of a bin from a value
+    (rounding, not flooring).
     200,000 draws each; every value's frequency within 5 standard errors."""
     config, n = dataclasses.replace(MIXTURE, mixtures=3), 200_000
     at = lambda bins: bins / 127.5 - 1.0  # value units (0..255, bin centres at integers) -> the model's [-1, 1]
     logits = [[0.0, 1.0, -1.0], [2.0, 0.0, 0.0], [0.0, 0.5, 1.0]]
-    means = [[-0.3, 0.2, 0.6], [-0.98, 0.99, 0.0], [at(100.3), at(150.5), at(200 - 0.45)]]
+    # the third mixture's last component is narrower than the -7 clamp on log-scales: the clamp decides its bins
+    means = [[-0.3, 0.2, 0.6], [-0.98, 0.99, at(100.3)], [at(100.3), at(150.5), at(200 - 0.45)]]
     log_scales = [[-2.0, -3.0, -1.5], [-4.0, -3.5, -9.0], [-6.5, -6.5, -6.5]]
     for row in range(3):
         params = jnp.array([*logits[row], *means[row], *log_scales[row]], jnp.float32)[None]  # [1, 3K]
