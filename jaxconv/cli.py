@@ -265,11 +265,15 @@ def _train_summary(config, workdir: Path, result: dict) -> str:
 def _train_study(args: argparse.Namespace, workdir: Path, variants: dict[str, Any]) -> int:
     from jaxconv.study import markdown_table, run_study
 
-    rows = run_study(variants, workdir, args.stop)
-    if len(rows) < len(variants):
+    rows = run_study(variants, workdir, args.stop, log=lambda line: print(f"study: {line}", flush=True))
+    if args.stop and args.stop.is_set():
         print(f"jaxconv: stopped after {len(rows)} of {len(variants)} runs; the same command resumes it",
               file=sys.stderr)
-        return stopping.EXIT_CODES[signal.SIGINT] if args.stop and args.stop.signal == signal.SIGINT else 0
+        return stopping.EXIT_CODES[signal.SIGINT] if args.stop.signal == signal.SIGINT else 0
+    if len(rows) < len(variants):
+        print(f"study: {len(rows)} of {len(variants)} runs finished; the others are training in other processes, "
+              "and the last of them to finish writes the report (or run the same command again)", flush=True)
+        return 0
     print(markdown_table(rows), end="")
     print(f"workdir: {workdir} (results.md, results.png, samples.png)")
     return 0

@@ -41,5 +41,9 @@ class StorageError(JaxconvError):
     exit_code = 6
 
 
+class WorkdirBusy(StorageError):
+    """Another training process holds the work directory's lock."""
+
+
 EXIT_CODES = {cls.__name__: cls.exit_code
               for cls in (JaxconvError, ConfigError, DataError, CheckpointError, NonFiniteError, StorageError)}

@@ -14,63 +14,97 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from jaxconv.config import Config
-from jaxconv.errors import ConfigError
+from jaxconv.errors import ConfigError, WorkdirBusy
 from jaxconv.generate import sample_workdir
 from jaxconv.stopping import StopRequest
 from jaxconv.train import loop
+from jaxconv.train import workdir as workdir_lib
 
 SAMPLES_PER_VARIANT = 8
+STUDY_ROW = "study.json"  # a run's row, written when it has been trained, evaluated and sampled
 
 
-def run_study(variants: dict[str, Config], workdir: Path, stop: StopRequest | None = None) -> list[dict[str, Any]]:
-    """One row per run (``variants`` maps each run's directory name to its config); an interrupted study
-    (``stop`` set) returns the rows finished so far and writes no report (the same command resumes it)."""
+def run_study(variants: dict[str, Config], workdir: Path, stop: StopRequest | None = None,
+              log: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
+    """The rows of the study's finished runs, in order (``variants`` maps each run's directory name to its
+    config); the report is written once every run has finished.
+
+    An interrupted study (``stop`` set) returns the rows finished so far (the same command resumes it).
+    Several processes may run one study at once (the same command and workdir, e.g. one per core or per
+    GPU): each claims a run before it trains it (a lock on ``WORKDIR/RUN.claim``, which the OS releases
+    when the process ends) and skips the runs other processes have claimed; the process that finishes
+    last finds every run done and writes the report.
+    """
     workdir = Path(workdir)
     _check_seed_groups(variants)
-    rows = []
+    workdir_lib.create(workdir)
     for name, config in variants.items():
-        row = _run_variant(name, config, workdir / name, stop)
-        if row is None:
-            return rows
-        rows.append(row)
-    if jax.process_index() == 0:
-        _write_report(rows, workdir)
+        if (workdir / name / STUDY_ROW).exists():
+            continue
+        try:
+            with workdir_lib.held(workdir / f"{name}.claim", f"run {name} is claimed by another process ({{holder}})",
+                                  workdir):
+                # a process that claimed it before may have finished it meanwhile
+                if not (workdir / name / STUDY_ROW).exists() and not _train_run(name, config, workdir, stop, log):
+                    break  # stopped
+        except WorkdirBusy:
+            if jax.process_count() > 1:  # every process of a multi-host run trains the same run
+                raise
+            log(f"{name}: skipped, another process is training it")
+    rows = [_row(name, config, workdir) for name, config in variants.items() if (workdir / name / STUDY_ROW).exists()]
+    if len(rows) == len(variants) and jax.process_index() == 0:
+        try:
+            with workdir_lib.held(workdir / "report.claim", "", workdir):
+                _write_report(rows, workdir)
+        except WorkdirBusy:  # another process that finished at the same moment writes the same report
+            pass
     return rows
 
 
-def _run_variant(name: str, config: Config, workdir: Path, stop: StopRequest | None) -> dict[str, Any] | None:
-    done = workdir / "study.json"
-    if done.exists():  # finished earlier: a resumed study does not retrain it
-        row = json.loads(done.read_text())
-        row.update(run=name, variant=variant_name(config), group=config.name)  # rows of older studies lack them
-        row.setdefault("seed", config.train.seed)
-        row.setdefault("data_seed", config.data.seed)
-        return row
+def _row(name: str, config: Config, workdir: Path) -> dict[str, Any]:
+    row = json.loads((workdir / name / STUDY_ROW).read_text())
+    row.update(run=name, variant=variant_name(config), group=config.name)  # rows of older studies lack them
+    row.setdefault("seed", config.train.seed)
+    row.setdefault("data_seed", config.data.seed)
+    return row
+
+
+def _train_run(name: str, config: Config, workdir: Path, stop: StopRequest | None, log: Callable[[str], None]) -> bool:
+    """Trains, evaluates and samples one run, then writes its row; False if ``stop`` ended it first."""
+    run_dir = workdir / name
     clock = time.perf_counter()
-    result = loop.train(config, workdir, stop)
+    result = loop.train(config, run_dir, stop)
     if result.get("terminated"):
-        return None
+        return False
     seconds = time.perf_counter() - clock
-    _, _, state = loop.restore_workdir(workdir, "latest")
+    _, _, state = loop.restore_workdir(run_dir, "latest")
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     val = result["val"]
     row = {"run": name, "variant": variant_name(config), "group": config.name, "seed": config.train.seed,
-           "data_seed": config.data.seed,
-           "head": config.model.head, "family": config.model.family,
+           "data_seed": config.data.seed, "head": config.model.head, "family": config.model.family,
            "data": "binary" if config.model.head == "bernoulli" else "8-bit",
            "params": params, "steps": result["step"], "train_seconds": round(seconds, 1),
            "nll_nats": val["nll_nats"], "bits_per_dim": val["bits_per_dim"], "val_images": int(val["count"])}
-    sample_workdir(workdir, workdir / "samples.png", num=SAMPLES_PER_VARIANT, checkpoint="latest")
-    done.write_text(json.dumps(row, indent=1))
-    return row
+    sample_workdir(run_dir, run_dir / "samples.png", num=SAMPLES_PER_VARIANT, checkpoint="latest")
+    _write_atomically(run_dir / STUDY_ROW, json.dumps(row, indent=1))
+    log(f"{name}: trained and evaluated in {seconds:.0f} s")
+    return True
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Another process of the study may read the file at any moment: it sees the old one or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def variant_name(config: Config) -> str:

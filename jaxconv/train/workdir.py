@@ -20,7 +20,7 @@ from typing import Iterator
 
 from jaxconv import config as config_lib
 from jaxconv.config import Config
-from jaxconv.errors import CheckpointError, ConfigError, StorageError
+from jaxconv.errors import CheckpointError, ConfigError, StorageError, WorkdirBusy
 
 LOCK = "lock"
 
@@ -56,17 +56,24 @@ def locked(workdir: Path) -> Iterator[None]:
     network file system it holds as far as the file system passes ``flock`` on (Linux NFS does, as a
     POSIX lock through lockd). Readers (``eval``, ``sample``, ``viz``) do not take it.
     """
-    path = workdir / LOCK
+    with held(workdir / LOCK, f"work directory {workdir} is in use by another training run ({{holder}}); "
+                              "wait for it to end or use another --workdir", workdir):
+        yield
+
+
+@contextlib.contextmanager
+def held(path: Path, busy: str, directory: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if need be), its holder written into it; WorkdirBusy(``busy``,
+    ``{holder}`` filled in) at once if another process holds it."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise StorageError(f"cannot write to work directory {_short(workdir)}: {_reason(e)}") from None
+        raise StorageError(f"cannot write to work directory {_short(directory)}: {_reason(e)}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StorageError(f"work directory {workdir} is in use by another training run ({_holder(path)}); "
-                               f"wait for it to end or use another --workdir") from None
+            raise WorkdirBusy(busy.format(holder=_holder(path))) from None
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
