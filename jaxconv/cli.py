@@ -72,7 +72,7 @@ def _add_sample_parser(commands) -> None:
                         help="gumbel (any head) or direct (a logistic mixture at temperature 1: 60x less work per "
                              "variable; naive and cached then differ more often, at float ties)")
     sample.add_argument("--complete", type=int, default=0, metavar="ROWS",
-                        help="complete validation images from their top ROWS rows")
+                        help="complete NUM validation images, spread evenly over the split, from their top ROWS rows")
     sample.add_argument("--label", type=int, help="class to condition on (default: image k is of class "
                         "k %% num_classes, a column per class; with --complete, each image's own class)")
     sample.add_argument("--checkpoint", default="best", help="best, latest, or a step number")

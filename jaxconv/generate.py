@@ -88,7 +88,8 @@ def sample_workdir(workdir: Path, out: Path, *, num: int = 16, seed: int = 0, te
 
     A class-conditional run (model.num_classes > 0) draws every image of class ``label``; without it,
     image k is of class k % num_classes, one class per column of the grid (up to CLASS_COLUMNS classes),
-    and completions (``complete_rows``) keep their own image's class.
+    and completions (``complete_rows``: ``num`` validation images spread evenly over the split, from their
+    top rows) keep their own image's class.
     Every argument is checked (ConfigError) before the checkpoint is restored: see ``check_sample_args``.
     Reads the work directory alone (config.json, run.json, the checkpoint); completions also read the
     run's validation split (the images they complete).
@@ -114,12 +115,14 @@ def sample_workdir(workdir: Path, out: Path, *, num: int = 16, seed: int = 0, te
     if not complete_rows < shape[1]:
         raise ConfigError(f"--complete must be in 0..{shape[1] - 1} rows, got {complete_rows}")
     val = _completed_split(run_config, spec, workdir) if complete_rows else None
-    images = jnp.asarray(np.resize(val.images, shape)) if complete_rows else None
+    # images spread evenly over the split (a split stored class by class then gives every class)
+    picked = (np.arange(num) * len(val)) // num if complete_rows else None
+    images = jnp.asarray(val.images[picked]) if complete_rows else None
     labels, columns = None, GRID_COLUMNS
     if label is not None:
         labels = jnp.full((num,), label, jnp.int32)
     elif config.num_classes and complete_rows:
-        labels = jnp.asarray(np.resize(val.labels, num), jnp.int32)  # the completed images' own classes
+        labels = jnp.asarray(val.labels[picked], jnp.int32)  # the completed images' own classes
     elif config.num_classes:
         labels = jnp.arange(num, dtype=jnp.int32) % config.num_classes
         if config.num_classes <= CLASS_COLUMNS:
