@@ -52,7 +52,7 @@ EXPERIMENTS = {"lenet5": "lenet_mnist", "lenet5_modern": "lenet_modern_mnist", "
 BATCHES = {"lenet5": ((64, 256), (256, 1024)), "lenet5_modern": ((64, 256), (256, 1024)),
            "pixelcnn_mnist": ((64,), (64, 256)), "gated_pixelcnn_mnist": ((64,), (64, 256)),
            "gated_pixelcnn_cifar": ((32,), (64,)), "pixelcnn_cifar": ((8,), (64,)),
-           "gated_pixelcnn_imagenet32": ((8,), (64, 128)), "alexnet32": ((32,), (256,))}
+           "gated_pixelcnn_imagenet32": ((8,), (64, 128)), "alexnet32": ((32, 128), (256,))}
 # Written plainly in PyTorch too (jaxconv.bench.twins.TWINS): vs_torch.
 TORCH_PRESETS = ("lenet5", "lenet5_modern", "alexnet32", "pixelcnn_mnist", "gated_pixelcnn_mnist")
 QUICK_ALEXNET_WIDTH = 1 / 16  # --quick: alexnet32's layer widths
