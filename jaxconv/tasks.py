@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # the config imports this module (its checks ask the tasks): 
     from jaxconv.config import Config, DataConfig
 
 AUGMENT_STREAM = 1  # fold_in tag: the augmentation key is independent of the dropout key
+AUGMENT_KEYS = ("augment_crop_pad", "augment_flip", "augment_rotate", "augment_scale", "augment_elastic")
+TRAIN_INPUT_KEYS = (*AUGMENT_KEYS, "crop_size")  # DataConfig keys that preprocess.augment reads
+CLASSIFICATION_DATA_KEYS = (*AUGMENT_KEYS, "subtract_mean", "crop_size")  # keys only a classifier may set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +112,7 @@ class Classification(Task):
         x = preprocess.scale_pixels(images, data.pixels, jnp.dtype(self.config.train.dtype))  # [B, H, W, C]
         if self.mean is not None:
             x = preprocess.subtract_mean(x, self.mean)
-        if train and (data.augment_crop_pad > 0 or data.augment_flip or data.crop_size > 0 or data.augment_rotate > 0
-                      or data.augment_scale > 0 or data.augment_elastic > 0):
+        if train and any(getattr(data, key) for key in TRAIN_INPUT_KEYS):
             return preprocess.augment(x, jax.random.fold_in(rng, AUGMENT_STREAM), crop_pad=data.augment_crop_pad,
                                       flip=data.augment_flip, crop_size=data.crop_size, rotate=data.augment_rotate,
                                       scale=data.augment_scale, elastic=data.augment_elastic)  # crop_size: [B, S, S, C]
@@ -134,11 +136,9 @@ class Density(Task):
     def validate(self, data: DataSpec) -> None:
         super().validate(data)
         cfg = self.config
-        if (cfg.data.augment_crop_pad or cfg.data.augment_flip or cfg.data.augment_rotate or cfg.data.augment_scale
-                or cfg.data.augment_elastic or cfg.data.subtract_mean or cfg.data.crop_size):
-            raise ConfigError("data.augment_crop_pad, data.augment_flip, data.augment_rotate, data.augment_scale, "
-                              "data.augment_elastic, data.subtract_mean and data.crop_size apply to classification "
-                              "models only")
+        if any(getattr(cfg.data, key) for key in CLASSIFICATION_DATA_KEYS):
+            *rest, last = (f"data.{key}" for key in CLASSIFICATION_DATA_KEYS)
+            raise ConfigError(f"{', '.join(rest)} and {last} apply to classification models only")
         # The head decides the variables' values; data.pixels may say so, and must not say otherwise.
         values = "binary" if cfg.model.head == "bernoulli" else "uint8"
         if cfg.data.pixels not in ("unit", values):
