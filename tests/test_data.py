@@ -1,6 +1,7 @@
 import dataclasses
 import gzip
 
+import flax.linen as nn
 import numpy as np
 import pytest
 
@@ -8,6 +9,14 @@ from jaxconv.config import DataConfig
 from jaxconv.data.pipeline import batch_indices, eval_batches, train_batches
 from jaxconv.data.sources import Split, load_split
 from jaxconv.errors import DataError
+
+
+class Echo(nn.Module):
+    """A stand-in model that returns its input: what the model would see."""
+
+    @nn.compact
+    def __call__(self, x, train):
+        return x
 
 
 def test_embedded_mnist_split_is_fixed_and_balanced():
@@ -178,17 +187,11 @@ def test_crop_shifts_the_content_and_pads_with_zeros():
 
 
 def test_augmentation_is_a_pure_function_of_the_key_and_off_in_eval():
-    import flax.linen as nn
     import jax
 
     from jaxconv import experiments, tasks
     from jaxconv.config import apply_overrides
     from jaxconv import preprocess as augment
-
-    class Echo(nn.Module):  # returns what the model would see
-        @nn.compact
-        def __call__(self, x, train):
-            return x
 
     config = apply_overrides(experiments.load("lenet_modern_mnist"), [
         "data.augment_crop_pad=1", "data.augment_flip=true", "data.subtract_mean=true", "data.augment_rotate=0",
@@ -305,18 +308,12 @@ def test_small_rotations_keep_a_digit_recognisable():
 
 
 def test_distortions_reach_the_model_in_training_only_and_are_checked():
-    import flax.linen as nn
     import jax
 
     from jaxconv import experiments, preprocess, tasks
     from jaxconv.config import apply_overrides
     from jaxconv.errors import ConfigError
     from jaxconv.models import build_model
-
-    class Echo(nn.Module):  # returns what the model would see
-        @nn.compact
-        def __call__(self, x, train):
-            return x
 
     config = apply_overrides(experiments.load("lenet_modern_mnist"), [
         "data.augment_crop_pad=1", "data.augment_rotate=10", "data.augment_scale=0.1", "data.augment_elastic=20"])
