@@ -59,6 +59,9 @@ class DataConfig:
     crop_size: int = _key(0, "classification: train on a random crop_size x crop_size window of every image (after "
                           "any augment_crop_pad padding) and evaluate on the central one, e.g. AlexNet's 224 of 256; "
                           "the model then sees crop_size x crop_size inputs; 0 = the whole image")
+    cv_fold: int = _key(-1, "cross-validation without the validation images: K in 0..3 trains on three quarters of "
+                        "the train split and validates on its K-th quarter (a quarter of each class, by order "
+                        "within the class); -1 = the train and val splits as stored")
     image_size: int = _key(0, "tfds: sources only: scale each image's shorter side to N pixels and keep the central "
                            "N x N (Pillow, bilinear; once, when a split is decoded into the cache), e.g. 256 for "
                            "AlexNet; 0 = keep the stored images, whose shape must then be fixed (imagenet2012 "
@@ -299,6 +302,7 @@ def _short_repr(value: Any) -> str:
 # evaluation. 65,536 images is far beyond what the models here train with (AlexNet used 128).
 MAX_BATCH = 65_536
 MAX_PREFETCH = 64  # data.prefetch: batches staged on the devices ahead of the step
+CV_FOLDS = 4  # data.cv_fold: the train split's quarters
 INT32_MAX = 2**31 - 1  # steps, intervals and sizes become int32 on the device (TrainState.step is int32)
 SEED_LIMIT = 2**32  # seeds are 32-bit: JAX keys keep the low 32 bits (2**32 would silently be seed 0)
 _SEEDS = ("data.seed", "train.seed")
@@ -371,6 +375,8 @@ def validate(config: Config) -> None:
         if config.checkpoint.best_metric not in allowed:
             raise ConfigError(f"checkpoint.best_metric={config.checkpoint.best_metric!r} is not a validation metric "
                               f"of {config.model.family} models; metrics: {', '.join(allowed)}")
+    if not -1 <= config.data.cv_fold < CV_FOLDS:
+        raise ConfigError(f"data.cv_fold must be -1 (off) or a fold in 0..{CV_FOLDS - 1}, got {config.data.cv_fold}")
     if config.data.subtract_mean and config.data.pixels != "unit":
         raise ConfigError(f"data.subtract_mean needs data.pixels=unit, got {config.data.pixels!r}")
     if any(s <= 0 for s in config.data.image_shape) or len(config.data.image_shape) != 3:

@@ -96,6 +96,8 @@ CASES = {
                                   "checkpoint.every must be >= 0, got -1", None, "inprocess"),
     "zero_learning_rate": ([*TRAIN, "--set", "optim.learning_rate=0", "--workdir", "{w}"], ConfigError,
                            "optim.learning_rate must be > 0", None, "inprocess"),
+    "cv_fold_out_of_range": ([*TRAIN, "--set", "data.cv_fold=4", "--workdir", "{w}"], ConfigError,
+                             "data.cv_fold must be -1 (off) or a fold in 0..3, got 4", None, "inprocess"),
     "two_sized_image_shape": ([*TRAIN, "--set", "data.image_shape=28,28", "--workdir", "{w}"], ConfigError,
                               "data.image_shape must be three positive sizes H,W,C", None, "inprocess"),
     "batch_not_divisible_by_devices": (["train", "lenet_modern_mnist", "--smoke", "--set", "data.batch_size=12",

@@ -28,6 +28,26 @@ def test_embedded_mnist_split_is_fixed_and_balanced():
     assert len(np.unique(joined, axis=0)) > 4990  # the two splits are different images
 
 
+def test_cv_folds_partition_the_train_split_by_quarters_of_each_class():
+    train = load_split(DataConfig(), "train")
+    rows = {row.tobytes(): i for i, row in enumerate(train.images.reshape(len(train), -1))}
+    held_out = []
+    for fold in range(4):
+        fold_train = load_split(DataConfig(cv_fold=fold), "train")
+        fold_val = load_split(DataConfig(cv_fold=fold), "val")
+        assert np.bincount(fold_train.labels).tolist() == [300] * 10
+        assert np.bincount(fold_val.labels).tolist() == [100] * 10
+        train_rows = [rows[r.tobytes()] for r in fold_train.images.reshape(len(fold_train), -1)]
+        val_rows = [rows[r.tobytes()] for r in fold_val.images.reshape(len(fold_val), -1)]
+        assert train_rows == sorted(train_rows)  # the train split's order, its held-out quarter removed
+        assert sorted(train_rows + val_rows) == list(range(4000))
+        for digit in range(10):  # fold K holds out images 100K..100K+99 of each digit
+            of_digit = np.flatnonzero(train.labels == digit)
+            assert sorted(i for i in val_rows if train.labels[i] == digit) == of_digit[100 * fold:100 * fold + 100].tolist()
+        held_out += val_rows
+    assert sorted(held_out) == list(range(4000))  # each train image is held out exactly once
+
+
 def test_batch_order_is_a_pure_function_of_seed_and_step():
     a = [batch_indices(100, 32, seed=3, step=s) for s in range(6)]
     b = [batch_indices(100, 32, seed=3, step=s) for s in range(6)]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxconv.config import DataConfig
+from jaxconv.config import CV_FOLDS, DataConfig
 from jaxconv.data import imagenet, tfds_source
 from jaxconv.errors import DataError
 
@@ -61,7 +61,29 @@ def load_split(config: DataConfig, split: str) -> Split:
     else:
         raise DataError(f"unknown data source {config.source!r}; sources: {', '.join(SOURCES)}")
     check_split(data, f"{config.source}:{split}")
-    return data
+    return data if config.cv_fold < 0 else cv_split(config, split)
+
+
+def cv_split(config: DataConfig, split: str) -> Split:
+    """``data.cv_fold=K``: the train split without its K-th quarter ("train") or that quarter ("val").
+
+    The quarter is a quarter of each class, by order within the class, so every fold keeps the class
+    balance; no validation image is used.
+    """
+    data = load_split(dataclasses.replace(config, cv_fold=-1), "train")
+    if isinstance(data.images, np.memmap):  # a fold would copy three quarters of the cache into memory
+        raise DataError(f"data.cv_fold needs a train split held in memory; {config.source}'s is a memory-mapped "
+                        f"cache (use data.cv_fold=-1)")
+    rank_within_class = np.zeros(len(data), np.int64)
+    size_of_class = np.zeros(len(data), np.int64)
+    for label in np.unique(data.labels):
+        rows = np.flatnonzero(data.labels == label)
+        rank_within_class[rows], size_of_class[rows] = np.arange(len(rows)), len(rows)
+    held_out = rank_within_class * CV_FOLDS // size_of_class == config.cv_fold
+    keep = held_out if split == "val" else ~held_out
+    fold = Split(data.images[keep], data.labels[keep], data.num_classes)
+    check_split(fold, f"{config.source}:train fold {config.cv_fold} ({split})")
+    return fold
 
 
 def check_split(data: Split, name: str) -> None:

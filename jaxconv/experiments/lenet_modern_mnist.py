@@ -1,4 +1,4 @@
-"""Modern LeNet-5 (ReLU, max pooling, full C3, dropout) on the embedded MNIST, with augmentation and AdamW.
+"""Modern LeNet-5 (ReLU, max pooling, full C3, dropout) on the embedded MNIST, with augmentation and SGD.
 
 Run: ``jaxconv train lenet_modern_mnist`` (or ``python -m jaxconv.experiments.lenet_modern_mnist``);
 ``--smoke`` for the tests' size. The network keeps LeNet-5's layer sizes (61,706 parameters); the
@@ -13,20 +13,30 @@ recipe is what a small CNN trained on 4,000 images needs today, each choice for 
 - Dropout 0.25 on the outputs of the two hidden dense layers, C5 and F6 (``model.dropout``): where
   a modern CNN has it (AlexNet's fc6 and fc7); 0.25 rather than AlexNet's 0.5, as these layers have
   120 and 84 units, not 4,096.
-- AdamW, weight decay 0.05 (decoupled, Loshchilov & Hutter 2019): Adam's learning rate 2e-3 as
-  before, with a weight penalty that does not fight Adam's per-parameter scaling.
+- SGD with Nesterov momentum 0.9, learning rate 0.05, L2 weight decay 5e-4: the optimiser of modern
+  image-classification recipes, which generalise better with it than with Adam (Wilson et al. 2017).
 - Schedule and length: 100 linear warm-up steps, then cosine decay to 0; batch 64, 4,000 steps
   (64 epochs of the train split): augmented digits take longer to fit than the plain 1,500 steps.
 - No label smoothing: the config has no such key (softmax cross-entropy on hard labels).
 
-Chosen on held-out train images, not the validation split: 4-fold cross-validation on the train split
-(train on 3,000, measure on the other 1,000), seeds 0 and 1: 98.35% mean (97.9-99.0 per fold). On one
-fold (3 seeds): 98.9% against 97.9% with the same regularisation and no augmentation, and 97.7% for
-the plain recipe; shifts alone 98.7%; dropout or weight decay left out, 98.9% either way (neither
-measurably helps beside the augmentation; kept as the standard modern defaults, at no cost); 2,000
-steps 98.7%, 6,000 98.9%. Simard et al.'s elastic distortion on top (``data.augment_elastic=34``, 6,000
-steps) gained 0.2 points in the cross-validation but lost 0.6 on the validation split (97.8% mean of 3
-seeds), so it is left out. Validation accuracy (train.seed 0, 1, 2): 98.9%, 98.5%, 97.6%; mean 98.3%.
+Chosen on held-out train images, never the validation split: 4-fold cross-validation on the train
+split (``--set data.cv_fold=K``: train on 3,000, measure on the other 1,000), K = 0..3:
+
+| candidate | seeds | CV accuracy (mean) |
+|---|---|---|
+| this recipe | 0, 1 | 98.58% |
+| AdamW lr 2e-3, weight decay 0.05 in place of SGD | 0, 1 | 98.35% |
+| SGD lr 0.1 | 0 | 98.53% |
+| SGD weight decay 2e-3 | 0 | 98.45% |
+| no dropout | 0 | 98.38% |
+| dropout 0.4 | 0 | 98.35% |
+
+SGD beat AdamW on 6 of the 8 (fold, seed) pairs, by 0.22 points on average. With AdamW, earlier: on one
+fold (3 seeds) 98.9% against 97.9% with the same regularisation and no augmentation, and 97.7% for the
+plain recipe; shifts alone 98.7%; 2,000 steps 98.7%, 6,000 98.9%. Simard et al.'s elastic distortion on
+top (``data.augment_elastic=34``, 6,000 steps) gained 0.2 points in the cross-validation but lost 0.6 on
+the validation split (97.8% mean of 3 seeds), so it is left out. Validation accuracy (train.seed 0, 1,
+2): 98.4%, 98.4%, 98.7%; mean 98.5% (AdamW: 98.9%, 98.5%, 97.6%, mean 98.3%).
 
 The faithful 1998 network and its recipe are ``lenet_mnist``.
 """
@@ -41,7 +51,7 @@ CONFIG = Config(
     model=dataclasses.replace(preset("lenet5_modern"), dropout=0.25),
     data=DataConfig(source="mnist", batch_size=64, eval_batch_size=200,
                     augment_rotate=10.0, augment_scale=0.1, augment_crop_pad=2),
-    optim=OptimConfig(name="adamw", learning_rate=2e-3, weight_decay=0.05),
+    optim=OptimConfig(name="momentum", learning_rate=0.05, nesterov=True, weight_decay=5e-4),
     schedule=ScheduleConfig(name="cosine", warmup_steps=100),
     train=TrainConfig(steps=4000, log_every=100, eval_every=1000),
     checkpoint=CheckpointConfig(every=1000),
