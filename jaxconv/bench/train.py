@@ -84,26 +84,31 @@ def run_config(name: str, batch: int, devices: int, dtype: str, quick: bool, con
                                     f"train.dtype={dtype}"])
 
 
-def measure(name: str, batch: int, devices: int, dtype: str, *, quick: bool, timing: dict, peaks: dict,
-            flops_per_image: float | None, conv: ConvConfig = ConvConfig()) -> dict:
-    config = run_config(name, batch, devices, dtype, quick, conv)
+def time_train_step(config: Config, timing: dict) -> tuple[dict, float]:
+    """``time_calls``' timings of the run's train step on one fixed batch from random parameters, and the
+    last step's loss."""
     run = build_run(config)
     model = build_run_model(config)
     params = random_params(model, tuple(run.train_data.images.shape[1:]))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=run.tx.init(params),
                        rng=jax.random.key_data(jax.random.key(0)))
     holder = {"state": run.par.place_state(state)}
-    batch_data = run.par.put_batch(next(train_batches(run.train_data, batch, 0, 0)))
+    batch_data = run.par.put_batch(next(train_batches(run.train_data, config.data.batch_size, 0, 0)))
 
     def step():
         holder["state"], holder["metrics"] = run.train_step(holder["state"], batch_data)
         return run.par.settle(holder["metrics"])
 
-    t = time_calls(step, **timing)
+    timings = time_calls(step, **timing)
+    return timings, float(holder["metrics"]["loss"])
+
+
+def measure(name: str, batch: int, devices: int, dtype: str, *, quick: bool, timing: dict, peaks: dict,
+            flops_per_image: float | None, conv: ConvConfig = ConvConfig()) -> dict:
+    t, loss = time_train_step(run_config(name, batch, devices, dtype, quick, conv), timing)
     accelerator = jax.default_backend() != "cpu"
     peak = peaks["matmul_flops_per_s"][dtype] * (devices if accelerator else 1)
     ips = batch / t["median_s"]
-    loss = float(holder["metrics"]["loss"])
     return {"preset": name + (" (quick)" if quick else ""), "framework": "jax", "dtype": dtype, "devices": devices,
             "batch": batch, "images_per_s": ips, "step_s": t["median_s"], "compile_s": t["first_s"],
             "runs": [batch / r for r in t["runs_s"]], "flops_per_image": flops_per_image,

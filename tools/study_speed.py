@@ -1,0 +1,47 @@
+"""A study's training speed per variant, measured one variant after another in one quiet process.
+
+A study's own "train time" column is the wall time of each run, which other jobs on the machine (or
+the study's other worker) inflate unevenly. This times each variant's real train step (the one
+``jaxconv train`` runs: ``jaxconv.bench.train.time_train_step``) back to back, so the variants'
+times compare like for like: images/s, and the time its full recipe would take at that speed.
+
+    python tools/study_speed.py pixelcnn_variants [--cpu-devices 2] [--repeats 5] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from jaxconv import experiments
+from jaxconv.config import ParallelConfig
+from jaxconv.train.parallel import create_host_devices
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("study")
+    parser.add_argument("--cpu-devices", type=int, default=0, help="CPU devices (0: one per core, as jaxconv train)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="the study's smoke sizes")
+    args = parser.parse_args()
+    variants = experiments.load_study(args.study, smoke=args.smoke)
+    first_of_each: dict = {}  # the seeds of a variant share its speed
+    for config in variants.values():
+        first_of_each.setdefault(config.name, config.replace(parallel=ParallelConfig(cpu_devices=args.cpu_devices)))
+    configs = list(first_of_each.values())
+    create_host_devices(configs[0].parallel, configs[0].data.batch_size)  # before JAX's backends start
+
+    from jaxconv.bench.train import time_train_step  # imports JAX
+
+    print("| variant | batch | img/s (median) | full recipe at that speed |")
+    print("|---|---|---|---|")
+    for config in configs:
+        timings, _ = time_train_step(config, {"repeats": args.repeats, "min_time": 2.0, "warmup": 3, "budget": 60.0})
+        ips = config.data.batch_size / timings["median_s"]
+        minutes = config.train.steps * config.data.batch_size / ips / 60
+        print(f"| {config.name.rpartition('/')[2]} | {config.data.batch_size} | {ips:.1f} | "
+              f"{config.train.steps:,} steps: {minutes:.1f} min |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
