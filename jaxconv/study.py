@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +27,7 @@ from jaxconv.generate import sample_workdir
 from jaxconv.stopping import StopRequest
 from jaxconv.train import loop
 from jaxconv.train import workdir as workdir_lib
+from jaxconv.train.metrics import read_metrics, training_seconds
 
 SAMPLES_PER_VARIANT = 8
 STUDY_ROW = "study.json"  # a run's row, written when it has been trained, evaluated and sampled
@@ -73,6 +73,8 @@ def run_study(variants: dict[str, Config], workdir: Path, stop: StopRequest | No
 def _row(name: str, config: Config, workdir: Path) -> dict[str, Any]:
     row = json.loads((workdir / name / STUDY_ROW).read_text())
     row.update(run=name, variant=variant_name(config), group=config.name)  # rows of older studies lack them
+    # From the metrics, not the row: rows written before a fix of the timing get it too.
+    row["train_seconds"] = round(training_seconds(read_metrics(workdir / name), config.data.batch_size), 1)
     row.setdefault("seed", config.train.seed)
     row.setdefault("data_seed", config.data.seed)
     return row
@@ -81,11 +83,10 @@ def _row(name: str, config: Config, workdir: Path) -> dict[str, Any]:
 def _train_run(name: str, config: Config, workdir: Path, stop: StopRequest | None, log: Callable[[str], None]) -> bool:
     """Trains, evaluates and samples one run, then writes its row; False if ``stop`` ended it first."""
     run_dir = workdir / name
-    clock = time.perf_counter()
     result = loop.train(config, run_dir, stop)
     if result.get("terminated"):
         return False
-    seconds = time.perf_counter() - clock
+    seconds = training_seconds(read_metrics(run_dir), config.data.batch_size)
     _, _, state = loop.restore_workdir(run_dir, "latest")
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     val = result["val"]

@@ -50,3 +50,34 @@ def test_processes_share_a_study_and_the_last_writes_the_report(tmp_path):
     assert len(table) == 3 and "| 0, 1, 2 |" in table[2]  # one variant, its three seeds
     rows = json.loads((workdir / "results.json").read_text())
     assert [r["run"] for r in rows] == ["r0", "r1", "r2"] and len({r["nll_nats"] for r in rows}) == 3
+
+
+def test_a_resumed_run_is_timed_whole(tmp_path):
+    """A study run stopped (SIGTERM) and finished by a second process reports the training time of both
+    parts: the table's time compares variants, so it must not shrink to the last process's share. The
+    first process is held (SIGSTOP) for PAUSE seconds mid-run, more than the second process takes."""
+    import signal
+    import time
+
+    from jaxconv.train.metrics import read_metrics
+
+    pause = 15.0
+    study, workdir = tmp_path / "one.py", tmp_path / "study"
+    study.write_text(STUDY.replace("for k in range(3)", "for k in range(1)").replace(
+        '"train.steps=2"', '"train.steps=30", "train.log_every=1", "checkpoint.every=0"'))
+    first = start(study, workdir)
+    deadline = time.time() + 180
+    while not any(r["step"] >= 25 for r in read_metrics(workdir / "r0")):
+        assert first.poll() is None and time.time() < deadline, first.communicate()
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)
+    time.sleep(pause)
+    first.send_signal(signal.SIGCONT)
+    first.send_signal(signal.SIGTERM)
+    assert "study: r0" not in finish(first)  # stopped, not finished
+    clock = time.perf_counter()
+    out = finish(start(study, workdir))
+    second = time.perf_counter() - clock
+    assert trained(out) == {"r0"} and second < pause, second
+    row = json.loads((workdir / "results.json").read_text())[0]
+    assert row["steps"] == 30 and row["train_seconds"] >= pause, row

@@ -187,6 +187,16 @@ MUTANTS = [
     m("synthetic-val-is-train-prefix", "jaxconv/data/sources.py",
       "np.random.default_rng([config.seed, SPLITS.index(split)])", "np.random.default_rng([config.seed, 0])",
       [PROPS, "-k", "synthetic"]),
+    m("cv-fold-holds-out-the-first-fold", "jaxconv/data/sources.py",
+      "held_out = rank_within_class * CV_FOLDS // size_of_class == config.cv_fold",
+      "held_out = rank_within_class * CV_FOLDS // size_of_class == 0", [DATA, "-k", "cv_folds"]),
+    m("cv-fold-trains-on-everything", "jaxconv/data/sources.py",
+      'keep = held_out if split == "val" else ~held_out', 'keep = held_out if split == "val" else held_out | True',
+      [DATA, "-k", "cv_folds"]),
+    # --- studies (jaxconv/study.py, jaxconv/train/metrics.py) -------------------------------------
+    m("study-time-of-the-last-process-only", "jaxconv/train/metrics.py",
+      "seconds, last_step = 0.0, 0", "seconds, last_step = 0.0, 0\n    records = records[-2:]",
+      ["tests/test_study_workers.py", "-k", "timed_whole"]),
 ]
 
 

@@ -160,6 +160,18 @@ def read_metrics(workdir: Path) -> list[dict]:
     return records
 
 
+def training_seconds(records: list[dict], batch_size: int) -> float:
+    """The wall time of a run's training loop, summed over its train records (each covers the steps since
+    the one before, at its ``images_per_sec``), so every process that trained the run counts: a run
+    resumed three times is timed whole, where one process's clock sees its last part only."""
+    seconds, last_step = 0.0, 0
+    for record in sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"]):
+        if record.get("images_per_sec"):
+            seconds += (record["step"] - last_step) * batch_size / record["images_per_sec"]
+        last_step = record["step"]
+    return seconds
+
+
 def _record(line: bytes) -> dict | None:
     """The record a line holds, or None if it holds none."""
     try:
