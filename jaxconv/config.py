@@ -303,6 +303,7 @@ def _short_repr(value: Any) -> str:
 MAX_BATCH = 65_536
 MAX_PREFETCH = 64  # data.prefetch: batches staged on the devices ahead of the step
 CV_FOLDS = 4  # data.cv_fold: the train split's quarters
+CV_SOURCES = ("mnist", "synthetic")  # data.cv_fold: the sources whose train split is held in memory
 INT32_MAX = 2**31 - 1  # steps, intervals and sizes become int32 on the device (TrainState.step is int32)
 SEED_LIMIT = 2**32  # seeds are 32-bit: JAX keys keep the low 32 bits (2**32 would silently be seed 0)
 _SEEDS = ("data.seed", "train.seed")
@@ -377,6 +378,10 @@ def validate(config: Config) -> None:
                               f"of {config.model.family} models; metrics: {', '.join(allowed)}")
     if not -1 <= config.data.cv_fold < CV_FOLDS:
         raise ConfigError(f"data.cv_fold must be -1 (off) or a fold in 0..{CV_FOLDS - 1}, got {config.data.cv_fold}")
+    if config.data.cv_fold >= 0 and config.data.source not in CV_SOURCES:
+        # The other sources' train splits are memory-mapped caches: a fold would copy most of one into memory.
+        raise ConfigError(f"data.cv_fold applies to data.source {' or '.join(CV_SOURCES)} (train splits held in "
+                          f"memory), not {config.data.source}")
     if config.data.subtract_mean and config.data.pixels != "unit":
         raise ConfigError(f"data.subtract_mean needs data.pixels=unit, got {config.data.pixels!r}")
     if any(s <= 0 for s in config.data.image_shape) or len(config.data.image_shape) != 3:

@@ -5,6 +5,11 @@ evaluates held-out NLL, draws samples, and writes ``WORKDIR/results.md`` (one ta
 ``WORKDIR/results.json``, ``WORKDIR/results.png`` (NLL vs parameters vs training time) and
 ``WORKDIR/samples.png`` (one row of samples per variant).
 
+"Train time" is the time each run spent in its training loop (its steps, compiles, evaluations and
+checkpoint saves), summed over every process that trained it (``jaxconv.train.metrics.training_seconds``),
+as the machine gave it: compare variants trained on a machine to themselves, or time them back to back
+with ``tools/study_speed.py``.
+
 Runs whose configs share a ``Config.name`` are seeds of one variant: the table and figure give their mean
 and range (``jaxconv.experiments.pixelcnn_variants`` trains its binary variants twice this way), and
 ``results.json`` keeps every run.
@@ -73,8 +78,10 @@ def run_study(variants: dict[str, Config], workdir: Path, stop: StopRequest | No
 def _row(name: str, config: Config, workdir: Path) -> dict[str, Any]:
     row = json.loads((workdir / name / STUDY_ROW).read_text())
     row.update(run=name, variant=variant_name(config), group=config.name)  # rows of older studies lack them
-    # From the metrics, not the row: rows written before a fix of the timing get it too.
-    row["train_seconds"] = round(training_seconds(read_metrics(workdir / name), config.data.batch_size), 1)
+    # From the metrics: rows of older studies timed the last process's part of a resumed run only.
+    seconds = training_seconds(read_metrics(workdir / name), config.data.batch_size)
+    if seconds is not None:
+        row["train_seconds"] = round(seconds, 1)
     row.setdefault("seed", config.train.seed)
     row.setdefault("data_seed", config.data.seed)
     return row
@@ -93,11 +100,11 @@ def _train_run(name: str, config: Config, workdir: Path, stop: StopRequest | Non
     row = {"run": name, "variant": variant_name(config), "group": config.name, "seed": config.train.seed,
            "data_seed": config.data.seed, "head": config.model.head, "family": config.model.family,
            "data": "binary" if config.model.head == "bernoulli" else "8-bit",
-           "params": params, "steps": result["step"], "train_seconds": round(seconds, 1),
+           "params": params, "steps": result["step"], "train_seconds": round(seconds or 0.0, 1),
            "nll_nats": val["nll_nats"], "bits_per_dim": val["bits_per_dim"], "val_images": int(val["count"])}
     sample_workdir(run_dir, run_dir / "samples.png", num=SAMPLES_PER_VARIANT, checkpoint="latest")
     _write_atomically(run_dir / STUDY_ROW, json.dumps(row, indent=1))
-    log(f"{name}: trained and evaluated in {seconds:.0f} s")
+    log(f"{name}: trained ({seconds or 0:.0f} s in the training loop), evaluated and sampled")
     return True
 
 

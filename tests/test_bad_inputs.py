@@ -98,6 +98,10 @@ CASES = {
                            "optim.learning_rate must be > 0", None, "inprocess"),
     "cv_fold_out_of_range": ([*TRAIN, "--set", "data.cv_fold=4", "--workdir", "{w}"], ConfigError,
                              "data.cv_fold must be -1 (off) or a fold in 0..3, got 4", None, "inprocess"),
+    "cv_fold_of_a_cached_source": ([*TRAIN, "--set", "data.source=imagenet32", "--set", "data.cv_fold=0",
+                                    "--workdir", "{w}"], ConfigError,
+                                   "data.cv_fold applies to data.source mnist or synthetic (train splits held in "
+                                   "memory), not imagenet32", None, "inprocess"),
     "two_sized_image_shape": ([*TRAIN, "--set", "data.image_shape=28,28", "--workdir", "{w}"], ConfigError,
                               "data.image_shape must be three positive sizes H,W,C", None, "inprocess"),
     "batch_not_divisible_by_devices": (["train", "lenet_modern_mnist", "--smoke", "--set", "data.batch_size=12",

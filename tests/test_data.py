@@ -48,6 +48,12 @@ def test_cv_folds_partition_the_train_split_by_quarters_of_each_class():
     assert sorted(held_out) == list(range(4000))  # each train image is held out exactly once
 
 
+def test_cv_folds_need_every_class_in_every_fold():
+    few = DataConfig(source="synthetic", num_examples=12, num_classes=5, cv_fold=0)  # about 2 images a class
+    with pytest.raises(DataError, match=r"data.cv_fold: class \d has [0-3] train image\(s\), fewer than the 4 folds"):
+        load_split(few, "train")
+
+
 def test_batch_order_is_a_pure_function_of_seed_and_step():
     a = [batch_indices(100, 32, seed=3, step=s) for s in range(6)]
     b = [batch_indices(100, 32, seed=3, step=s) for s in range(6)]

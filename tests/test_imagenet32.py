@@ -121,11 +121,6 @@ def test_memmapped_batches_are_plain_arrays_of_the_right_rows(prepared32):
     np.testing.assert_array_equal(np.sort(seen), np.arange(23))
 
 
-def test_cv_fold_of_a_memory_mapped_cache_is_a_data_error(prepared32):
-    with pytest.raises(DataError, match="data.cv_fold needs a train split held in memory; imagenet32's is a memory-"):
-        load_split(DataConfig(source="imagenet32", path=str(prepared32), cv_fold=1), "train")
-
-
 def test_imagenet64_prepare(tmp_path):
     src = write_official(tmp_path / "src", resolution=64, train_counts=(1,) * 10, val_count=2)
     imagenet.prepare("imagenet64", src, tmp_path / "out", progress=False)

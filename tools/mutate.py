@@ -194,9 +194,10 @@ MUTANTS = [
       'keep = held_out if split == "val" else ~held_out', 'keep = held_out if split == "val" else held_out | True',
       [DATA, "-k", "cv_folds"]),
     # --- studies (jaxconv/study.py, jaxconv/train/metrics.py) -------------------------------------
-    m("study-time-of-the-last-process-only", "jaxconv/train/metrics.py",
-      "seconds, last_step = 0.0, 0", "seconds, last_step = 0.0, 0\n    records = records[-2:]",
-      ["tests/test_study_workers.py", "-k", "timed_whole"]),
+    m("study-time-of-the-last-interval-only", "jaxconv/train/metrics.py",
+      "seconds += (record[\"step\"] - last_step) * batch_size / speed",
+      "seconds = (record[\"step\"] - last_step) * batch_size / speed",
+      ["tests/test_study_workers.py", "-k", "training_seconds or timed_whole"]),
 ]
 
 

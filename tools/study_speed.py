@@ -1,7 +1,7 @@
 """A study's training speed per variant, measured one variant after another in one quiet process.
 
-A study's own "train time" column is the wall time of each run, which other jobs on the machine (or
-the study's other worker) inflate unevenly. This times each variant's real train step (the one
+A study's own "train time" column is the time each run spent in its training loop, which other jobs on
+the machine (or the study's other worker) inflate unevenly. This times each variant's real train step (the one
 ``jaxconv train`` runs: ``jaxconv.bench.train.time_train_step``) back to back, so the variants'
 times compare like for like: images/s, and the time its full recipe would take at that speed.
 
@@ -11,9 +11,9 @@ times compare like for like: images/s, and the time its full recipe would take a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from jaxconv import experiments
-from jaxconv.config import ParallelConfig
 from jaxconv.train.parallel import create_host_devices
 
 
@@ -27,9 +27,11 @@ def main() -> None:
     variants = experiments.load_study(args.study, smoke=args.smoke)
     first_of_each: dict = {}  # the seeds of a variant share its speed
     for config in variants.values():
-        first_of_each.setdefault(config.name, config.replace(parallel=ParallelConfig(cpu_devices=args.cpu_devices)))
+        parallel = dataclasses.replace(config.parallel, cpu_devices=args.cpu_devices)
+        first_of_each.setdefault(config.name, config.replace(parallel=parallel))
     configs = list(first_of_each.values())
-    create_host_devices(configs[0].parallel, configs[0].data.batch_size)  # before JAX's backends start
+    # Before JAX's backends start; the count is sized by the first variant's batch (a study's share one).
+    create_host_devices(configs[0].parallel, configs[0].data.batch_size)
 
     from jaxconv.bench.train import time_train_step  # imports JAX
 

@@ -48,6 +48,8 @@ class Split:
 def load_split(config: DataConfig, split: str) -> Split:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
+    if config.cv_fold >= 0:
+        return cv_split(config, split)
     if config.source == "mnist":
         data = _mnist_split(split, Path(config.path) if config.path else None)
     elif config.source == "synthetic":
@@ -61,7 +63,7 @@ def load_split(config: DataConfig, split: str) -> Split:
     else:
         raise DataError(f"unknown data source {config.source!r}; sources: {', '.join(SOURCES)}")
     check_split(data, f"{config.source}:{split}")
-    return data if config.cv_fold < 0 else cv_split(config, split)
+    return data
 
 
 def cv_split(config: DataConfig, split: str) -> Split:
@@ -71,13 +73,13 @@ def cv_split(config: DataConfig, split: str) -> Split:
     balance; no validation image is used.
     """
     data = load_split(dataclasses.replace(config, cv_fold=-1), "train")
-    if isinstance(data.images, np.memmap):  # a fold would copy three quarters of the cache into memory
-        raise DataError(f"data.cv_fold needs a train split held in memory; {config.source}'s is a memory-mapped "
-                        f"cache (use data.cv_fold=-1)")
     rank_within_class = np.zeros(len(data), np.int64)
     size_of_class = np.zeros(len(data), np.int64)
     for label in np.unique(data.labels):
         rows = np.flatnonzero(data.labels == label)
+        if len(rows) < CV_FOLDS:
+            raise DataError(f"data.cv_fold: class {label} has {len(rows)} train image(s), fewer than the "
+                            f"{CV_FOLDS} folds, so some fold would hold none of it")
         rank_within_class[rows], size_of_class[rows] = np.arange(len(rows)), len(rows)
     held_out = rank_within_class * CV_FOLDS // size_of_class == config.cv_fold
     keep = held_out if split == "val" else ~held_out

@@ -160,16 +160,19 @@ def read_metrics(workdir: Path) -> list[dict]:
     return records
 
 
-def training_seconds(records: list[dict], batch_size: int) -> float:
-    """The wall time of a run's training loop, summed over its train records (each covers the steps since
-    the one before, at its ``images_per_sec``), so every process that trained the run counts: a run
-    resumed three times is timed whole, where one process's clock sees its last part only."""
-    seconds, last_step = 0.0, 0
+def training_seconds(records: list[dict], batch_size: int) -> float | None:
+    """The time a run spent in its training loop (steps, and the compiles, evaluations and checkpoint
+    saves between them), summed over its train records, each of which covers the steps since the one
+    before at its ``images_per_sec``; so every process that trained the run counts. None when no record
+    has a speed."""
+    seconds, last_step, timed = 0.0, 0, False
     for record in sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"]):
-        if record.get("images_per_sec"):
-            seconds += (record["step"] - last_step) * batch_size / record["images_per_sec"]
-        last_step = record["step"]
-    return seconds
+        speed = record.get("images_per_sec")
+        if isinstance(speed, (int, float)) and math.isfinite(speed) and speed > 0 and record["step"] > last_step:
+            seconds += (record["step"] - last_step) * batch_size / speed
+            timed = True
+        last_step = max(last_step, record["step"])
+    return seconds if timed else None
 
 
 def _record(line: bytes) -> dict | None:
