@@ -162,7 +162,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def _write_report(rows: list[dict[str, Any]], workdir: Path) -> None:
     (workdir / "results.json").write_text(json.dumps(rows, indent=1))
     (workdir / "results.md").write_text(markdown_table(rows))
-    _figure(rows, workdir / "results.png")
+    plot_results(rows, workdir / "results.png")
     _samples_sheet(rows, workdir)
 
 
@@ -182,7 +182,7 @@ def _samples_sheet(rows: list[dict[str, Any]], workdir: Path) -> None:
     sheet.save(workdir / "samples.png")
 
 
-def _figure(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_results(rows: list[dict[str, Any]], path: Path, time_label: str = "training time (s)") -> None:
     """bits/dim against parameters and training time, one point per variant (the mean, with a bar over
     its seeds' range); binary and 8-bit data in separate rows (their scales differ)."""
     import matplotlib
@@ -195,8 +195,7 @@ def _figure(rows: list[dict[str, Any]], path: Path) -> None:
               for data in dict.fromkeys(r["data"] for r in rows)]
     fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.2 * len(panels)), squeeze=False)
     for (data, sel), row_axes in zip(panels, axes):
-        for ax, key, label in ((row_axes[0], "params", "parameters"), (row_axes[1], "train_seconds",
-                                                                         "training time (s)")):
+        for ax, key, label in ((row_axes[0], "params", "parameters"), (row_axes[1], "train_seconds", time_label)):
             for k, runs in enumerate(sel):
                 x, y = (np.mean([r[name] for r in runs]) for name in (key, "bits_per_dim"))
                 low, high = (y - min(r["bits_per_dim"] for r in runs), max(r["bits_per_dim"] for r in runs) - y)
