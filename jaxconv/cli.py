@@ -226,7 +226,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = train(config, workdir, stop=args.stop)
     if "val" in result:
-        print(_table(f"{args.name}: step {result['step']}, validation", result["val"]))
+        print(_table(f"{args.name}: step {result['step']}, validation{_fold_note(config, 'val')}", result["val"]))
     print(_train_summary(config, workdir, result))
     if result.get("signal") == "SIGINT":
         print(f"jaxconv: interrupted (SIGINT): saved step {result['step']}; the same command resumes it",
@@ -350,11 +350,22 @@ def _dry_run(configs: dict[str, Any], workdir: Path) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from jaxconv.train import workdir as workdir_lib
     from jaxconv.train.loop import evaluate_workdir
 
     step, metrics = evaluate_workdir(args.workdir, args.checkpoint, args.split)
-    print(_table(f"{args.workdir}: checkpoint {step} ({args.checkpoint}), split {args.split}", metrics))
+    config = workdir_lib.previous_config(Path(args.workdir))
+    print(_table(f"{args.workdir}: checkpoint {step} ({args.checkpoint}), split {args.split}"
+                 f"{_fold_note(config, args.split)}", metrics))
     return 0
+
+
+def _fold_note(config, split: str) -> str:
+    """What a cross-validation run's split is: its metrics must not pass for the validation images'."""
+    if config is None or config.data.cv_fold < 0:
+        return ""
+    part = "its held-out quarter" if split == "val" else "the other three quarters"
+    return f" (data.cv_fold={config.data.cv_fold}: {part} of the train split)"
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -79,11 +79,15 @@ def test_cross_validation_folds_through_the_cli(tmp_path):
     done = run_cli("train", "lenet_modern_mnist", "--smoke", "--set", "parallel.num_devices=1", "--set",
                    "data.cv_fold=3", "--workdir", str(tmp_path))
     assert done.returncode == 0 and done.stderr == "", done.stderr
-    trained = done.stdout.split("validation")[-1]
+    fold = "(data.cv_fold=3: its held-out quarter of the train split)"
+    assert f"step 20, validation {fold}" in done.stdout, done.stdout  # not to pass for the validation images
+    trained = "\n".join(line for line in done.stdout.split(fold)[-1].splitlines() if line.startswith("  "))
     evaluated = run_cli("eval", str(tmp_path), "--checkpoint", "latest")
     assert evaluated.returncode == 0 and evaluated.stderr == "", evaluated.stderr
+    assert f"split val {fold}" in evaluated.stdout, evaluated.stdout
     for line in ("count 1000", *[" ".join(m.split()) for m in trained.splitlines() if "accuracy" in m]):
         assert line in " ".join(evaluated.stdout.split()), (line, evaluated.stdout)
     on_train = run_cli("eval", str(tmp_path), "--checkpoint", "latest", "--split", "train")
     assert on_train.returncode == 0 and on_train.stderr == "", on_train.stderr
     assert "count 3000" in " ".join(on_train.stdout.split())  # the held-out quarter is not trained on
+    assert "split train (data.cv_fold=3: the other three quarters of the train split)" in on_train.stdout
