@@ -73,19 +73,25 @@ def cv_split(config: DataConfig, split: str) -> Split:
     balance; no validation image is used.
     """
     data = load_split(dataclasses.replace(config, cv_fold=-1), "train")
-    rank_within_class = np.zeros(len(data), np.int64)
-    size_of_class = np.zeros(len(data), np.int64)
+    size_of_class = np.bincount(data.labels)
     for label in np.unique(data.labels):
-        rows = np.flatnonzero(data.labels == label)
-        if len(rows) < CV_FOLDS:
-            raise DataError(f"data.cv_fold: class {label} has {len(rows)} train image(s), fewer than the "
+        if size_of_class[label] < CV_FOLDS:
+            raise DataError(f"data.cv_fold: class {label} has {size_of_class[label]} train image(s), fewer than the "
                             f"{CV_FOLDS} folds, so some fold would hold none of it")
-        rank_within_class[rows], size_of_class[rows] = np.arange(len(rows)), len(rows)
-    held_out = rank_within_class * CV_FOLDS // size_of_class == config.cv_fold
+    held_out = rank_within_class(data.labels) * CV_FOLDS // size_of_class[data.labels] == config.cv_fold
     keep = held_out if split == "val" else ~held_out
     fold = Split(data.images[keep], data.labels[keep], data.num_classes)
     check_split(fold, f"{config.source}:train fold {config.cv_fold} ({split})")
     return fold
+
+
+def rank_within_class(labels: np.ndarray) -> np.ndarray:
+    """[N] int64: each example's position among the examples of its own class, in the split's order."""
+    rank = np.zeros(len(labels), np.int64)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        rank[rows] = np.arange(len(rows))
+    return rank
 
 
 def check_split(data: Split, name: str) -> None:
@@ -160,11 +166,7 @@ def _mnist_split(split: str, path: Path | None = None) -> Split:
     if not path.is_file():
         raise DataError(f"MNIST file not found: {path}")
     images, labels = read_mnist_csv(path)
-    rank_within_digit = np.zeros(len(labels), np.int64)
-    for digit in np.unique(labels):
-        rows = np.flatnonzero(labels == digit)
-        rank_within_digit[rows] = np.arange(len(rows))
-    keep = rank_within_digit < MNIST_TRAIN_PER_DIGIT
+    keep = rank_within_class(labels) < MNIST_TRAIN_PER_DIGIT
     if split == "val":
         keep = ~keep
     return Split(images[keep], labels[keep], num_classes=MNIST_CLASSES)
