@@ -63,18 +63,22 @@ def layer_signatures(model_config: Any, dtype: str, input_shape: tuple[int, ...]
     return list(dict.fromkeys(recorder.seen))
 
 
-def _pass_fn(impl: str, sig: Signature, which: str) -> Callable:
+def _pass_fn(impl: str, sig: Signature, which: str, options: dict[str, str] | None) -> Callable:
     args = (sig.stride, sig.padding, sig.dilation, sig.groups)
     conv = IMPLEMENTATIONS[impl]
     if which == "forward":
-        return jax.jit(lambda x, w, g: conv(x, w, *args))
-    if which == "input_grad":
-        return jax.jit(lambda x, w, g: jax.vjp(lambda v: conv(v, w, *args), x)[1](g)[0])
-    return jax.jit(lambda x, w, g: jax.vjp(lambda k: conv(x, k, *args), w)[1](g)[0])
+        fn = lambda x, w, g: conv(x, w, *args)
+    elif which == "input_grad":
+        fn = lambda x, w, g: jax.vjp(lambda v: conv(v, w, *args), x)[1](g)[0]
+    else:
+        fn = lambda x, w, g: jax.vjp(lambda k: conv(x, k, *args), w)[1](g)[0]
+    return jax.jit(fn, compiler_options=options or None)
 
 
-def measure(sig: Signature, log: Callable[[str], None] = lambda _: None) -> str:
-    """The fastest agreeing implementation of each pass of one layer: "fwd/dx/dw" (or one name)."""
+def measure(sig: Signature, log: Callable[[str], None] = lambda _: None,
+            compiler_options: dict[str, str] | None = None) -> str:
+    """The fastest agreeing implementation of each pass of one layer: "fwd/dx/dw" (or one name), each
+    compiled with XLA's ``compiler_options`` (the conv policy's)."""
     rng = np.random.default_rng(0)
     ho, wo = sig.out_hw()
     dtype = jnp.dtype(sig.dtype)
@@ -83,13 +87,13 @@ def measure(sig: Signature, log: Callable[[str], None] = lambda _: None) -> str:
     g = jnp.asarray(rng.standard_normal((sig.batch, ho, wo, sig.cout), np.float32), dtype)
     winners = []
     for which in PASSES:
-        reference = np.asarray(_pass_fn("xla", sig, which)(x, w, g), np.float32)
+        reference = np.asarray(_pass_fn("xla", sig, which, compiler_options)(x, w, g), np.float32)
         scale = max(float(np.abs(reference).max()), 1e-30)
         times = {}
         for impl in IMPLEMENTATIONS:
             if not supports(impl, dtype):
                 continue
-            fn = _pass_fn(impl, sig, which)
+            fn = _pass_fn(impl, sig, which, compiler_options)
             error = float(np.abs(np.asarray(fn(x, w, g), np.float32) - reference).max()) / scale
             if error <= TOLERANCE.get(sig.dtype, 5e-2):
                 times[impl] = time_calls(lambda: fn(x, w, g), **TIMING)["median_s"]
@@ -98,8 +102,10 @@ def measure(sig: Signature, log: Callable[[str], None] = lambda _: None) -> str:
     return winners[0] if len(set(winners)) == 1 else "/".join(winners)
 
 
-def cache_key(sig: Signature) -> str:
-    return f"{jax.devices()[0].device_kind}|jax {jax.__version__}|{sig.key()}|b{sig.batch}"
+def cache_key(sig: Signature, compiler_options: dict[str, str] | None = None) -> str:
+    """The cache's key: device kind, jax version, layer, batch size and the XLA options it was timed with."""
+    options = "".join(f"|{k}={v}" for k, v in sorted((compiler_options or {}).items()))
+    return f"{jax.devices()[0].device_kind}|jax {jax.__version__}|{sig.key()}|b{sig.batch}{options}"
 
 
 @contextlib.contextmanager
@@ -124,15 +130,17 @@ def _locked_cache():
             os.replace(tmp, path)
 
 
-def tuned_table(signatures: list[Signature], log: Callable[[str], None] = lambda _: None) -> dict[str, str]:
-    """Signature.key() -> winning implementation for each layer, measuring those not in the cache."""
+def tuned_table(signatures: list[Signature], log: Callable[[str], None] = lambda _: None,
+                compiler_options: dict[str, str] | None = None) -> dict[str, str]:
+    """Signature.key() -> winning implementation for each layer, measuring those not in the cache
+    (compiled with XLA's ``compiler_options``, the conv policy's)."""
     table = {}
     with _locked_cache() as cache:
         for sig in signatures:
-            key = cache_key(sig)
+            key = cache_key(sig, compiler_options)
             if key not in cache:
                 log(f"autotuning conv {sig.key()} at batch {sig.batch}")
-                cache[key] = measure(sig, log)
+                cache[key] = measure(sig, log, compiler_options)
             table[sig.key()] = cache[key]
     return table
 

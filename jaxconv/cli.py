@@ -190,7 +190,8 @@ def _add_dry_run(parser: argparse.ArgumentParser) -> None:
 
 # The conv policy's environment variables: --set overrides applied before the command line's own.
 CONV_ENVIRONMENT = {"JAXCONV_CONV_IMPL": "conv.impl", "JAXCONV_CONV_TABLE": "conv.table",
-                    "JAXCONV_CONV_RULES": "conv.rules", "JAXCONV_CONV_AUTOTUNE": "conv.autotune"}
+                    "JAXCONV_CONV_RULES": "conv.rules", "JAXCONV_CONV_AUTOTUNE": "conv.autotune",
+                    "JAXCONV_CONV_XLA_CPU": "conv.xla_cpu"}
 
 
 def _conv_overrides() -> list[str]:

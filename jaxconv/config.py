@@ -118,9 +118,10 @@ class CheckpointConfig:
 class ParallelConfig:
     mode: Literal["jit", "pmap"] = _key("jit", "jit + Mesh/NamedSharding, or jax.pmap + lax.pmean")
     num_devices: int = _key(0, "local devices to use; 0 = all")
-    cpu_devices: int = _key(0, "CPU only: XLA host devices created before JAX starts, so that each runs on a core "
-                            "of its own; 0 = one per core (the largest count that divides data.batch_size); "
-                            "ignored when XLA_FLAGS sets --xla_force_host_platform_device_count")
+    cpu_devices: int = _key(0, "CPU only: XLA host devices created before JAX starts, the batch split over them; "
+                            "0 = one per core where that gives each 128+ images (the largest such count that "
+                            "divides data.batch_size), else 1; ignored when XLA_FLAGS sets "
+                            "--xla_force_host_platform_device_count")
     distributed: Literal["auto", "off"] = _key(
         "auto", "auto: call jax.distributed.initialize() when a cluster environment (or coordinator_address, "
         "num_processes, process_id) says the run has several processes; off: never")
@@ -132,8 +133,8 @@ class ParallelConfig:
 @dataclasses.dataclass(frozen=True)
 class ConvConfig:
     """How each conv layer is computed: ``jaxconv.models.conv_policy`` (the environment variables
-    JAXCONV_CONV_IMPL, JAXCONV_CONV_TABLE, JAXCONV_CONV_RULES and JAXCONV_CONV_AUTOTUNE set these at the
-    command line)."""
+    JAXCONV_CONV_IMPL, JAXCONV_CONV_TABLE, JAXCONV_CONV_RULES, JAXCONV_CONV_AUTOTUNE and
+    JAXCONV_CONV_XLA_CPU set these at the command line)."""
 
     impl: str = _key("", "one implementation everywhere: xla, im2col, taps, fft, or a forward/input_grad/"
                      "kernel_grad triple such as xla/im2col/im2col; empty = the table, then the rules")
@@ -141,6 +142,9 @@ class ConvConfig:
     rules: Literal["default", "none"] = _key("default", "none: XLA's conv wherever no table entry applies")
     autotune: bool = _key(False, "measure every conv layer's implementations on this machine on first use "
                           "(cached in ~/.cache/jaxconv), use the winners; the run records them in WORKDIR/conv_table.json")
+    xla_cpu: Literal["eigen", "ynnpack"] = _key(
+        "eigen", "on CPU, the kernels of the convs XLA computes (impl xla): eigen (XLA's own) or ynnpack (XLA's "
+        "default, which is up to 9x slower on the model layers measured; docs/benchmarks.md)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,7 +53,8 @@ def sample_naive(model: nn.Module, params: Any, key: jax.Array, shape: tuple[int
     _check_call(model.config, shape, labels, temperature)
     direct = check_draw(model.config, draw, temperature)
     values = _initial_values(model.config, shape, images, known_rows)
-    out = _naive(model, known_rows, progress, direct, params, key, values, labels, jnp.float32(temperature))
+    out = _jitted(_naive, model, params, key, values, labels)(model, known_rows, progress, direct, params, key,
+                                                              values, labels, jnp.float32(temperature))
     return to_images(model.config, out)
 
 
@@ -67,7 +68,8 @@ def sample_cached(model: nn.Module, params: Any, key: jax.Array, shape: tuple[in
     if not isinstance(model, (GatedPixelCNN, PixelCNN)):
         raise TypeError(f"no cached sampler for {type(model).__name__}")
     direct = check_draw(model.config, draw, temperature)
-    out = run(model, known_rows, progress, direct, params, key, values, labels, jnp.float32(temperature))
+    out = _jitted(run, model, params, key, values, labels)(model, known_rows, progress, direct, params, key,
+                                                           values, labels, jnp.float32(temperature))
     return to_images(model.config, out)
 
 
@@ -113,8 +115,23 @@ def cached_compiled(model: nn.Module, params: Any, key: jax.Array, shape: tuple[
     """The compiled computation ``sample_cached`` runs for these arguments (for profiles: its HLO op names)."""
     values = _initial_values(model.config, shape, images, known_rows)
     run = _cached_gated if isinstance(model, GatedPixelCNN) else _cached_pixelcnn
-    return run.lower(model, known_rows, False, check_draw(model.config, draw, temperature), params, key, values,
-                     labels, jnp.float32(temperature)).compile()
+    direct = check_draw(model.config, draw, temperature)
+    return _jitted(run, model, params, key, values, labels).lower(model, known_rows, False, direct, params, key, values,
+                                                                  labels, jnp.float32(temperature)).compile()
+
+
+def _jitted(sampler, model: nn.Module, *args):
+    """``sampler(model, known_rows, progress, direct, ...)`` jitted with the XLA options of the model's conv
+    policy (``ConvPolicy.compiler_options``); called inside the caller's own jit or transformation
+    (``args`` holding tracers), without: JAX takes options only on the program it compiles."""
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args))
+    options = () if traced else tuple(sorted(model.policy.compiler_options().items()))
+    return _jit_with(sampler, options)
+
+
+@functools.cache
+def _jit_with(sampler, options: tuple[tuple[str, str], ...]):
+    return jax.jit(sampler, static_argnums=(0, 1, 2, 3), compiler_options=dict(options) or None)
 
 
 def _report(progress: bool, i: jax.Array, height: int) -> None:
@@ -135,7 +152,6 @@ def _naive_step(model, direct, params, key, values, labels, temperature, n):
     return values.at[:, i, j, c].set(drawn)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _naive(model, known_rows, progress, direct, params, key, values, labels, temperature):
     _, h, w, channels = values.shape
 
@@ -258,7 +274,6 @@ def _pixelcnn_weights(model: PixelCNN, params: Any) -> dict:
             "head": [matrix(params["head"][name], 1, "B") for name in ("hidden", "logits")]}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _cached_pixelcnn(model, known_rows, progress, direct, params, key, values, labels, temperature):
     if labels is not None:
         raise ValueError("pixelcnn is unconditional: call it with labels=None")
@@ -392,7 +407,6 @@ def _gated_weights(model: GatedPixelCNN, params: Any) -> dict:
     return weights
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _cached_gated(model, known_rows, progress, direct, params, key, values, labels, temperature):
     config, dtype = model.config, model.dtype
     b, h, w, channels = values.shape

@@ -117,12 +117,16 @@ def test_the_conv_policy_is_data_recorded_in_the_run(tmp_path):
     bad one is a one-line config error; nothing below the CLI reads the environment to choose a conv."""
     import os
 
-    env = dict(os.environ, JAXCONV_CONV_IMPL="im2col")
+    env = dict(os.environ, JAXCONV_CONV_IMPL="im2col", JAXCONV_CONV_XLA_CPU="ynnpack")
     done = run_cli("train", "lenet_modern_mnist", "--smoke", "--set", "train.steps=2", "--set", "parallel.num_devices=1",
                    "--workdir", str(tmp_path / "run"), env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "run" / "config.json").read_text())["conv"] == {
-        "impl": "im2col", "table": "", "rules": "default", "autotune": False}
+        "impl": "im2col", "table": "", "rules": "default", "autotune": False, "xla_cpu": "ynnpack"}
+    done = run_cli("train", "lenet_modern_mnist", "--smoke", "--workdir", str(tmp_path / "bad"),
+                   env=dict(os.environ, JAXCONV_CONV_XLA_CPU="onednn"))
+    assert done.returncode == ConfigError.exit_code and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("jaxconv: error: bad value 'onednn' for conv.xla_cpu; allowed values: eigen, ynnpack")
     done = run_cli("train", "lenet_modern_mnist", "--smoke", "--workdir", str(tmp_path / "bad"),
                    env=dict(os.environ, JAXCONV_CONV_IMPL="bogus"))
     assert done.returncode == ConfigError.exit_code and done.stderr.count("\n") == 1
@@ -152,11 +156,13 @@ def test_choice_rules_and_autotune_table(tmp_path):
     assert ConvPolicy(forced="im2col", table=tabled.table).choose(sig) == "im2col"  # forced wins over the table
     grouped = signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="cpu")
     one_by_one = signature((8, 28, 28, 64), (1, 1, 64, 32), jnp.float32, backend="cpu")
+    to_one = signature((8, 28, 28, 64), (1, 1, 64, 1), jnp.float32, backend="cpu")
     first = signature((64, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
+    few = signature((64, 14, 14, 6), (5, 5, 6, 16), jnp.float32, backend="cpu")
     wide = signature((64, 29, 30, 32), (2, 3, 32, 64), jnp.float32, backend="cpu")
     strided = signature((8, 227, 227, 3), (11, 11, 3, 96), jnp.float32, strides=4, backend="cpu")
-    assert [policy.choose(s) for s in (grouped, one_by_one, first, wide, strided)] == [
-        "taps", "im2col", "taps", "xla/im2col/im2col", "xla"]
+    assert [policy.choose(s) for s in (grouped, one_by_one, to_one, first, few, wide, strided)] == [
+        "taps", "xla", "xla/xla/taps", "taps/im2col/xla", "xla/taps/xla", "xla", "xla"]
     on_gpu = signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="gpu")
     assert policy.choose(on_gpu) == "xla"  # the rules are CPU findings
     no_rules = ConvPolicy.from_config(ConvConfig(rules="none"))

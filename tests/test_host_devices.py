@@ -5,11 +5,13 @@ import os
 from jaxconv.train.parallel import host_device_count
 
 
-def test_one_device_per_core_that_divides_the_batch():
-    assert host_device_count(0, 64, 2) == 2
-    assert host_device_count(0, 64, 6) == 4  # 6 and 5 do not divide 64
-    assert host_device_count(0, 63, 2) == 1
-    assert host_device_count(0, 64, 1) == 1
+def test_one_device_per_core_that_divides_the_batch_into_128_or_more():
+    assert host_device_count(0, 256, 2) == 2
+    assert host_device_count(0, 64, 2) == 1  # 32 images per device: one device is as fast or faster
+    assert host_device_count(0, 255, 2) == 1  # 2 does not divide 255
+    assert host_device_count(0, 1024, 6) == 4  # 6 and 5 do not divide 1024
+    assert host_device_count(0, 512, 8) == 4  # 8 devices would get 64 images each
+    assert host_device_count(0, 256, 1) == 1
     assert host_device_count(3, 64, 2) == 3  # an explicit count is used as given
 
 

@@ -25,7 +25,7 @@ from jaxconv.train.parallel import create_host_devices
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study")
-    parser.add_argument("--cpu-devices", type=int, default=0, help="CPU devices (0: one per core, as jaxconv train)")
+    parser.add_argument("--cpu-devices", type=int, default=0, help="CPU devices (0: as jaxconv train chooses)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="the study's smoke sizes")
     parser.add_argument("--workdir", type=Path, help="the finished study: write results_timed.md and .png there")

@@ -59,8 +59,10 @@ def measure_case(shape: ConvShape, batch: int, dtype: str, mode: str, peaks: dic
     default_impl = "masked" if shape.mask else policy.choose(Signature.of(shape, batch, dtype))
     if not any((v.impl, v.layout) == (default_impl, "NHWC") for v in variants):  # a rule's triple, say
         variants = [Variant(default_impl, "jax", "NHWC"), *variants]
+    options = policy.compiler_options()
     results = [measure_variant(v, shape, mode, dtype, data, refs, cost, timing=timing, torch_rates=torch_rates,
-                               max_call_s=max_call_s) for v in variants if v.applies(shape, dtype)]
+                               max_call_s=max_call_s, compiler_options=options)
+               for v in variants if v.applies(shape, dtype)]
     return {"shape": shape.name, "kind": shape.kind, "sources": list(shape.sources), "batch": batch,
             **layer_fields(shape), "mask": shape.mask, "input_grad": shape.input_grad, "dtype": dtype, "mode": mode,
             **cost, "default_impl": default_impl, "results": results, **_comparison(results, default_impl)}
@@ -91,9 +93,11 @@ def case_cost(shape: ConvShape, batch: int, dtype: str, mode: str, peaks: dict) 
 
 
 def measure_variant(variant: Variant, shape: ConvShape, mode: str, dtype: str, data: tuple, refs: list[np.ndarray],
-                    cost: dict, *, timing: dict, torch_rates: dict | None, max_call_s: float | None) -> dict:
+                    cost: dict, *, timing: dict, torch_rates: dict | None, max_call_s: float | None,
+                    compiler_options: dict[str, str] | None = None) -> dict:
     """One variant's result: "skipped" (predicted too slow), "error" (it failed to run), "mismatch" (it
-    disagrees with the reference) or "ok" with its timing."""
+    disagrees with the reference) or "ok" with its timing; JAX variants compiled with XLA's
+    ``compiler_options`` (the conv policy's)."""
     res = {"impl": variant.impl, "framework": variant.framework, "layout": variant.layout, "status": "skipped",
            "error": None, "message": None, "time_s": None, "min_time_s": None, "runs_s": [], "compile_s": None,
            "flops_per_s": None, "frac_peak": None, "frac_roofline": None, "vs_torch": None}
@@ -104,7 +108,7 @@ def measure_variant(variant: Variant, shape: ConvShape, mode: str, dtype: str, d
                           f"on a medium {dtype} conv > {max_call_s:g} s")
         return res
     try:
-        runner = prepare(variant, shape, mode, dtype, *data)
+        runner = prepare(variant, shape, mode, dtype, *data, compiler_options=compiler_options)
         res["compile_s"] = runner.compile_s
         outs, estimate = runner.check_call()
         res["error"] = relative_error(outs, refs)

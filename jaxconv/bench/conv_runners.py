@@ -275,23 +275,25 @@ class Runner:
         return _outputs_to_canonical(outs, self.kinds, self.layout), elapsed
 
 
-def prepare(variant: Variant, shape: ConvShape, mode: str, dtype: str, x, w, g) -> Runner:
-    """``variant`` compiled (JAX) or called once (PyTorch) on the canonical float32 NHWC/HWIO data x, w and
-    the output gradient g, cast to ``dtype``."""
+def prepare(variant: Variant, shape: ConvShape, mode: str, dtype: str, x, w, g,
+            compiler_options: dict[str, str] | None = None) -> Runner:
+    """``variant`` compiled (JAX, with XLA's ``compiler_options``: the conv policy's) or called once
+    (PyTorch) on the canonical float32 NHWC/HWIO data x, w and the output gradient g, cast to ``dtype``."""
     if variant.framework == "torch":
         return _torch_runner(shape, mode, x, w, g, variant.layout, dtype)
     fn = _jax_fn(variant.impl, shape, variant.layout, variant.fn)
     xl, wl = _to_layout(x, w, variant.layout)
     gl = _to_layout(g, w, variant.layout)[0]
     cast = lambda a: jnp.asarray(a, jnp.dtype(dtype))
-    return _jax_runner(fn, shape, mode, cast(xl), cast(wl), cast(gl), variant.layout)
+    return _jax_runner(fn, shape, mode, cast(xl), cast(wl), cast(gl), variant.layout, compiler_options)
 
 
-def _jax_runner(fn: Callable, shape: ConvShape, mode: str, x, w, g, layout: str) -> Runner:
+def _jax_runner(fn: Callable, shape: ConvShape, mode: str, x, w, g, layout: str,
+                compiler_options: dict[str, str] | None) -> Runner:
     f = jax.jit(_pass_fn(fn, shape, mode))
     args = (x, w, g)
     start = time.perf_counter()
-    compiled = f.lower(*args).compile()
+    compiled = f.lower(*args).compile(compiler_options=compiler_options or None)
     compile_s = time.perf_counter() - start
     return Runner(lambda: compiled(*args), jax.block_until_ready, compile_s, shape.outputs(mode), layout)
 

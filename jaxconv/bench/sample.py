@@ -71,7 +71,6 @@ def _quick_config(name: str):
     return dataclasses.replace(config, features=6, num_layers=1, output_features=8)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _naive_variables(model, start: int, count: int, params, key, values, temperature):
     """Variables start .. start+count-1 by the naive sampler's own step (Gumbel-max draws, as the cached run)."""
     step = lambda n, v: sampling._naive_step(model, False, params, key, v, None, temperature, n)
@@ -157,7 +156,9 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
         return out["images"]
 
     x = jnp.zeros(shape, jnp.float32)
-    forward_fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    options = model.policy.compiler_options() or None  # as the samplers' (jaxconv.sampling)
+    apply = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+    forward_fn = jax.jit(apply, compiler_options=options)
     cached, forward, ratios = _alternate(cached_call, lambda: forward_fn(params, x), repeats=max(repeats, 3),
                                          budget=budget)
     values = heads.to_values(config, out["images"])
@@ -166,8 +167,10 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
     count = min(naive_variables, total)
     start = total - count
     temperature = jnp.float32(1.0)
+    naive_fn = jax.jit(functools.partial(_naive_variables, model, start, count), compiler_options=options)
+
     def naive_call():
-        out["redrawn"] = _naive_variables(model, start, count, params, key, values, temperature)
+        out["redrawn"] = naive_fn(params, key, values, temperature)
         return out["redrawn"]
 
     naive = time_calls(naive_call, **timing)
@@ -191,7 +194,7 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
                    "frac_peak": flops * cached_ips / peak if peak else None,
                    "forward_passes": statistics.median(ratios)},
         "forward": {"time_s": forward["median_s"], "images_per_s": batch / forward["median_s"],
-                    "flops_per_image": jaxpr_flops(jax.make_jaxpr(forward_fn)(params, x).jaxpr) / batch,
+                    "flops_per_image": jaxpr_flops(jax.make_jaxpr(apply)(params, x).jaxpr) / batch,
                     "runs_s": forward["runs_s"]},
         "flops_per_image": flops,
         "speedup": cached_ips / naive_ips, "agree": agree,

@@ -165,7 +165,7 @@ def measure_torch(name: str, config: Config, batch: int, images: np.ndarray, lab
 
 def _default_devices(batch: int, accelerator: bool) -> int:
     """The devices ``jaxconv train`` uses for this batch: one accelerator (the bench's single-device row)
-    or, on CPU, one device per core that divides the batch (at most the devices there are)."""
+    or, on CPU, ``host_device_count``'s choice (at most the devices there are)."""
     cores = min(len(os.sched_getaffinity(0)), len(jax.local_devices()))
     return 1 if accelerator else host_device_count(0, batch, cores)
 
@@ -230,7 +230,7 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                     log(f"torch {name} batch {batch}: {trow['images_per_s']:.4g} img/s")
     targets = []
     for name in TORCH_PRESETS:
-        # jaxconv as `jaxconv train` runs it: on CPU, one device per core (parallel.cpu_devices=0).
+        # jaxconv as `jaxconv train` runs it: on CPU, host_device_count's choice (parallel.cpu_devices=0).
         compared = [r for r in rows if r["preset"].split(" ")[0] == name and r["vs_torch"]
                     and r["devices"] == _default_devices(r["batch"], accelerator)]
         if compared:

@@ -6,7 +6,8 @@ is explicit ((top, bottom), (left, right)); ``strides`` and ``dilation`` are pai
 ``lax.conv_general_dilated``'s (cross-correlation, ``feature_group_count=G``, output channel o in group
 o // (Cout / G)).
 
-- ``xla``: ``lax.conv_general_dilated``, XLA's convolution (on CPU its own/XNNPACK kernels, on GPU cuDNN).
+- ``xla``: ``lax.conv_general_dilated``, XLA's convolution (on CPU Eigen's or YNNPACK's kernels, as the conv
+  policy's ``xla_cpu`` says; on GPU cuDNN).
 - ``im2col``: the T strided, dilated views of the padded input concatenated to a [B, Ho, Wo, T * Cin]
   patch matrix, then one matmul (per group).
 - ``taps``: the sum over the T taps of (view) @ kernel[i, j]: T matmuls with K = Cin, no patch matrix

@@ -12,15 +12,20 @@ environment. Its choice for one layer (``choose``), first match wins:
 4. ``xla``.
 An implementation that cannot run a layer (``fft`` in bfloat16) falls back to ``xla``.
 
-``RULES`` holds the CPU rules, each for a shape class where XLA:CPU's conv misses its fast path
-(single-input-channel layers, grouped convs, one-pixel outputs, 1x1 convs, and the backward pass of
-every stride-1 conv with 16+ input channels; README, Benchmarks); each ``note`` quotes the
-measurement behind it. To adopt a measured winner for another shape class, add a ``Rule``.
+``xla_cpu`` says which kernels run the convs XLA computes on CPU, through the XLA compiler options that
+``compiler_options`` gives every jitted program that runs the model (train and eval steps, samplers,
+autotuning, the conv bench): "eigen" (XLA's own) or "ynnpack" (XLA's default in jaxlib 0.10).
+
+``RULES`` holds the CPU rules, each for a shape class where XLA:CPU's (Eigen) conv misses its fast path
+(one-pixel outputs, single-input-channel layers, grouped convs, 1x1 convs to one channel, and the input
+gradient of convs with few input channels; README, Benchmarks); each ``note`` quotes the measurement
+behind it. To adopt a measured winner for another shape class, add a ``Rule``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -115,27 +120,26 @@ class Rule:
 
 ANY = (1, 1 << 62)  # an open range's upper end
 
-# XLA:CPU's conv misses its fast path on these shape classes; each alternative is tested equal to XLA's
-# conv (tests/test_bench.py). The notes quote `jaxconv bench all --dtypes float32` on the 2-core AMD EPYC
-# (benchmarks/results/cpu-amd-epyc-2c, ms forward + backward, float32).
+# XLA:CPU's conv (its Eigen kernels, ``xla_cpu="eigen"``) misses its fast path on these shape classes;
+# each alternative is tested equal to XLA's conv (tests/test_bench.py). The notes quote per-pass medians
+# (ms: forward / input gradient / kernel gradient, float32) that conv.autotune measured on the 2-core AMD
+# EPYC, except the grouped convs' (`jaxconv bench conv`, forward + backward).
 RULES: tuple[Rule, ...] = (
     Rule("im2col", backend="cpu", out_pixels=(1, 1),
-         note="one output pixel (LeNet C5, the cached samplers' windows) is one matmul: LeNet C5 b256 1.9 vs "
-              "XLA 11.9"),
-    Rule("taps", backend="cpu", cin=(1, 1), taps=(2, 49), batch=(32, ANY[1]),
-         note="single-input-channel layers: LeNet C1 b256 14.6 vs XLA 28.2, PixelCNN 7x7 mask A b64 10.2 vs 37.6; "
-              "at batch 1 XLA is as fast"),
+         note="one output pixel (LeNet C5, the cached samplers' windows) is one matmul: LeNet C5 b64 "
+              "0.28/0.37/0.19 vs XLA 0.23/5.86/0.30"),
+    Rule("taps/im2col/xla", backend="cpu", cin=(1, 1), taps=(2, 49), batch=(32, ANY[1]),
+         note="single-input-channel layers: LeNet C1 b64 0.30/1.97/1.69 vs XLA 3.12/10.17/1.69, b256 "
+              "2.59/9.28/6.19 vs 14.0/52.7/6.19; PixelCNN 7x7 mask A b64 5.33/6.04/4.62 vs 6.65/22.5/4.62"),
     Rule("taps", backend="cpu", groups=(2, ANY[1]),
          note="grouped convs: AlexNet conv2/conv4/conv5 b8 148/56/30 vs XLA 876/268/229 (im2col 204/72/43)"),
-    Rule("im2col", backend="cpu", taps=(1, 1),
-         note="1x1 convs (PixelCNN): the same contraction as one dot"),
-    Rule("im2col", backend="cpu", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1),
-         note="few input channels, big kernel: AlexNet-32 conv1 b32 20.9 vs XLA 72.7"),
-    # XLA:CPU's forward conv is good, its backward convs are not (a generic loop): keep XLA's forward,
-    # take both gradients from im2col's matmuls.
-    Rule("xla/im2col/im2col", backend="cpu", cin=(16, ANY[1]), stride=(1, 1),
-         note="Gated PixelCNN MNIST 2x3 32->64 b64: XLA forward 33 + im2col backward 55 vs XLA 520; "
-              "LeNet C3 b256 ~17 vs 32; AlexNet-224 conv3 b8 ~52 vs 71"),
+    Rule("xla/xla/taps", backend="cpu", taps=(1, 1), cout=(1, 1),
+         note="1x1 convs to one channel (the Bernoulli heads): PixelCNN MNIST 64->1 b64 kernel gradient 0.60 "
+              "vs XLA 10.4"),
+    # XLA's input gradient of a conv with few input channels is a slow generic loop.
+    Rule("xla/taps/xla", backend="cpu", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1),
+         note="few input channels, big kernel: LeNet C3 b64 1.05/2.00/0.99 vs XLA 1.05/4.23/0.99 (b256 "
+              "3.45/11.9/3.99 vs 3.45/10.6/3.99); AlexNet-32 conv1 b32 16.2/28.0/12.0 vs 16.2/65.7/12.0"),
 )
 
 
@@ -154,6 +158,14 @@ class ConvPolicy:
     forced: str = ""  # one implementation (or forward/input_grad/kernel_grad triple) everywhere
     table: tuple[tuple[str, str], ...] = ()  # (Signature.key(), implementation): measured winners
     rules: tuple[Rule, ...] = RULES
+    xla_cpu: str = "eigen"  # "eigen" or "ynnpack": the kernels of XLA's convs on CPU
+
+    def compiler_options(self) -> dict[str, str]:
+        """XLA compiler options for a jitted program that runs these convs (``jax.jit``'s
+        ``compiler_options``): none but on the CPU backend with ``xla_cpu="eigen"``."""
+        if self.xla_cpu != "eigen" or jax.default_backend() != "cpu":
+            return {}
+        return dict(_EIGEN_CONVS) if _accepted(_EIGEN_CONVS) else {}
 
     def choose(self, sig: Signature) -> str:
         impl = self.forced or dict(self.table).get(sig.key()) or next(
@@ -171,7 +183,25 @@ class ConvPolicy:
         if config.rules not in ("default", "none"):
             raise ConfigError(f"bad value {config.rules!r} for conv.rules; allowed values: default, none")
         return cls(forced=config.impl, table=load_table(config.table) if config.table else (),
-                   rules=() if config.rules == "none" else RULES)
+                   rules=() if config.rules == "none" else RULES, xla_cpu=config.xla_cpu)
+
+
+# jaxlib 0.10's XLA:CPU hands dots, convs and reductions to YNNPACK by default; its conv kernels measured
+# 1.3-9x slower than XLA's Eigen convs on jaxconv's layers (docs/benchmarks.md), its dots and reductions
+# as fast or faster. These options keep the dots and reductions and leave the convs to XLA.
+_EIGEN_CONVS = (("xla_cpu_experimental_ynn_fusion_type",
+                 "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"),)
+
+
+@functools.cache
+def _accepted(options: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this jaxlib's XLA knows ``options`` (one without YNNPACK has no such option and no such
+    convs: then no options are needed)."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(jnp.zeros(())).compile()
+    except (jax.errors.JaxRuntimeError, ValueError):
+        return False
+    return True
 
 
 def load_table(path: str) -> tuple[tuple[str, str], ...]:

@@ -137,7 +137,7 @@ class LeNet5(nn.Module):
             if self.config.dropout:  # validate() refuses it; a hand-built module must not train another network
                 raise ConfigError("model.dropout applies to variant modern only")
             x = lecun_tanh(Subsample(self.dtype, name="S2")(conv(6, "C1")(x)))  # [B, 14, 14, 6]
-            x = lecun_tanh(Subsample(self.dtype, name="S4")(SparseC3(self.dtype, name="C3")(x)))  # [B, 5, 5, 16]
+            x = lecun_tanh(Subsample(self.dtype, name="S4")(SparseC3(self.dtype, self.policy, name="C3")(x)))  # [B, 5, 5, 16]
             x = lecun_tanh(conv(120, "C5")(x)).reshape(x.shape[0], -1)  # [B, 120]
             x = lecun_tanh(dense(84, "F6")(x))
         else:

@@ -77,8 +77,9 @@ def build_run(config: Config, tuned: Path | None = None, log: Callable[[str], No
     init = jax.jit(partial(init_state, model, tx, (1, *spec.input_shape), config.train.seed),
                    out_shardings=par.replicated)
     return Run(config, par, train_data, val_data, tx, schedule,
-               train_step=par.compile(step, donate=True),
-               eval_step=par.compile(make_eval_step(forward, sums, axis_name=par.axis_name), donate=False),
+               train_step=par.compile(step, donate=True, compiler_options=policy.compiler_options()),
+               eval_step=par.compile(make_eval_step(forward, sums, axis_name=par.axis_name), donate=False,
+                                     compiler_options=policy.compiler_options()),
                init=init, spec=spec, mean=mean, conv_table=conv_table)
 
 
@@ -91,7 +92,7 @@ def _conv_policy(config: Config, spec: restore_lib.RunSpec, batch: int, tuned: P
         table = dict(load_table(str(tuned)))
     else:
         table = autotune.tuned_table(autotune.layer_signatures(config.model, config.train.dtype, spec.input_shape,
-                                                               batch), log)
+                                                               batch), log, policy.compiler_options())
     return autotune.policy_with(policy, table), table
 
 
@@ -338,9 +339,11 @@ def evaluate_workdir(workdir: Path, checkpoint: str = "best", split: str = "val"
     data = load_split(config.data, split)
     restore_lib.check_data(spec, data, f"{config.data.source}:{split}")
     mean = restore_lib.train_mean(workdir, config) if config.data.subtract_mean else None  # [H, W, C]
-    task = tasks.task_for(restore_lib.model_of(config), config, mean)
+    model = restore_lib.model_of(config)
+    task = tasks.task_for(model, config, mean)
     forward, sums = task.forward, task.sums
     # Evaluation needs only these parts of a Run: no train split, optimizer or train step.
     run = Run(config, par, train_data=None, val_data=data, tx=None, schedule=None, train_step=None,
-              eval_step=par.compile(make_eval_step(forward, sums, axis_name=par.axis_name), donate=False), init=None)
+              eval_step=par.compile(make_eval_step(forward, sums, axis_name=par.axis_name), donate=False,
+                                    compiler_options=model.policy.compiler_options()), init=None)
     return step, evaluate(run, par.place_state(state).params, data)

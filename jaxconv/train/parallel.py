@@ -71,19 +71,27 @@ def request_host_devices(count: int) -> bool:
 
 
 def create_host_devices(config: ParallelConfig, batch_size: int) -> None:
-    """Before JAX's backends start: ``parallel.cpu_devices`` CPU devices, each batch split over them.
-
-    Why: XLA:CPU runs one device's ops one after another, each on the cores its own kernel can use;
-    small ops and chains of them use about one core. Devices of their own run concurrently: on 2
-    cores Gated PixelCNN MNIST trained 1.4x faster on 2 devices (docs/benchmarks.md). 0: one per core,
-    the largest count that divides the batch. Only the CPU client is affected; on a GPU host the
-    accelerator stays the default backend."""
+    """Before JAX's backends start: ``parallel.cpu_devices`` CPU devices, each batch split over them
+    (0: ``host_device_count``'s choice). Only the CPU client is affected; on a GPU host the accelerator
+    stays the default backend."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     request_host_devices(host_device_count(config.cpu_devices, batch_size, cores))
 
 
+# Images per device from which splitting a batch over one device per core pays. One device's convs and
+# matmuls use every core already, but its elementwise ops and small kernels run one after another;
+# devices of their own overlap those. On the 2-core EPYC (jaxconv bench train --devices 1,2): LeNet-5
+# modern at batch 256 (128 per device) trained 1.29x faster on 2 devices, LeNet-5 tied; at 64 or fewer
+# per device 2 devices tied or lost (LeNet-5 modern batch 64: 0.66x, AlexNet-32 batch 32 and 128:
+# 0.76x and 0.90x, the PixelCNNs at batch 64: 0.98-1.0x; Gated PixelCNN CIFAR at batch 32: 1.07x).
+SPLIT_FROM_IMAGES_PER_DEVICE = 128
+
+
 def host_device_count(cpu_devices: int, batch_size: int, cores: int) -> int:
-    return cpu_devices or max(d for d in range(1, cores + 1) if batch_size % d == 0)
+    """``cpu_devices`` if set, else the most devices (at most one per core) that divide the batch into
+    ``SPLIT_FROM_IMAGES_PER_DEVICE`` or more images each; one when none does."""
+    return cpu_devices or max(d for d in range(1, cores + 1) if batch_size % d == 0 and
+                              (d == 1 or batch_size // d >= SPLIT_FROM_IMAGES_PER_DEVICE))
 
 
 class DataParallel:
@@ -154,17 +162,34 @@ class DataParallel:
         return jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(
             x.shape[1:], self.replicated, [s.data[0] for s in x.addressable_shards]), state)
 
-    def compile(self, fn, *, donate: bool):
+    def compile(self, fn, *, donate: bool, compiler_options: dict[str, str] | None = None):
         """jit or pmap ``fn(state_or_params, batch) -> outputs``; outputs come back replicated.
 
-        ``fn`` must reduce over ``AXIS`` itself under pmap (see ``axis_name``).
+        ``fn`` must reduce over ``AXIS`` itself under pmap (see ``axis_name``). ``compiler_options``:
+        XLA's, for this program (the conv policy's, ``ConvPolicy.compiler_options``).
         """
         donate_argnums = (0,) if donate else ()
         if self.mode == "pmap":
-            return jax.pmap(fn, axis_name=AXIS, donate_argnums=donate_argnums)
+            mapped = jax.pmap(fn, axis_name=AXIS, donate_argnums=donate_argnums)
+            return _CompiledWith(mapped, compiler_options) if compiler_options else mapped
         return jax.jit(fn, in_shardings=(self.replicated, self.sharded), out_shardings=self.replicated,
-                       donate_argnums=donate_argnums)
+                       donate_argnums=donate_argnums, compiler_options=compiler_options or None)
 
     @property
     def axis_name(self) -> str | None:
         return AXIS if self.mode == "pmap" else None
+
+
+class _CompiledWith:
+    """A pmapped function compiled with XLA options, once per input shapes (``jax.pmap`` takes no
+    ``compiler_options``; its lowering's ``compile`` does)."""
+
+    def __init__(self, mapped, options: dict[str, str]):
+        self.mapped, self.options, self.compiled = mapped, options, {}
+
+    def __call__(self, *args):
+        leaves, tree = jax.tree.flatten(args)
+        key = (tree, tuple((x.shape, x.dtype) for x in leaves))
+        if key not in self.compiled:
+            self.compiled[key] = self.mapped.lower(*args).compile(compiler_options=self.options)
+        return self.compiled[key](*args)
