@@ -119,9 +119,8 @@ class ParallelConfig:
     mode: Literal["jit", "pmap"] = _key("jit", "jit + Mesh/NamedSharding, or jax.pmap + lax.pmean")
     num_devices: int = _key(0, "local devices to use; 0 = all")
     cpu_devices: int = _key(0, "CPU only: XLA host devices created before JAX starts, the batch split over them; "
-                            "0 = one per core where that gives each 128+ images (the largest such count that "
-                            "divides data.batch_size), else 1; ignored when XLA_FLAGS sets "
-                            "--xla_force_host_platform_device_count")
+                            "0 = one (its convs and matmuls use every core; docs/benchmarks.md); ignored when "
+                            "XLA_FLAGS sets --xla_force_host_platform_device_count")
     distributed: Literal["auto", "off"] = _key(
         "auto", "auto: call jax.distributed.initialize() when a cluster environment (or coordinator_address, "
         "num_processes, process_id) says the run has several processes; off: never")
@@ -144,7 +143,8 @@ class ConvConfig:
                           "(cached in ~/.cache/jaxconv), use the winners; the run records them in WORKDIR/conv_table.json")
     xla_cpu: Literal["eigen", "ynnpack"] = _key(
         "eigen", "on CPU, the kernels of the convs XLA computes (impl xla): eigen (XLA's own) or ynnpack (XLA's "
-        "default, which is up to 9x slower on the model layers measured; docs/benchmarks.md)")
+        "default, 1.2-4.4x slower forward + backward on all but one of the model layers measured; "
+        "docs/benchmarks.md)")
 
 
 @dataclasses.dataclass(frozen=True)

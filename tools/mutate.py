@@ -91,8 +91,10 @@ MUTANTS = [
       "dynamic_index_in_dim(raw, i, 1, False), j, 1, False)", "dynamic_index_in_dim(raw, j, 1, False), i, 1, False)",
       SAMPLERS),
     m("cached-ignores-temperature", "jaxconv/sampling.py",
-      "out = run(model, known_rows, progress, direct, params, key, values, labels, jnp.float32(temperature))",
-      "out = run(model, known_rows, progress, direct, params, key, values, labels, jnp.float32(1.0))",
+      "out = _jitted(run, model, params, key, values, labels)(model, known_rows, progress, direct, params, key,\n"
+      "                                                           values, labels, jnp.float32(temperature))",
+      "out = _jitted(run, model, params, key, values, labels)(model, known_rows, progress, direct, params, key,\n"
+      "                                                           values, labels, jnp.float32(1.0))",
       [PROPS, "-k", "cached_sampler"]),
     # --- heads (jaxconv/models/heads.py) ----------------------------------------------------------
     m("temperature-multiplies", "jaxconv/models/heads.py",
@@ -200,6 +202,19 @@ MUTANTS = [
       "seconds += (record[\"step\"] - last_step) * batch_size / speed",
       "seconds = (record[\"step\"] - last_step) * batch_size / speed",
       ["tests/test_study_workers.py", "-k", "training_seconds or timed_whole"]),
+    # --- how the convs run on CPU (conv policy, devices) ------------------------------------------
+    m("ynnpack-convs-kept", "jaxconv/models/conv_policy.py",
+      'if self.xla_cpu != "eigen" or jax.default_backend() != "cpu":', "if True:",
+      ["tests/test_xla_cpu_convs.py", "-k", "options_are_given"]),
+    m("pmap-drops-compiler-options", "jaxconv/train/parallel.py",
+      "return _CompiledWith(mapped, compiler_options) if compiler_options else mapped", "return mapped",
+      ["tests/test_xla_cpu_convs.py", "-k", "pmap"]),
+    m("sparse-c3-default-policy", "jaxconv/models/lenet.py",
+      'SparseC3(self.dtype, self.policy, name="C3")', 'SparseC3(self.dtype, name="C3")',
+      ["tests/test_bench.py", "-k", "layers_use_the_chosen"]),
+    m("cpu-default-device-per-core", "jaxconv/train/parallel.py",
+      "return cpu_devices or 1", "return cpu_devices or (os.cpu_count() or 1)",
+      ["tests/test_host_devices.py", "-k", "unless_told"]),
 ]
 
 

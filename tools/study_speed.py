@@ -25,7 +25,7 @@ from jaxconv.train.parallel import create_host_devices
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study")
-    parser.add_argument("--cpu-devices", type=int, default=0, help="CPU devices (0: as jaxconv train chooses)")
+    parser.add_argument("--cpu-devices", type=int, default=0, help="CPU devices (0: one, as jaxconv train)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="the study's smoke sizes")
     parser.add_argument("--workdir", type=Path, help="the finished study: write results_timed.md and .png there")
@@ -36,8 +36,7 @@ def main() -> None:
         parallel = dataclasses.replace(config.parallel, cpu_devices=args.cpu_devices)
         first_of_each.setdefault(config.name, config.replace(parallel=parallel))
     configs = list(first_of_each.values())
-    # Before JAX's backends start; the count is sized by the first variant's batch (a study's share one).
-    create_host_devices(configs[0].parallel, configs[0].data.batch_size)
+    create_host_devices(configs[0].parallel)  # before JAX's backends start
 
     from jaxconv.bench.train import time_train_step  # imports JAX
 

@@ -25,7 +25,6 @@ PyTorch images/s.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Callable
 
@@ -163,11 +162,8 @@ def measure_torch(name: str, config: Config, batch: int, images: np.ndarray, lab
             "final_loss": float(holder["loss"]), "vs_torch": None}
 
 
-def _default_devices(batch: int, accelerator: bool) -> int:
-    """The devices ``jaxconv train`` uses for this batch: one accelerator (the bench's single-device row)
-    or, on CPU, ``host_device_count``'s choice (at most the devices there are)."""
-    cores = min(len(os.sched_getaffinity(0)), len(jax.local_devices()))
-    return 1 if accelerator else host_device_count(0, batch, cores)
+# The devices the targets compare: jaxconv train's CPU default, and one accelerator (the single-device row).
+DEFAULT_DEVICES = host_device_count(0)
 
 
 def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: list[int] | None = None,
@@ -200,7 +196,7 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
             for dtype in dtypes:
                 # --quick: the first preset on every device count, the others on the default count only
                 counts = [d for d in devices if d <= available]
-                for d in [_default_devices(batch, accelerator)] if quick and name != presets[0] else counts:
+                for d in [DEFAULT_DEVICES] if quick and name != presets[0] else counts:
                     if batch % d:
                         notes.append(f"{name} batch {batch} skipped on {d} devices (does not divide)")
                         continue
@@ -230,9 +226,8 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                     log(f"torch {name} batch {batch}: {trow['images_per_s']:.4g} img/s")
     targets = []
     for name in TORCH_PRESETS:
-        # jaxconv as `jaxconv train` runs it: on CPU, host_device_count's choice (parallel.cpu_devices=0).
         compared = [r for r in rows if r["preset"].split(" ")[0] == name and r["vs_torch"]
-                    and r["devices"] == _default_devices(r["batch"], accelerator)]
+                    and r["devices"] == DEFAULT_DEVICES]
         if compared:
             worst = min(r["vs_torch"] for r in compared)
             targets.append({"name": f"{name} training, jaxconv / PyTorch images/s (default devices, worst batch)",

@@ -187,8 +187,8 @@ class ConvPolicy:
 
 
 # jaxlib 0.10's XLA:CPU hands dots, convs and reductions to YNNPACK by default; its conv kernels measured
-# 1.3-9x slower than XLA's Eigen convs on jaxconv's layers (docs/benchmarks.md), its dots and reductions
-# as fast or faster. These options keep the dots and reductions and leave the convs to XLA.
+# 1.2-4.4x slower (forward + backward) than XLA's Eigen convs on all but one of jaxconv's model layers
+# (docs/benchmarks.md). These options leave the dots and reductions to YNNPACK and the convs to Eigen.
 _EIGEN_CONVS = (("xla_cpu_experimental_ynn_fusion_type",
                  "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"),)
 

@@ -133,7 +133,7 @@ def train(config: Config, workdir: Path, stop: StopRequest | None = None) -> dic
     workdir = Path(workdir)
     config_lib.validate(config)
     maybe_initialize_distributed(config.parallel)  # before anything (jax.process_index) starts a backend
-    create_host_devices(config.parallel, config.data.batch_size)
+    create_host_devices(config.parallel)
     lead = jax.process_index() == 0
     log = partial(print, file=sys.stderr, flush=True) if lead else (lambda *_: None)
     # The checks that need the data, before anything is written; conv.autotune reuses the winners a

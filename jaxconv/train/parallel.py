@@ -70,28 +70,22 @@ def request_host_devices(count: int) -> bool:
     return True
 
 
-def create_host_devices(config: ParallelConfig, batch_size: int) -> None:
-    """Before JAX's backends start: ``parallel.cpu_devices`` CPU devices, each batch split over them
-    (0: ``host_device_count``'s choice). Only the CPU client is affected; on a GPU host the accelerator
-    stays the default backend."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    request_host_devices(host_device_count(config.cpu_devices, batch_size, cores))
+def create_host_devices(config: ParallelConfig) -> None:
+    """Before JAX's backends start: ``host_device_count(parallel.cpu_devices)`` CPU devices, each batch
+    split over them. Only the CPU client is affected; on a GPU host the accelerator stays the default
+    backend."""
+    request_host_devices(host_device_count(config.cpu_devices))
 
 
-# Images per device from which splitting a batch over one device per core pays. One device's convs and
-# matmuls use every core already, but its elementwise ops and small kernels run one after another;
-# devices of their own overlap those. On the 2-core EPYC (jaxconv bench train --devices 1,2): LeNet-5
-# modern at batch 256 (128 per device) trained 1.29x faster on 2 devices, LeNet-5 tied; at 64 or fewer
-# per device 2 devices tied or lost (LeNet-5 modern batch 64: 0.66x, AlexNet-32 batch 32 and 128:
-# 0.76x and 0.90x, the PixelCNNs at batch 64: 0.98-1.0x; Gated PixelCNN CIFAR at batch 32: 1.07x).
-SPLIT_FROM_IMAGES_PER_DEVICE = 128
+def host_device_count(cpu_devices: int) -> int:
+    """``cpu_devices``, or one device when 0.
 
-
-def host_device_count(cpu_devices: int, batch_size: int, cores: int) -> int:
-    """``cpu_devices`` if set, else the most devices (at most one per core) that divide the batch into
-    ``SPLIT_FROM_IMAGES_PER_DEVICE`` or more images each; one when none does."""
-    return cpu_devices or max(d for d in range(1, cores + 1) if batch_size % d == 0 and
-                              (d == 1 or batch_size // d >= SPLIT_FROM_IMAGES_PER_DEVICE))
+    Why one: one device's convs (XLA's Eigen kernels) and matmuls (YNNPACK) use every core. More devices
+    overlap their small ops but cut every op in pieces; on the 2-core EPYC, in three runs of
+    ``jaxconv bench train --devices 1,2`` (docs/benchmarks.md), two devices lost with LeNet-5 modern at
+    batch 64 (0.66x, 0.57x), AlexNet-32 (0.74-0.90x) and LeNet-5 at batch 256 (0.77x, 0.78x), tied with
+    the MNIST PixelCNNs or won by up to 1.13x, and won with Gated PixelCNN CIFAR at batch 32 (1.07-1.14x)."""
+    return cpu_devices or 1
 
 
 class DataParallel:
