@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from jaxconv import stopping
+from jaxconv import hostmem, stopping
 from jaxconv.errors import ConfigError, JaxconvError
 
 
@@ -537,6 +537,7 @@ def run_experiment_module(name: str) -> None:
 def entry(argv: list[str] | None = None) -> None:
     """The process entry point: signals first (before any thread exists), then the command."""
     stop = stopping.watch_signals()
+    hostmem.keep_freed_memory()  # before XLA's threads allocate (jaxconv.hostmem says why)
     sys.unraisablehook = _ignore_closed_event_loop(sys.unraisablehook)
     # A failed background checkpoint write leaves orbax's asyncio tasks holding the same OSError that
     # the one-line error already reports; asyncio would log each again as "never retrieved", and the

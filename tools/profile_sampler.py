@@ -73,7 +73,8 @@ def main() -> None:
           f"{args.repeats})")
     if args.forward:
         x = jnp.zeros(shape, jnp.float32)
-        fwd = jax.jit(lambda p, x: model.apply({"params": p}, x, labels=labels))
+        fwd = jax.jit(lambda p, x: model.apply({"params": p}, x, labels=labels),
+                      compiler_options=model.policy.compiler_options() or None)  # as the sampler's
         tf = best_of(lambda: fwd(params, x), max(args.repeats, 5))
         print(f"forward pass: {tf * 1e3:.2f} ms, {args.batch / tf:.4g} img/s; cached = {t / tf:.2f} forward passes "
               "per image")

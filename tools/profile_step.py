@@ -1,6 +1,8 @@
 """Where a training step's time goes on this machine: one preset's jitted train step (the one
 ``jaxconv train`` runs), traced with ``jax.profiler``, time per compiled op (XLA thunk), with the
-source layer each op came from.
+source layer each op came from; first, the step's wall, user and system time and page faults
+(``getrusage``), with the memory setting of the command line (``jaxconv.hostmem``; glibc's default
+with ``GLIBC_TUNABLES=glibc.malloc.perturb=0``).
 
     python tools/profile_step.py lenet5_modern --batch 256 [--set conv.impl=xla] [--top 25]
 """
@@ -12,12 +14,15 @@ import collections
 import gzip
 import json
 import re
+import resource
 import tempfile
+import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from jaxconv import hostmem
 from jaxconv.bench.models import random_params
 from jaxconv.bench.train import run_config
 from jaxconv.config import apply_overrides
@@ -43,6 +48,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
+    kept = hostmem.keep_freed_memory()  # as jaxconv.cli does, before XLA's threads allocate
     config = apply_overrides(run_config(args.preset, args.batch, 1, "float32", quick=False), args.set)
     run = build_run(config)
     params = random_params(build_run_model(config), tuple(run.train_data.images.shape[1:]))
@@ -54,6 +60,15 @@ def main() -> None:
     for _ in range(3):
         state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(args.steps):
+        state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    after, per_step = resource.getrusage(resource.RUSAGE_SELF), lambda x: x / args.steps
+    print(f"{args.preset} batch {args.batch}: {per_step(time.perf_counter() - start) * 1e3:.1f} ms per step (wall), "
+          f"user {per_step(after.ru_utime - before.ru_utime) * 1e3:.1f} ms, system "
+          f"{per_step(after.ru_stime - before.ru_stime) * 1e3:.1f} ms, "
+          f"{per_step(after.ru_minflt - before.ru_minflt):.0f} page faults; freed memory kept: {kept}")
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         for _ in range(args.steps):

@@ -103,7 +103,8 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
         elif bench == "sample":
             result = sample.run(quick=options.quick, presets=options.presets if options.what == "sample" else None,
                                 batch_sizes=options.batch_sizes if options.what == "sample" else None,
-                                naive_variables=options.naive_variables, repeats=options.repeats, peaks=peaks, log=log)
+                                naive_variables=options.naive_variables, repeats=options.repeats, peaks=peaks, log=log,
+                                policy=policy)
         else:
             result = train.run(quick=options.quick, presets=options.presets if options.what == "train" else None,
                                batch_sizes=options.batch_sizes if options.what == "train" else None,

@@ -51,6 +51,8 @@ from jaxconv.bench.models import jaxpr_flops, param_count, preset_image, random_
 from jaxconv.timing import time_calls
 from jaxconv.errors import ConfigError
 from jaxconv.models import PRESETS, build_model, heads, pixelcnn
+from jaxconv.models.conv import DEFAULT_POLICY
+from jaxconv.models.conv_policy import ConvPolicy
 
 CPU_PRESETS = ("pixelcnn_mnist", "gated_pixelcnn_mnist", "gated_pixelcnn_cifar")
 ACCELERATOR_PRESETS = CPU_PRESETS + ("pixelcnn_cifar", "gated_pixelcnn_imagenet32")
@@ -139,10 +141,10 @@ def _alternate(first_fn: Callable, second_fn: Callable, *, repeats: int, budget:
 
 
 def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats: int, seed: int = 0,
-            peaks: dict | None = None) -> dict:
+            peaks: dict | None = None, policy: ConvPolicy = DEFAULT_POLICY) -> dict:
     config = _quick_config(name) if quick else PRESETS[name]
     h, w, c = (6, 6, preset_image(name)[2]) if quick else preset_image(name)
-    model = build_model(config)
+    model = build_model(config, policy=policy)
     params = random_params(model, (h, w, c), seed)
     key = jax.random.key(seed + 1)
     shape = (batch, h, w, c)
@@ -203,8 +205,9 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
 
 def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: list[int] | None = None,
         naive_variables: int | None = None, repeats: int | None = None, peaks: dict | None = None,
-        log: Callable[[str], None] = print) -> dict:
-    """``peaks``: the run's ``device.measure_peaks()`` (without them ``frac_peak`` is null)."""
+        log: Callable[[str], None] = print, policy: ConvPolicy = DEFAULT_POLICY) -> dict:
+    """``peaks``: the run's ``device.measure_peaks()`` (without them ``frac_peak`` is null); ``policy``: the
+    models' conv policy."""
     accelerator = jax.default_backend() != "cpu"
     presets = presets or (["pixelcnn_mnist", "gated_pixelcnn_mnist"] if quick else
                           list(ACCELERATOR_PRESETS if accelerator else CPU_PRESETS))
@@ -221,7 +224,8 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                                                     CPU_BATCH_SIZES.get(name, BATCH_SIZES)))
         for batch in batch_sizes:
             start = time.perf_counter()
-            row = measure(name, batch, quick=quick, naive_variables=naive_variables, repeats=repeats, peaks=peaks)
+            row = measure(name, batch, quick=quick, naive_variables=naive_variables, repeats=repeats, peaks=peaks,
+                          policy=policy)
             rows.append(row)
             cached = row["cached"]
             frac = "" if cached["frac_peak"] is None else f" ({cached['frac_peak']:.0%} of the matmul peak)"

@@ -81,10 +81,9 @@ def host_device_count(cpu_devices: int) -> int:
     """``cpu_devices``, or one device when 0.
 
     Why one: one device's convs (XLA's Eigen kernels) and matmuls (YNNPACK) use every core. More devices
-    overlap their small ops but cut every op in pieces; on the 2-core EPYC, in three runs of
-    ``jaxconv bench train --devices 1,2`` (docs/benchmarks.md), two devices lost with LeNet-5 modern at
-    batch 64 (0.66x, 0.57x), AlexNet-32 (0.74-0.90x) and LeNet-5 at batch 256 (0.77x, 0.78x), tied with
-    the MNIST PixelCNNs or won by up to 1.13x, and won with Gated PixelCNN CIFAR at batch 32 (1.07-1.14x)."""
+    overlap their small ops but cut every op in pieces: on the 2-core EPYC (``jaxconv bench train --devices
+    1,2``, docs/benchmarks.md) two devices trained at 0.59x (both LeNets at batch 64) to 0.94x (Gated
+    PixelCNN MNIST) the speed of one."""
     return cpu_devices or 1
 
 
@@ -183,7 +182,7 @@ class _CompiledWith:
 
     def __call__(self, *args):
         leaves, tree = jax.tree.flatten(args)
-        key = (tree, tuple((x.shape, x.dtype) for x in leaves))
+        key = (tree, tuple(jax.typeof(x) for x in leaves))  # shapes, dtypes and weak types
         if key not in self.compiled:
             self.compiled[key] = self.mapped.lower(*args).compile(compiler_options=self.options)
         return self.compiled[key](*args)
