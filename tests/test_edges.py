@@ -177,6 +177,28 @@ def test_a_second_run_in_a_busy_workdir_is_refused_and_touches_nothing(tmp_path)
     assert [r["step"] for r in records] == list(range(1, len(records) + 1))  # one writer: no step twice
 
 
+def test_a_reader_lists_a_live_runs_checkpoints_again_when_a_step_vanishes(finished, monkeypatch):
+    # Orbax lists the steps, then reads them: a writer's rename or deletion in between is a missing file.
+    from jaxconv.train import checkpoint, restore
+
+    real, calls = checkpoint.ocp.CheckpointManager, []
+
+    def vanishing_once_or_twice(*args, **kwargs):
+        calls.append(1)
+        if len(calls) < 3:
+            raise FileNotFoundError(2, "No such file or directory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.ocp, "CheckpointManager", vanishing_once_or_twice)
+    config = restore.load_config(finished).checkpoint
+    assert checkpoint.Checkpoints(finished / "checkpoints", config, read_only=True).latest_step() == STEPS
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(checkpoint.StorageError, match="cannot open checkpoints in .*: No such file or directory"):
+        checkpoint.Checkpoints(finished / "no-such-dir", config, read_only=True)  # nothing to list again
+    assert len(calls) == 1
+
+
 # ----------------------------------------------------------------------------------------------
 # Verified checkpoints
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from jaxconv.errors import CheckpointError, StorageError
 _STORAGE_FAILURES = ("No space left on device", "File too large", "Disk quota exceeded", "Read-only file system",
                      "Permission denied")
 SEAL = "jaxconv-checksums.json"
+READ_ATTEMPTS = 20  # listings of a live run's checkpoints before a missing file is an error (50 ms apart)
 
 
 def file_digests(step_dir: Path) -> dict[str, str]:
@@ -92,12 +94,21 @@ class Checkpoints:
             read_only=read_only,
             create=not read_only,
         )
-        try:
-            self.manager = ocp.CheckpointManager(directory.absolute(), options=options)
-        except OSError as e:
-            raise StorageError(f"cannot open checkpoints in {directory}: {e.strerror or e}") from None
-        except ValueError as e:
-            raise CheckpointError(f"cannot open checkpoints in {directory}: {e}") from None
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                self.manager = ocp.CheckpointManager(directory.absolute(), options=options)
+                break
+            except FileNotFoundError as e:
+                # A reader of a live run (jaxconv eval beside jaxconv train) can list a step that the
+                # writer renames or deletes before orbax reads it: list again.
+                if read_only and directory.is_dir() and attempt + 1 < READ_ATTEMPTS:
+                    time.sleep(0.05)
+                    continue
+                raise StorageError(f"cannot open checkpoints in {directory}: {e.strerror or e}") from None
+            except OSError as e:
+                raise StorageError(f"cannot open checkpoints in {directory}: {e.strerror or e}") from None
+            except ValueError as e:
+                raise CheckpointError(f"cannot open checkpoints in {directory}: {e}") from None
         self._saving: int | None = None  # the step of a save that may still be running
         self._sealed: int | None = None
 
