@@ -72,7 +72,7 @@ def _pass_fn(impl: str, sig: Signature, which: str, options: dict[str, str] | No
         fn = lambda x, w, g: jax.vjp(lambda v: conv(v, w, *args), x)[1](g)[0]
     else:
         fn = lambda x, w, g: jax.vjp(lambda k: conv(x, k, *args), w)[1](g)[0]
-    return jax.jit(fn, compiler_options=options or None)
+    return jax.jit(fn, compiler_options=options)
 
 
 def measure(sig: Signature, log: Callable[[str], None] = lambda _: None,

@@ -131,7 +131,7 @@ def _jitted(sampler, model: nn.Module, *args):
 
 @functools.cache
 def _jit_with(sampler, options: tuple[tuple[str, str], ...]):
-    return jax.jit(sampler, static_argnums=(0, 1, 2, 3), compiler_options=dict(options) or None)
+    return jax.jit(sampler, static_argnums=(0, 1, 2, 3), compiler_options=dict(options))
 
 
 def _report(progress: bool, i: jax.Array, height: int) -> None:

@@ -74,7 +74,7 @@ def main() -> None:
     if args.forward:
         x = jnp.zeros(shape, jnp.float32)
         fwd = jax.jit(lambda p, x: model.apply({"params": p}, x, labels=labels),
-                      compiler_options=model.policy.compiler_options() or None)  # as the sampler's
+                      compiler_options=model.policy.compiler_options())  # as the sampler's
         tf = best_of(lambda: fwd(params, x), max(args.repeats, 5))
         print(f"forward pass: {tf * 1e3:.2f} ms, {args.batch / tf:.4g} img/s; cached = {t / tf:.2f} forward passes "
               "per image")

@@ -293,7 +293,7 @@ def _jax_runner(fn: Callable, shape: ConvShape, mode: str, x, w, g, layout: str,
     f = jax.jit(_pass_fn(fn, shape, mode))
     args = (x, w, g)
     start = time.perf_counter()
-    compiled = f.lower(*args).compile(compiler_options=compiler_options or None)
+    compiled = f.lower(*args).compile(compiler_options=compiler_options)
     compile_s = time.perf_counter() - start
     return Runner(lambda: compiled(*args), jax.block_until_ready, compile_s, shape.outputs(mode), layout)
 

@@ -158,7 +158,7 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
         return out["images"]
 
     x = jnp.zeros(shape, jnp.float32)
-    options = model.policy.compiler_options() or None  # as the samplers' (jaxconv.sampling)
+    options = model.policy.compiler_options()  # as the samplers' (jaxconv.sampling)
     apply = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
     forward_fn = jax.jit(apply, compiler_options=options)
     cached, forward, ratios = _alternate(cached_call, lambda: forward_fn(params, x), repeats=max(repeats, 3),

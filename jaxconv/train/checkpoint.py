@@ -94,18 +94,17 @@ class Checkpoints:
             read_only=read_only,
             create=not read_only,
         )
-        for attempt in range(READ_ATTEMPTS):
+        attempts = READ_ATTEMPTS if read_only else 1
+        for attempt in range(attempts):
             try:
                 self.manager = ocp.CheckpointManager(directory.absolute(), options=options)
                 break
-            except FileNotFoundError as e:
+            except OSError as e:
                 # A reader of a live run (jaxconv eval beside jaxconv train) can list a step that the
                 # writer renames or deletes before orbax reads it: list again.
-                if read_only and directory.is_dir() and attempt + 1 < READ_ATTEMPTS:
+                if isinstance(e, FileNotFoundError) and directory.is_dir() and attempt + 1 < attempts:
                     time.sleep(0.05)
                     continue
-                raise StorageError(f"cannot open checkpoints in {directory}: {e.strerror or e}") from None
-            except OSError as e:
                 raise StorageError(f"cannot open checkpoints in {directory}: {e.strerror or e}") from None
             except ValueError as e:
                 raise CheckpointError(f"cannot open checkpoints in {directory}: {e}") from None

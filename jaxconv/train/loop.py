@@ -76,10 +76,11 @@ def build_run(config: Config, tuned: Path | None = None, log: Callable[[str], No
                            axis_name=par.axis_name)
     init = jax.jit(partial(init_state, model, tx, (1, *spec.input_shape), config.train.seed),
                    out_shardings=par.replicated)
+    options = policy.compiler_options()
     return Run(config, par, train_data, val_data, tx, schedule,
-               train_step=par.compile(step, donate=True, compiler_options=policy.compiler_options()),
+               train_step=par.compile(step, donate=True, compiler_options=options),
                eval_step=par.compile(make_eval_step(forward, sums, axis_name=par.axis_name), donate=False,
-                                     compiler_options=policy.compiler_options()),
+                                     compiler_options=options),
                init=init, spec=spec, mean=mean, conv_table=conv_table)
 
 

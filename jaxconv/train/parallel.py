@@ -166,7 +166,7 @@ class DataParallel:
             mapped = jax.pmap(fn, axis_name=AXIS, donate_argnums=donate_argnums)
             return _CompiledWith(mapped, compiler_options) if compiler_options else mapped
         return jax.jit(fn, in_shardings=(self.replicated, self.sharded), out_shardings=self.replicated,
-                       donate_argnums=donate_argnums, compiler_options=compiler_options or None)
+                       donate_argnums=donate_argnums, compiler_options=compiler_options)
 
     @property
     def axis_name(self) -> str | None:
