@@ -33,10 +33,15 @@ from jaxconv.train.state import TrainState
 
 
 def op_sources(hlo_text: str) -> dict[str, str]:
-    """Compiled op name -> the jaxpr op_name XLA recorded for it (the model layer and primitive)."""
+    """Compiled op name -> the jaxpr op_name XLA recorded for it (the model layer and primitive), else its
+    result shape: ops XLA made itself (a conv's kernel-gradient layout transposes, canonicalised convs)
+    record none."""
     sources = {}
-    for match in re.finditer(r"%([\w.\-]+) = .*?metadata=\{op_name=\"([^\"]+)\"", hlo_text):
-        sources.setdefault(match.group(1), match.group(2))
+    for line in hlo_text.splitlines():
+        match = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+)", line)
+        if match:
+            meta = re.search(r'metadata=\{op_name="([^"]+)"', line)
+            sources.setdefault(match.group(1), meta.group(1) if meta else f"{match.group(2)} (no source recorded)")
     return sources
 
 
