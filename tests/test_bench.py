@@ -162,7 +162,7 @@ def test_choice_rules_and_autotune_table(tmp_path):
     wide = signature((64, 29, 30, 32), (2, 3, 32, 64), jnp.float32, backend="cpu")
     strided = signature((8, 227, 227, 3), (11, 11, 3, 96), jnp.float32, strides=4, backend="cpu")
     assert [policy.choose(s) for s in (grouped, one_by_one, to_one, first, few, wide, strided)] == [
-        "taps", "xla", "xla/xla/taps", "taps/im2col/xla", "xla/taps/xla", "xla", "xla"]
+        "split", "xla", "xla/xla/taps", "taps/im2col/xla", "xla/taps/xla", "xla", "xla"]
     on_gpu = signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="gpu")
     assert policy.choose(on_gpu) == "xla"  # the rules are CPU findings
     no_rules = ConvPolicy.from_config(ConvConfig(rules="none"))

@@ -102,6 +102,7 @@ VARIANTS: list[Variant] = [
     Variant("masked", "jax", "NHWC", lambda s, d: bool(s.mask)),
     Variant("cropped", "jax", "NHWC", lambda s, d: bool(s.mask)),
     Variant("xla", "jax", "NCHW"),
+    Variant("split", "jax", "NHWC", lambda s, d: s.groups > 1),  # one group: the same program as xla
     Variant("im2col", "jax", "NHWC"),
     Variant("taps", "jax", "NHWC", lambda s, d: 1 < s.kh * s.kw <= 49),  # one tap: the same matmul as im2col
     Variant("fft", "jax", "NHWC", _fft_applies),

@@ -38,7 +38,7 @@ def conv(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int] = 1, padd
         raise ValueError(f"input channels {x.shape[-1]} / kernel {kernel.shape} do not fit groups={groups}")
     if impl is None:
         impl = policy.choose(signature(x.shape, kernel.shape, x.dtype, strides, padding, dilation, groups))
-    if conv_impls.parse_impl(impl)[2] == "xla":
+    if conv_impls.parse_impl(impl)[2] in ("xla", "split"):
         # XLA:CPU computes the kernel gradient from a transposed copy of x ([Cin, H, W, B]) and fuses x's
         # producers into that copy, which reads them in transposed order: Gated PixelCNN MNIST's sum of
         # five skip outputs took 22 ms there per step of batch 64. Computed once instead.

@@ -12,6 +12,8 @@ o // (Cout / G)).
   patch matrix, then one matmul (per group).
 - ``taps``: the sum over the T taps of (view) @ kernel[i, j]: T matmuls with K = Cin, no patch matrix
   (summed in float32 for bfloat16 inputs).
+- ``split``: one ``xla`` conv per feature group, on the group's input channels with its slice of the
+  kernel, concatenated (XLA:CPU's grouped conv is a slow generic loop); with one group, ``xla``.
 - ``fft``: float32 only; products of 2-D real FFTs of the padded input and the (dilated) kernel, summed
   over input channels; any stride (computed at stride 1, then subsampled), meant for large kernels.
 
@@ -54,6 +56,12 @@ def out_size(size: int, kernel: int, stride: int, dilation: int, pad: tuple[int,
 def conv_xla(x, kernel, strides, padding, dilation, groups):
     return lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation, feature_group_count=groups,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_split(x, kernel, strides, padding, dilation, groups):
+    cg, og = kernel.shape[2], kernel.shape[3] // groups
+    return jnp.concatenate([conv_xla(x[..., g * cg:(g + 1) * cg], kernel[..., g * og:(g + 1) * og], strides, padding,
+                                     dilation, 1) for g in range(groups)], axis=-1)
 
 
 def _views(x, kh: int, kw: int, strides, padding, dilation):
@@ -120,7 +128,8 @@ def conv_fft(x, kernel, strides, padding, dilation, groups):
     return jnp.moveaxis(y, 1, -1).astype(x.dtype)
 
 
-IMPLEMENTATIONS: dict[str, Callable] = {"xla": conv_xla, "im2col": conv_im2col, "taps": conv_taps, "fft": conv_fft}
+IMPLEMENTATIONS: dict[str, Callable] = {"xla": conv_xla, "split": conv_split, "im2col": conv_im2col, "taps": conv_taps,
+                                         "fft": conv_fft}
 
 
 def parse_impl(impl: str) -> tuple[str, str, str]:
