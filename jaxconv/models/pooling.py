@@ -31,14 +31,31 @@ def _views(x: jax.Array, window: int, stride: int) -> list[jax.Array]:
                       (1, stride, stride, 1)) for i in range(window) for j in range(window)]
 
 
-def _unview(part: jax.Array, index: int, shape: tuple[int, ...], window: int, stride: int) -> jax.Array:
-    """The transpose of view ``index``: ``part`` put back at its input positions, zeros elsewhere."""
-    i, j = divmod(index, window)
-    _, h, w, _ = shape
-    _, ho, wo, _ = part.shape
-    config = ((0, 0, 0), (i, h - i - stride * (ho - 1) - 1, stride - 1),
-              (j, w - j - stride * (wo - 1) - 1, stride - 1), (0, 0, 0))
-    return lax.pad(part, jnp.zeros((), part.dtype), config)
+def _unviews(parts: list[jax.Array], shape: tuple[int, ...], window: int, stride: int) -> jax.Array:
+    """The transpose of ``_views``: the sum of the views' parts, each put back at its input positions.
+
+    Why grouped by phase: input row s*a + r is read by the windows' rows i = r, r + s, ... (at output row
+    a - i // s), so each of the s*s phases (r, q) is a sum of a few parts shifted by whole rows and
+    columns, and the phases are interleaved at the end. A part padded back to the whole input (zeros
+    between its strided positions) costs a whole-input pass each: 9 for AlexNet's 3x3/2 pool instead
+    of 2.25 here."""
+    b, h, w, c = shape
+    _, ho, wo, _ = parts[0].shape
+    hp, wp = -(-h // stride), -(-w // stride)  # a phase's rows and columns
+    phase_rows = []
+    for r in range(stride):
+        phases = []
+        for q in range(stride):
+            total = jnp.zeros((b, hp, wp, c), parts[0].dtype)
+            for i in range(r, window, stride):
+                for j in range(q, window, stride):
+                    di, dj = i // stride, j // stride
+                    total = total + lax.pad(parts[i * window + j], jnp.zeros((), total.dtype),
+                                            ((0, 0, 0), (di, hp - di - ho, 0), (dj, wp - dj - wo, 0), (0, 0, 0)))
+            phases.append(total)
+        phase_rows.append(jnp.stack(phases, axis=3))  # [B, hp, wp, q, C]
+    grid = jnp.stack(phase_rows, axis=2)  # [B, hp, r, wp, q, C]: input row a*s + r, column b*s + q
+    return grid.reshape(b, hp * stride, wp * stride, c)[:, :h, :w]
 
 
 def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
@@ -58,12 +75,12 @@ def _max_pool_fwd(x, window, stride):
 
 def _max_pool_bwd(window, stride, residuals, g):
     x, out = residuals
-    grad, taken = jnp.zeros_like(x), jnp.zeros(out.shape, bool)
-    for index, view in enumerate(_views(x, window, stride)):
+    parts, taken = [], jnp.zeros(out.shape, bool)
+    for view in _views(x, window, stride):
         first = (view == out) & ~taken  # this window's first maximum
         taken = taken | first
-        grad = grad + _unview(jnp.where(first, g, 0), index, x.shape, window, stride)
-    return (materialize(grad),)
+        parts.append(jnp.where(first, g, 0))
+    return (materialize(_unviews(parts, x.shape, window, stride)),)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
