@@ -7,7 +7,9 @@ and times ``time_calls`` of single steps on one fixed batch (so input loading is
 repeats. Parameters come from ``jaxconv.bench.models.random_params`` (speed does not depend on them).
 
 Data: the experiments' own (embedded MNIST) for ``lenet5`` (``lenet_mnist``), ``lenet5_modern``,
-``pixelcnn_mnist`` and ``gated_pixelcnn_mnist``; synthetic uint8 images of the preset's size otherwise.
+``pixelcnn_mnist`` and ``gated_pixelcnn_mnist``, with the preset's network and without the experiment's
+augmentation (LeNet-5 modern's affine distortions: the twins train on the batch as it is); synthetic
+uint8 images of the preset's size otherwise.
 Devices: on CPU, fake XLA devices sharing the host's cores (``jaxconv bench`` sets
 ``--xla_force_host_platform_device_count`` when JAX has not started yet), so images/s across device
 counts shows the cost of data parallelism, not a speed-up; on accelerators, real devices.
@@ -69,7 +71,9 @@ def run_config(name: str, batch: int, devices: int, dtype: str, quick: bool, con
                                               {"features": 4, "num_layers": 1}), output_features=8)
     if name in EXPERIMENTS:
         config = experiments.load(EXPERIMENTS[name])
-        config = config.replace(model=model)
+        # The preset's network, and no augmentation: the PyTorch twins train on the batch as it is.
+        plain = {f.name: f.default for f in dataclasses.fields(DataConfig) if f.name.startswith("augment_")}
+        config = config.replace(model=model, data=dataclasses.replace(config.data, **plain))
     else:
         image = preset_image(name, model)
         config = Config(name=f"bench_{name}", model=model,
