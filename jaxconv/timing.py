@@ -7,6 +7,10 @@ that a repeat lasts at least ``min_time`` seconds; ``sync(result)`` (``jax.block
 default, a CUDA synchronise for PyTorch on a GPU) ends every repeat, so queued asynchronous work is counted. Per-call times of each
 repeat are returned with their median and minimum. ``budget`` (seconds) caps a slow measurement:
 the repeats are cut (never below one) so one measurement takes about that long at most.
+
+``time_alternately(first, second)`` times two calls in turns, in the same minutes: a shared machine's
+load changes within seconds, so a ratio of two separate measurements can be off by more than the
+difference it measures; the median of the per-turn ratios is not.
 """
 
 from __future__ import annotations
@@ -44,3 +48,35 @@ def time_calls(fn: Callable[[], Any], *, sync: Callable[[Any], Any] = jax.block_
         runs.append((time.perf_counter() - start) / number)
     return {"median_s": statistics.median(runs), "min_s": min(runs), "runs_s": runs, "number": number,
             "first_s": first}
+
+
+def time_alternately(first_fn: Callable[[], Any], second_fn: Callable[[], Any], *, repeats: int, budget: float,
+                     min_time: float = 0.05, sync_first: Callable[[Any], Any] = jax.block_until_ready,
+                     sync_second: Callable[[Any], Any] = jax.block_until_ready) -> tuple[dict, dict, list[float]]:
+    """Times two calls alternately: each repeat times enough calls of the first, then of the second, to last
+    ``min_time``. Returns each one's timing (as ``time_calls``: median_s, min_s, runs_s, number, first_s)
+    and the per-repeat time ratios first / second."""
+    timings = []
+    for fn, sync in ((first_fn, sync_first), (second_fn, sync_second)):
+        start = time.perf_counter()
+        sync(fn())  # compiles
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        sync(fn())
+        estimate = max(time.perf_counter() - start, 1e-7)
+        timings.append({"first_s": first, "number": max(1, math.ceil(min_time / estimate)), "estimate": estimate,
+                        "runs_s": []})
+    per_repeat = sum(t["estimate"] * t["number"] for t in timings)
+    for _ in range(max(1, min(repeats, int(budget / per_repeat)))):
+        for fn, sync, t in zip((first_fn, second_fn), (sync_first, sync_second), timings):
+            start = time.perf_counter()
+            result = None
+            for _ in range(t["number"]):
+                result = fn()
+            sync(result)
+            t["runs_s"].append((time.perf_counter() - start) / t["number"])
+    ratios = [a / b for a, b in zip(timings[0]["runs_s"], timings[1]["runs_s"])]
+    for t in timings:
+        del t["estimate"]
+        t.update(median_s=statistics.median(t["runs_s"]), min_s=min(t["runs_s"]))
+    return timings[0], timings[1], ratios

@@ -203,3 +203,26 @@ def test_measure_torch_gives_a_quick_row_per_twin(quick_rows, name):
     expected = {"alexnet32": math.log(1000), "pixelcnn_mnist": math.log(2), "gated_pixelcnn_mnist": math.log(2)}
     value = expected.get(name, math.log(10))
     assert value - 0.1 < row["final_loss"] < value + 0.3, row
+
+
+def test_the_targets_ratio_times_jaxconv_and_its_twin_in_turns(monkeypatch):
+    """The default-device row and the twin's are timed alternately, the ratio the median of the turns'."""
+    from jaxconv import timing
+
+    calls = []
+
+    def recording(first, second, **kwargs):
+        calls.append(kwargs["repeats"])
+        return timing.time_alternately(lambda: (calls.append("jax"), first())[1],
+                                       lambda: (calls.append("torch"), second())[1], **kwargs)
+
+    monkeypatch.setattr(train_bench, "time_alternately", recording)
+    peaks = {"matmul_flops_per_s": {"float32": 1e10, "bfloat16": 1e10}}
+    timing_config = {"repeats": 3, "min_time": 0.0, "warmup": 1, "budget": 30.0}
+    row, trow = train_bench.measure_pair("lenet5_modern", 8, 1, quick=True, timing=timing_config, peaks=peaks,
+                                         flops_per_image=1e6)
+    turns = [c for c in calls if isinstance(c, str)]
+    assert calls[0] == 3 and turns[4:] == ["jax", "torch"] * 3  # compile and estimate each, then 3 turns
+    assert row["framework"] == "jax" and trow["framework"] == "torch"
+    per_turn = sorted(j / t for j, t in zip(row["runs"], trow["runs"]))  # jax / torch images/s, per turn
+    assert row["vs_torch"] == pytest.approx(per_turn[1])

@@ -16,9 +16,9 @@ them: ``jaxconv.bench.models.random_params``). Batch sizes 1, 16, 64, 256 (on CP
   log-probabilities, the Gumbel noise) is not counted, as in training MFU. ``flops_per_s`` = FLOPs per
   image * images/s; ``frac_peak`` = that / the run's measured float32 matmul peak.
 - forward: one whole-image forward pass (jitted ``model.apply``) at the same batch; images/s = batch /
-  median time. The cached sample and the forward pass are timed alternately (``_alternate``: a shared
-  machine's load changes within seconds); ``cached.forward_passes`` = the median over those repeats of
-  cached time / forward time, per image alike: the cached sampler's cost in forward passes (about 1 is the
+  median time. The cached sample and the forward pass are timed alternately
+  (``jaxconv.timing.time_alternately``: a shared machine's load changes within seconds);
+  ``cached.forward_passes`` = the median over those repeats of cached time / forward time, per image alike: the cached sampler's cost in forward passes (about 1 is the
   floor: it computes each layer at each position once).
 - naive: one whole-image forward pass per variable, so every variable costs the same; the naive loop
   (``jaxconv.sampling``'s own step) is timed on a fixed number of variables (the last ones of the
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import statistics
 import time
 import types
@@ -48,7 +47,7 @@ import numpy as np
 
 from jaxconv import sampling
 from jaxconv.bench.models import jaxpr_flops, param_count, preset_image, random_params
-from jaxconv.timing import time_calls
+from jaxconv.timing import time_alternately, time_calls
 from jaxconv.errors import ConfigError
 from jaxconv.models import PRESETS, build_model, heads, pixelcnn
 from jaxconv.models.conv import DEFAULT_POLICY
@@ -109,37 +108,6 @@ def cached_flops(model, params, shape: tuple[int, int, int, int]) -> float:
     return _loop_flops(jaxpr.jaxpr) / shape[0]
 
 
-def _alternate(first_fn: Callable, second_fn: Callable, *, repeats: int, budget: float, min_time: float = 0.05):
-    """Times two calls alternately, in the same minutes (a shared machine's load changes within seconds): each
-    repeat times enough calls of the first, then of the second, to last ``min_time``. Returns each one's
-    timing (as ``time_calls``: median_s, min_s, runs_s, number, first_s) and the per-repeat time ratios
-    first / second."""
-    timings = []
-    for fn in (first_fn, second_fn):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())  # compiles
-        first = time.perf_counter() - start
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        estimate = max(time.perf_counter() - start, 1e-7)
-        timings.append({"first_s": first, "number": max(1, math.ceil(min_time / estimate)), "estimate": estimate,
-                        "runs_s": []})
-    per_repeat = sum(t["estimate"] * t["number"] for t in timings)
-    for _ in range(max(1, min(repeats, int(budget / per_repeat)))):
-        for fn, t in zip((first_fn, second_fn), timings):
-            start = time.perf_counter()
-            result = None
-            for _ in range(t["number"]):
-                result = fn()
-            jax.block_until_ready(result)
-            t["runs_s"].append((time.perf_counter() - start) / t["number"])
-    ratios = [a / b for a, b in zip(timings[0]["runs_s"], timings[1]["runs_s"])]
-    for t in timings:
-        del t["estimate"]
-        t.update(median_s=statistics.median(t["runs_s"]), min_s=min(t["runs_s"]))
-    return timings[0], timings[1], ratios
-
-
 def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats: int, seed: int = 0,
             peaks: dict | None = None, policy: ConvPolicy = DEFAULT_POLICY) -> dict:
     config = _quick_config(name) if quick else PRESETS[name]
@@ -161,8 +129,8 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
     options = model.policy.compiler_options()  # as the samplers' (jaxconv.sampling)
     apply = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
     forward_fn = jax.jit(apply, compiler_options=options)
-    cached, forward, ratios = _alternate(cached_call, lambda: forward_fn(params, x), repeats=max(repeats, 3),
-                                         budget=budget)
+    cached, forward, ratios = time_alternately(cached_call, lambda: forward_fn(params, x),
+                                               repeats=max(repeats, 3), budget=budget)
     values = heads.to_values(config, out["images"])
 
     total = h * w * c

@@ -21,14 +21,17 @@ PixelCNN and Gated PixelCNN MNIST), each the preset written plainly in PyTorch f
 (``--quick``'s small configs included): the same layers, loss, optimizer, schedule, gradient clipping
 and batch, float32, one process, its default threads. Each twin's parameter count is checked equal to
 jaxconv's before it is timed (a mismatch raises ``TwinMismatchError``). ``vs_torch`` = jaxconv /
-PyTorch images/s.
+PyTorch images/s; on the default device count (the targets' row) the two are timed in turns
+(``jaxconv.timing.time_alternately``) and ``vs_torch`` is the median of the turns' ratios, as a shared
+machine's speed drifts within seconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +45,7 @@ from jaxconv.data.pipeline import train_batches
 from jaxconv.data.sources import load_split
 from jaxconv.errors import ConfigError
 from jaxconv.models import PRESETS, build_run_model
-from jaxconv.timing import time_calls
+from jaxconv.timing import time_alternately, time_calls
 from jaxconv.train.loop import build_run
 from jaxconv.train.parallel import host_device_count
 from jaxconv.train.state import TrainState
@@ -87,9 +90,9 @@ def run_config(name: str, batch: int, devices: int, dtype: str, quick: bool, con
                                     f"train.dtype={dtype}"])
 
 
-def time_train_step(config: Config, timing: dict) -> tuple[dict, float]:
-    """``time_calls``' timings of the run's train step on one fixed batch from random parameters, and the
-    last step's loss."""
+def train_step_call(config: Config) -> tuple[Callable[[], Any], Callable[[], float]]:
+    """The run's train step on one fixed batch from random parameters, as a call that returns when the step
+    is done (for ``time_calls``), and the last step's loss."""
     run = build_run(config)
     model = build_run_model(config)
     params = random_params(model, tuple(run.train_data.images.shape[1:]))
@@ -102,28 +105,39 @@ def time_train_step(config: Config, timing: dict) -> tuple[dict, float]:
         holder["state"], holder["metrics"] = run.train_step(holder["state"], batch_data)
         return run.par.settle(holder["metrics"])
 
+    return step, lambda: float(holder["metrics"]["loss"])
+
+
+def time_train_step(config: Config, timing: dict) -> tuple[dict, float]:
+    """``time_calls``' timings of the run's train step (``train_step_call``) and the last step's loss."""
+    step, loss = train_step_call(config)
     timings = time_calls(step, **timing)
-    return timings, float(holder["metrics"]["loss"])
+    return timings, loss()
 
 
 def measure(name: str, batch: int, devices: int, dtype: str, *, quick: bool, timing: dict, peaks: dict,
             flops_per_image: float | None, conv: ConvConfig = ConvConfig()) -> dict:
     t, loss = time_train_step(run_config(name, batch, devices, dtype, quick, conv), timing)
-    accelerator = jax.default_backend() != "cpu"
-    peak = peaks["matmul_flops_per_s"][dtype] * (devices if accelerator else 1)
+    return _row(name, "jax", dtype, devices, batch, t, flops_per_image, peaks, loss, quick)
+
+
+def _row(name: str, framework: str, dtype: str, devices: int, batch: int, t: dict, flops_per_image: float | None,
+         peaks: dict, loss: float, quick: bool) -> dict:
+    accelerator = framework == "jax" and jax.default_backend() != "cpu"
+    peak = peaks["matmul_flops_per_s"][dtype] * (devices if accelerator else 1) if flops_per_image else None
     ips = batch / t["median_s"]
-    return {"preset": name + (" (quick)" if quick else ""), "framework": "jax", "dtype": dtype, "devices": devices,
+    return {"preset": name + (" (quick)" if quick else ""), "framework": framework, "dtype": dtype, "devices": devices,
             "batch": batch, "images_per_s": ips, "step_s": t["median_s"], "compile_s": t["first_s"],
             "runs": [batch / r for r in t["runs_s"]], "flops_per_image": flops_per_image,
             "mfu": ips * flops_per_image / peak if flops_per_image else None,
             "final_loss": loss if np.isfinite(loss) else None, "vs_torch": None}
 
 
-def measure_torch(name: str, config: Config, batch: int, images: np.ndarray, labels: np.ndarray, timing: dict,
-                  flops_per_image: float | None, peaks: dict, quick: bool) -> dict | None:
-    """PyTorch's training images/s for the preset's twin (``jaxconv.bench.twins``) built from the run's
-    config: the same network (its parameter count checked equal to jaxconv's first: ``TwinMismatchError``
-    otherwise), loss, optimizer, schedule, gradient clipping and batch. None without PyTorch."""
+def torch_step_call(name: str, config: Config, images: np.ndarray, labels: np.ndarray):
+    """The preset's PyTorch twin (``jaxconv.bench.twins``) built from the run's config, as ``train_step_call``:
+    (step, sync for ``time_calls``, last loss); the same network (its parameter count checked equal to
+    jaxconv's first: ``TwinMismatchError`` otherwise), loss, optimizer, schedule, gradient clipping and
+    batch. None without PyTorch."""
     try:
         import torch
 
@@ -157,13 +171,38 @@ def measure_torch(name: str, config: Config, batch: int, images: np.ndarray, lab
         if dev == "cuda":
             torch.cuda.synchronize()
 
+    return step, sync, lambda: float(holder["loss"])
+
+
+def measure_torch(name: str, config: Config, batch: int, images: np.ndarray, labels: np.ndarray, timing: dict,
+                  flops_per_image: float | None, peaks: dict, quick: bool) -> dict | None:
+    """PyTorch's training images/s for the preset's twin (``torch_step_call``). None without PyTorch."""
+    call = torch_step_call(name, config, images, labels)
+    if call is None:
+        return None
+    step, sync, loss = call
     t = time_calls(step, sync=sync, **timing)
-    ips = batch / t["median_s"]
-    return {"preset": name + (" (quick)" if quick else ""), "framework": "torch", "dtype": "float32", "devices": 1,
-            "batch": batch, "images_per_s": ips, "step_s": t["median_s"], "compile_s": t["first_s"],
-            "runs": [batch / r for r in t["runs_s"]], "flops_per_image": flops_per_image,
-            "mfu": ips * flops_per_image / peaks["matmul_flops_per_s"]["float32"] if flops_per_image else None,
-            "final_loss": float(holder["loss"]), "vs_torch": None}
+    return _row(name, "torch", "float32", 1, batch, t, flops_per_image, peaks, loss(), quick)
+
+
+def measure_pair(name: str, batch: int, devices: int, *, quick: bool, timing: dict, peaks: dict,
+                 flops_per_image: float | None, conv: ConvConfig = ConvConfig()) -> tuple[dict, dict | None]:
+    """jaxconv's float32 row and its PyTorch twin's, timed alternately (``time_alternately``): the jax row's
+    ``vs_torch`` is the median of the turns' ratios. (jax row, None) without PyTorch."""
+    config = run_config(name, batch, devices, "float32", quick, conv)
+    batch_np = next(train_batches(load_split(run_config(name, batch, 1, "float32", quick).data, "train"), batch, 0, 0))
+    call = torch_step_call(name, run_config(name, batch, 1, "float32", quick), batch_np["images"], batch_np["labels"])
+    if call is None:
+        return measure(name, batch, devices, "float32", quick=quick, timing=timing, peaks=peaks,
+                       flops_per_image=flops_per_image, conv=conv), None
+    torch_step, torch_sync, torch_loss = call
+    jax_step, jax_loss = train_step_call(config)
+    turns = timing["repeats"] if quick else max(timing["repeats"], 9)  # more, shorter turns: a median of ratios
+    tj, tt, ratios = time_alternately(jax_step, torch_step, sync_second=torch_sync, repeats=turns,
+                                      budget=2 * timing["budget"], min_time=timing["min_time"] / 2)
+    row = _row(name, "jax", "float32", devices, batch, tj, flops_per_image, peaks, jax_loss(), quick)
+    row["vs_torch"] = statistics.median(1.0 / r for r in ratios)  # torch time / jax time = jax / torch img/s
+    return row, _row(name, "torch", "float32", 1, batch, tt, flops_per_image, peaks, torch_loss(), quick)
 
 
 # The devices the targets compare: jaxconv train's CPU default, and one accelerator (the single-device row).
@@ -200,32 +239,43 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
             for dtype in dtypes:
                 # --quick: the first preset on every device count, the others on the default count only
                 counts = [d for d in devices if d <= available]
+                compare = name in TORCH_PRESETS and torch and dtype == "float32"
+                trow = None
                 for d in [DEFAULT_DEVICES] if quick and name != presets[0] else counts:
                     if batch % d:
                         notes.append(f"{name} batch {batch} skipped on {d} devices (does not divide)")
                         continue
                     start = time.perf_counter()
-                    row = measure(name, batch, d, dtype, quick=quick, timing=timing, peaks=peaks, flops_per_image=flops,
-                                  conv=conv)
+                    if compare and d == DEFAULT_DEVICES:  # the target's ratio: timed in turns with the twin
+                        row, trow = measure_pair(name, batch, d, quick=quick, timing=timing, peaks=peaks,
+                                                 flops_per_image=flops, conv=conv)
+                        note = (f"vs PyTorch on {d} device(s): jaxconv and the twin timed in turns, the median of "
+                                "the turns' ratios; on other device counts: against the twin's median")
+                        if trow is not None and note not in notes:
+                            notes.append(note)
+                    else:
+                        row = measure(name, batch, d, dtype, quick=quick, timing=timing, peaks=peaks,
+                                      flops_per_image=flops, conv=conv)
                     rows.append(row)
                     log(f"{name} {dtype} batch {batch} on {d} device(s): {row['images_per_s']:.4g} img/s, "
                         f"first step {row['compile_s']:.2f} s, MFU {row['mfu'] or 0:.2%} "
                         f"({time.perf_counter() - start:.0f} s)")
-                if name in TORCH_PRESETS and torch and "float32" in dtypes:
+                if compare and trow is None:  # no default-device row: the twin alone
                     config = run_config(name, batch, 1, "float32", quick)
                     batch_np = next(train_batches(load_split(config.data, "train"), batch, 0, 0))
                     trow = measure_torch(name, config, batch, batch_np["images"], batch_np["labels"], timing, flops,
                                          peaks, quick)
-                    if trow is None:
-                        notes.append(f"PyTorch not installed: no {name} comparison (pip install 'jaxconv[bench]')")
-                        continue
+                if compare and trow is None:
+                    notes.append(f"PyTorch not installed: no {name} comparison (pip install 'jaxconv[bench]')")
+                elif compare:
                     rows.append(trow)
-                    note = f"PyTorch twin of {name}: {param_count(name, config.model):,} parameters, as jaxconv's"
+                    twin_params = param_count(name, run_config(name, batch, 1, "float32", quick).model)
+                    note = f"PyTorch twin of {name}: {twin_params:,} parameters, as jaxconv's"
                     if note not in notes:
                         notes.append(note)
                     for r in rows:
                         if (r["preset"] == trow["preset"] and r["framework"] == "jax" and r["batch"] == batch
-                                and r["dtype"] == "float32"):
+                                and r["dtype"] == "float32" and r["vs_torch"] is None):
                             r["vs_torch"] = r["images_per_s"] / trow["images_per_s"]
                     log(f"torch {name} batch {batch}: {trow['images_per_s']:.4g} img/s")
     targets = []
