@@ -4,6 +4,7 @@ sample, with the source each op came from; and, with ``--forward``, the time of 
 pass at the same batch (the floor a cached image is compared with).
 
     python tools/profile_sampler.py gated_pixelcnn_mnist --batch 64 [--top 30] [--forward] [--no-trace]
+    python tools/profile_sampler.py gated_pixelcnn_cifar --batch 1 --draw direct --no-trace
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--forward", action="store_true", help="also time one whole-image forward pass")
     parser.add_argument("--no-trace", action="store_true", help="only the timings")
+    parser.add_argument("--draw", default="gumbel", choices=("gumbel", "direct"),
+                        help="how variables are drawn (jaxconv.models.heads.check_draw; direct: logistic mixtures)")
     parser.add_argument("--known-rows", type=int, default=0,
                         help="complete blank images below this many given rows (= H: the vertical stack alone)")
     args = parser.parse_args()
@@ -67,10 +70,11 @@ def main() -> None:
     shape = (args.batch, h, w, c)
     labels = jnp.zeros((args.batch,), jnp.int32) if config.num_classes else None
     given = dict(images=jnp.zeros(shape, jnp.uint8), known_rows=args.known_rows) if args.known_rows else {}
+    given["draw"] = args.draw
     call = lambda: sampling.sample_cached(model, params, key, shape, labels=labels, **given)
     t = best_of(call, args.repeats)
-    print(f"{args.preset} batch {args.batch}{f' known_rows {args.known_rows}' if args.known_rows else ''}: cached sample {t * 1e3:.1f} ms, {args.batch / t:.4g} img/s (best of "
-          f"{args.repeats})")
+    print(f"{args.preset} batch {args.batch}{f' known_rows {args.known_rows}' if args.known_rows else ''}, draw "
+          f"{args.draw}: cached sample {t * 1e3:.1f} ms, {args.batch / t:.4g} img/s (best of {args.repeats})")
     if args.forward:
         x = jnp.zeros(shape, jnp.float32)
         fwd = jax.jit(lambda p, x: model.apply({"params": p}, x, labels=labels),
