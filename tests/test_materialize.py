@@ -61,3 +61,6 @@ def test_the_input_of_a_conv_with_xlas_kernel_gradient_is_computed_once():
     transposing = [f for f in text.split("\n}\n") if " transpose(" in f and "f32[16,28,28,32]" in f]
     assert transposing  # the kernel gradient's copy of the conv's input
     assert all(f.count(" add(") == 0 for f in transposing)
+    # Only under differentiation: inference runs the conv on the fused sum, no conditional.
+    forward = jax.jit(lambda k, parts: conv(jax.nn.relu(sum(parts)), k, impl="xla"))
+    assert "conditional(" not in forward.lower(jnp.ones((1, 1, 32, 16)), parts).compile().as_text()

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 from jaxconv.models import conv_impls
 from jaxconv.models.conv_impls import Padding, pair
 from jaxconv.models.conv_policy import ConvPolicy, signature
-from jaxconv.models.materialize import materialize
 
 DEFAULT_POLICY = ConvPolicy()  # the rules, no table, nothing forced
 
@@ -38,11 +37,6 @@ def conv(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int] = 1, padd
         raise ValueError(f"input channels {x.shape[-1]} / kernel {kernel.shape} do not fit groups={groups}")
     if impl is None:
         impl = policy.choose(signature(x.shape, kernel.shape, x.dtype, strides, padding, dilation, groups))
-    if conv_impls.parse_impl(impl)[2] in ("xla", "split"):
-        # XLA:CPU computes the kernel gradient from a transposed copy of x ([Cin, H, W, B]) and fuses x's
-        # producers into that copy, which reads them in transposed order: Gated PixelCNN MNIST's sum of
-        # five skip outputs took 22 ms there per step of batch 64. Computed once instead.
-        x = materialize(x)
     return conv_impls.apply(impl, x, kernel, strides, padding, dilation, groups)
 
 
