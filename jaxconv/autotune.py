@@ -11,7 +11,7 @@ measured once per machine; the run records the winners it used in ``WORKDIR/conv
 a resumed run reads instead of the cache (the same implementations as before the interruption).
 
 Why by hand: XLA's own autotuner covers GPU kernels, not the choice between formulations of a conv
-(im2col, taps, fft) that jaxconv makes above XLA.
+(split, im2col, taps, fft) that jaxconv makes above XLA.
 """
 
 from __future__ import annotations

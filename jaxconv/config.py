@@ -135,7 +135,7 @@ class ConvConfig:
     JAXCONV_CONV_IMPL, JAXCONV_CONV_TABLE, JAXCONV_CONV_RULES, JAXCONV_CONV_AUTOTUNE and
     JAXCONV_CONV_XLA_CPU set these at the command line)."""
 
-    impl: str = _key("", "one implementation everywhere: xla, im2col, taps, fft, or a forward/input_grad/"
+    impl: str = _key("", "one implementation everywhere: xla, split, im2col, taps, fft, or a forward/input_grad/"
                      "kernel_grad triple such as xla/im2col/im2col; empty = the table, then the rules")
     table: str = _key("", "an autotune table from `jaxconv bench conv` (its conv_table.json); empty = none")
     rules: Literal["default", "none"] = _key("default", "none: XLA's conv wherever no table entry applies")

@@ -51,18 +51,20 @@ def time_calls(fn: Callable[[], Any], *, sync: Callable[[Any], Any] = jax.block_
 
 
 def time_alternately(first_fn: Callable[[], Any], second_fn: Callable[[], Any], *, repeats: int, budget: float,
-                     min_time: float = 0.05, sync_first: Callable[[Any], Any] = jax.block_until_ready,
+                     min_time: float = 0.05, warmup: int = 1, sync_first: Callable[[Any], Any] = jax.block_until_ready,
                      sync_second: Callable[[Any], Any] = jax.block_until_ready) -> tuple[dict, dict, list[float]]:
     """Times two calls alternately: each repeat times enough calls of the first, then of the second, to last
     ``min_time``. Returns each one's timing (as ``time_calls``: median_s, min_s, runs_s, number, first_s)
-    and the per-repeat time ratios first / second."""
+    and the per-repeat time ratios first / second. ``warmup``: calls of each after the first (compiling)
+    one, the last of them the estimate."""
     timings = []
     for fn, sync in ((first_fn, sync_first), (second_fn, sync_second)):
         start = time.perf_counter()
         sync(fn())  # compiles
         first = time.perf_counter() - start
-        start = time.perf_counter()
-        sync(fn())
+        for _ in range(max(1, warmup)):
+            start = time.perf_counter()
+            sync(fn())
         estimate = max(time.perf_counter() - start, 1e-7)
         timings.append({"first_s": first, "number": max(1, math.ceil(min_time / estimate)), "estimate": estimate,
                         "runs_s": []})

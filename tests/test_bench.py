@@ -26,12 +26,14 @@ from jaxconv.models import build_model, conv as conv_lib, conv_impls, preset
 from jaxconv.models.conv_policy import ConvPolicy, Rule, signature
 from jaxconv.models.lenet import LeNetConfig
 
-# (x shape, kernel shape, strides, padding, dilation, groups): stride, dilation + groups, odd padding and kernel.
-# Small kernels: each implementation's code is the same for any size, and they compile fast.
+# (x shape, kernel shape, strides, padding, dilation, groups): stride, dilation + groups, odd padding and kernel,
+# and groups with a stride on an input big enough (>= materialize.MIN_ELEMENTS) to be kept for the kernel
+# gradient. Small kernels: each implementation's code is the same for any size, and they compile fast.
 CASES = [
     ((2, 13, 13, 3), (3, 3, 3, 8), 2, ((0, 0), (0, 0)), 1, 1),
     ((2, 12, 12, 6), (3, 3, 3, 4), 1, ((2, 2), (2, 2)), 2, 2),
     ((1, 12, 13, 4), (2, 3, 4, 4), (1, 2), ((2, 0), (1, 1)), (2, 1), 1),
+    ((2, 64, 64, 4), (3, 3, 2, 6), 2, ((1, 1), (1, 1)), 1, 2),
 ]
 
 
@@ -44,7 +46,7 @@ def quick_results(tmp_path_factory):
     return out, written, lines
 
 
-@pytest.mark.parametrize("case", CASES, ids=["strided", "dilated-grouped", "asymmetric"])
+@pytest.mark.parametrize("case", CASES, ids=["strided", "dilated-grouped", "asymmetric", "grouped-strided-kept"])
 def test_conv_implementations_match_xla(case):
     xs, ks, strides, padding, dilation, groups = case
     rng = np.random.default_rng(0)

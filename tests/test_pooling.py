@@ -10,7 +10,8 @@ from jaxconv.models.pooling import max_pool, sum_pool
 
 
 @pytest.mark.parametrize("shape,window,stride", [((2, 28, 28, 3), 2, 2), ((2, 10, 11, 4), 2, 2),
-                                                 ((3, 15, 15, 5), 3, 2), ((1, 7, 9, 2), 3, 2), ((2, 6, 6, 1), 3, 1)])
+                                                 ((3, 15, 15, 5), 3, 2), ((1, 7, 9, 2), 3, 2), ((2, 6, 6, 1), 3, 1),
+                                                 ((1, 8, 7, 2), 2, 3), ((1, 11, 10, 2), 4, 3)])
 def test_pools_equal_flax_forward_and_backward(shape, window, stride):
     x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
     cases = ((max_pool, lambda y: nn.max_pool(y, (window, window), strides=(stride, stride))),

@@ -32,14 +32,17 @@ from jaxconv.train.loop import build_run
 from jaxconv.train.state import TrainState
 
 
+CONTAINERS = ("while", "conditional", "call")  # their thunks' time includes the ops they run: left out
+
+
 def op_sources(hlo_text: str) -> dict[str, str]:
     """Compiled op name -> the jaxpr op_name XLA recorded for it (the model layer and primitive), else its
     result shape: ops XLA made itself (a conv's kernel-gradient layout transposes, canonicalised convs)
     record none."""
     sources = {}
     for line in hlo_text.splitlines():
-        match = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+)", line)
-        if match:
+        match = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\(", line)
+        if match and match.group(3) not in CONTAINERS:
             meta = re.search(r'metadata=\{op_name="([^"]+)"', line)
             sources.setdefault(match.group(1), meta.group(1) if meta else f"{match.group(2)} (no source recorded)")
     return sources

@@ -1,7 +1,7 @@
 """jaxconv's benchmark suite: ``jaxconv bench conv|sample|train|all|report``.
 
 - ``conv``: every conv layer shape of jaxconv's models (and ``--shape``), implementation by
-  implementation (XLA, im2col, taps, FFT, masked vs cropped, PyTorch, and the user's own kernels,
+  implementation (XLA, split, im2col, taps, FFT, masked vs cropped, PyTorch, and the user's own kernels,
   ``--impl module:function``), agreement checked before timing (``jaxconv.bench.conv``);
 - ``sample``: naive vs cached PixelCNN sampling (``jaxconv.bench.sample``);
 - ``train``: training throughput and MFU per preset and device count, vs plain-PyTorch twins of LeNet-5,

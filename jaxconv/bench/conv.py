@@ -2,7 +2,7 @@
 
 The sweep (``run``): for each shape (``jaxconv.bench.conv_shapes``: the layers of jaxconv's presets,
 AlexNet's, ``--shape``), batch size, dtype (float32, bfloat16) and mode, the variants
-(``jaxconv.bench.conv_runners``: XLA, im2col, taps, FFT, masked vs cropped, PyTorch NCHW and NHWC, and
+(``jaxconv.bench.conv_runners``: XLA, split, im2col, taps, FFT, masked vs cropped, PyTorch NCHW and NHWC, and
 the user's kernels, ``user_kernels``: ``jaxconv bench conv --impl module:function``) run on the same data,
 plus the default path when a rule makes it something else (a "forward/input_grad/kernel_grad" triple,
 say). One case is one row (``measure_case``):

@@ -18,8 +18,9 @@ them: ``jaxconv.bench.models.random_params``). Batch sizes 1, 16, 64, 256 (on CP
 - forward: one whole-image forward pass (jitted ``model.apply``) at the same batch; images/s = batch /
   median time. The cached sample and the forward pass are timed alternately
   (``jaxconv.timing.time_alternately``: a shared machine's load changes within seconds);
-  ``cached.forward_passes`` = the median over those repeats of cached time / forward time, per image alike: the cached sampler's cost in forward passes (about 1 is the
-  floor: it computes each layer at each position once).
+  ``cached.forward_passes`` = the median over those repeats of cached time / forward time, per image
+  alike: the cached sampler's cost in forward passes (about 1 is the floor: it computes each layer at
+  each position once).
 - naive: one whole-image forward pass per variable, so every variable costs the same; the naive loop
   (``jaxconv.sampling``'s own step) is timed on a fixed number of variables (the last ones of the
   image, ``--naive-variables``) and extrapolated: images/s = batch / (time per variable * H*W*C)

@@ -199,7 +199,8 @@ def measure_pair(name: str, batch: int, devices: int, *, quick: bool, timing: di
     jax_step, jax_loss = train_step_call(config)
     turns = timing["repeats"] if quick else max(timing["repeats"], 9)  # more, shorter turns: a median of ratios
     tj, tt, ratios = time_alternately(jax_step, torch_step, sync_second=torch_sync, repeats=turns,
-                                      budget=2 * timing["budget"], min_time=timing["min_time"] / 2)
+                                      budget=2 * timing["budget"], min_time=timing["min_time"] / 2,
+                                      warmup=timing["warmup"])
     row = _row(name, "jax", "float32", devices, batch, tj, flops_per_image, peaks, jax_loss(), quick)
     row["vs_torch"] = statistics.median(1.0 / r for r in ratios)  # torch time / jax time = jax / torch img/s
     return row, _row(name, "torch", "float32", 1, batch, tt, flops_per_image, peaks, torch_loss(), quick)
@@ -260,13 +261,15 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                     log(f"{name} {dtype} batch {batch} on {d} device(s): {row['images_per_s']:.4g} img/s, "
                         f"first step {row['compile_s']:.2f} s, MFU {row['mfu'] or 0:.2%} "
                         f"({time.perf_counter() - start:.0f} s)")
-                if compare and trow is None:  # no default-device row: the twin alone
+                if compare and trow is None:  # no default-device row (or no PyTorch): the twin alone
                     config = run_config(name, batch, 1, "float32", quick)
                     batch_np = next(train_batches(load_split(config.data, "train"), batch, 0, 0))
                     trow = measure_torch(name, config, batch, batch_np["images"], batch_np["labels"], timing, flops,
                                          peaks, quick)
                 if compare and trow is None:
-                    notes.append(f"PyTorch not installed: no {name} comparison (pip install 'jaxconv[bench]')")
+                    note = f"PyTorch not installed: no {name} comparison (pip install 'jaxconv[bench]')"
+                    if note not in notes:
+                        notes.append(note)
                 elif compare:
                     rows.append(trow)
                     twin_params = param_count(name, run_config(name, batch, 1, "float32", quick).model)

@@ -20,6 +20,8 @@ o // (Cout / G)).
 An implementation name can also be a triple "forward/input_grad/kernel_grad", e.g. "taps/xla/fft":
 the output by ``taps``, and in the backward pass the input gradient as ``xla``'s and the kernel
 gradient as ``fft``'s (a ``jax.custom_vjp``); XLA's backward convs are the slow part on some shapes.
+On CPU a conv whose kernel gradient is XLA's is a ``jax.custom_vjp`` too (``apply``), so that it can keep
+its input for the backward pass in its own buffer.
 Which implementation a layer uses is the conv policy's choice (``jaxconv.models.conv_policy``).
 """
 
@@ -180,12 +182,12 @@ def composite(fwd: str, dx: str, dw: str, strides, padding, dilation, groups, ke
 def apply(impl: str, x, kernel, strides, padding, dilation, groups):
     """``impl`` (a name or a "forward/input_grad/kernel_grad" triple) on one conv.
 
-    When XLA computes the kernel gradient (``xla``, ``split``), it reads the input through a transposed
-    copy ([Cin, H, W, B]) into which XLA:CPU fuses the input's producers, read in transposed order (Gated
+    When XLA:CPU computes the kernel gradient (``xla``, ``split``), it reads the input through a transposed
+    copy ([Cin, H, W, B]) into which it fuses the input's producers, read in transposed order (Gated
     PixelCNN's sum of five skip outputs took 22 ms there per step of batch 64): under differentiation the
     input is computed once (``composite``'s ``keep_input``)."""
     fwd, dx, dw = parse_impl(impl)
-    keep_input = dw in ("xla", "split")
+    keep_input = dw in ("xla", "split") and jax.default_backend() == "cpu"
     if fwd == dx == dw and not keep_input:
         return IMPLEMENTATIONS[fwd](x, kernel, strides, padding, dilation, groups)
     return composite(fwd, dx, dw, strides, padding, dilation, groups, keep_input)(x, kernel)

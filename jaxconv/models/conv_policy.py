@@ -122,8 +122,7 @@ ANY = (1, 1 << 62)  # an open range's upper end
 
 # XLA:CPU's conv (its Eigen kernels, ``xla_cpu="eigen"``) misses its fast path on these shape classes;
 # each alternative is tested equal to XLA's conv (tests/test_bench.py). The notes quote per-pass medians
-# (ms: forward / input gradient / kernel gradient, float32) that conv.autotune measured on the 2-core AMD
-# EPYC, except the grouped convs' (`jaxconv bench conv`, forward + backward).
+# (ms: forward / input gradient / kernel gradient, float32) that conv.autotune measured on the 2-core AMD EPYC.
 RULES: tuple[Rule, ...] = (
     Rule("im2col", backend="cpu", out_pixels=(1, 1),
          note="one output pixel (LeNet C5, the cached samplers' windows) is one matmul: LeNet C5 b64 "
