@@ -331,3 +331,19 @@ def test_cli_bench_conv_and_report(tmp_path):
     assert done.returncode == 0 and "Conv layers" in done.stdout, done.stderr
     done = run_cli("bench", "conv", "--shape", "1,2,3")
     assert done.returncode == ConfigError.exit_code and done.stderr.startswith("jaxconv: error: --shape '1,2,3'")
+
+
+def test_the_conv_targets_are_the_issues_a_geomean_per_set_and_a_worst_shape():
+    """>= 1.0 geo-mean in every shape set (the lowest set is reported) and >= 0.7 on the worst shape."""
+    from jaxconv.bench.conv import _targets
+
+    def row(shape, ratio, mode="forward_backward"):
+        return {"shape": shape, "mode": mode, "dtype": "float32", "default_vs_torch": ratio}
+
+    rows = [row("a:1", 2.0), row("a:2", 0.5), row("b:1", 0.9), row("b:2", 1.0), row("a:3", 0.1, "forward"),
+            row("user:x", 0.01)]
+    per_set, worst = _targets(rows, accelerator=False)
+    assert "(b)" in per_set["name"] and per_set["value"] == pytest.approx(0.9 ** 0.5) and not per_set["met"]
+    assert worst["value"] == 0.5 and worst["goal"] == ">= 0.7" and not worst["met"]
+    per_set, worst = _targets([row("a:1", 2.0), row("a:2", 0.75)], accelerator=False)
+    assert per_set["met"] and worst["met"]

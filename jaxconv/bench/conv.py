@@ -223,13 +223,23 @@ def _progress_line(done: int, total: int, row: dict) -> str:
 
 
 def _targets(rows: list[dict], accelerator: bool) -> list[dict]:
+    """Issue 13's conv targets: per shape set the default path's geo-mean speed vs PyTorch >= 1.0 (the lowest
+    set reported), and its worst shape >= 0.7 (float32, forward + backward, the model layers)."""
     model = [r for r in rows if not r["shape"].startswith("user:")]
-    fb32 = [r for r in model if r["mode"] == "forward_backward" and r["dtype"] == "float32"]
-    ratios = [r["default_vs_torch"] for r in fb32 if r["default_vs_torch"] is not None]
-    worst = min(ratios) if ratios else None
-    targets = [{"name": "default conv path / PyTorch, worst model layer shape (float32, forward_backward)",
-                "value": worst, "goal": ">= 1.0 on every shape",
-                "met": (worst >= 1.0) if worst is not None else None}]
+    fb32 = [r for r in model if r["mode"] == "forward_backward" and r["dtype"] == "float32"
+            and r["default_vs_torch"] is not None]
+    by_set: dict[str, list[float]] = {}
+    for r in fb32:
+        by_set.setdefault(r["shape"].split(":")[0], []).append(r["default_vs_torch"])
+    geo = {s: math.exp(sum(math.log(v) for v in vals) / len(vals)) for s, vals in by_set.items()}
+    lowest = min(geo, key=geo.get) if geo else None
+    worst = min((r["default_vs_torch"] for r in fb32), default=None)
+    targets = [{"name": "default conv path / PyTorch, geo-mean over a shape set's layers, lowest set"
+                        + (f" ({lowest})" if lowest else "") + " (float32, forward_backward)",
+                "value": geo[lowest] if lowest else None, "goal": ">= 1.0 in every set",
+                "met": (geo[lowest] >= 1.0) if lowest else None},
+               {"name": "default conv path / PyTorch, worst model layer shape (float32, forward_backward)",
+                "value": worst, "goal": ">= 0.7", "met": (worst >= 0.7) if worst is not None else None}]
     if accelerator:
         bf = [r["default_vs_torch"] for r in model if r["mode"] == "forward_backward" and r["dtype"] == "bfloat16"
               and r["default_vs_torch"] is not None]
