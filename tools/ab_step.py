@@ -1,0 +1,55 @@
+"""Train-step time of one bench preset under several config variants, timed in turns in one process.
+
+Each variant is ``--set`` overrides of the preset's bench config (``jaxconv.bench.train.run_config``: the
+run's real jitted train step on one fixed batch); every round runs a few steps of each variant in turn,
+so the machine's drift (up to 2x within minutes on a shared VM) hits all variants alike. It prints each
+variant's median step time. An empty variant is the defaults.
+
+    python tools/ab_step.py pixelcnn_mnist --batch 64 '' 'conv.impl=xla' 'conv.table=t.json;conv.rules=none'
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from jaxconv import hostmem
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("preset")
+    parser.add_argument("variants", nargs="+", help="';'-separated KEY=VALUE overrides per variant ('' = defaults)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5, help="steps of each variant per round")
+    args = parser.parse_args()
+    hostmem.keep_freed_memory()  # as jaxconv.cli does, before XLA's threads allocate
+
+    import jax  # after the memory setting
+
+    from jaxconv.bench.train import run_config, train_step_call
+    from jaxconv.config import apply_overrides
+
+    steps, times = [], []
+    for variant in args.variants:
+        overrides = [s for s in variant.split(";") if s]
+        step, _ = train_step_call(apply_overrides(run_config(args.preset, args.batch, 1, "float32", False), overrides))
+        for _ in range(3):  # compile and warm up
+            jax.block_until_ready(step())
+        steps.append(step)
+        times.append([])
+    for _ in range(args.rounds):
+        for step, runs in zip(steps, times):
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                jax.block_until_ready(step())
+                runs.append(time.perf_counter() - start)
+    for variant, runs in zip(args.variants, times):
+        print(f"{variant or '(defaults)':50s} median {statistics.median(runs) * 1e3:8.1f} ms per step "
+              f"({args.batch / statistics.median(runs):,.0f} img/s)")
+
+
+if __name__ == "__main__":
+    main()
