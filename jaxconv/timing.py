@@ -23,29 +23,28 @@ from typing import Any, Callable
 import jax
 
 
+def _call_time(fn: Callable[[], Any], sync: Callable[[Any], Any], number: int = 1) -> float:
+    """Seconds per call of ``number`` calls of ``fn``, the last one's result synced."""
+    start = time.perf_counter()
+    result = None
+    for _ in range(number):
+        result = fn()
+    sync(result)
+    return (time.perf_counter() - start) / number
+
+
 def time_calls(fn: Callable[[], Any], *, sync: Callable[[Any], Any] = jax.block_until_ready, warmup: int = 1,
                repeats: int = 5, min_time: float = 0.05, budget: float = 10.0, max_number: int = 10_000,
                estimate: float | None = None) -> dict:
     first = None
     if estimate is None:
-        start = time.perf_counter()
-        sync(fn())
-        first = estimate = time.perf_counter() - start
+        first = estimate = _call_time(fn, sync)
     for _ in range(warmup if estimate * warmup < budget / 10 else 0):
-        start = time.perf_counter()
-        sync(fn())
-        estimate = time.perf_counter() - start
+        estimate = _call_time(fn, sync)
     estimate = max(estimate, 1e-7)
     number = max(1, min(max_number, math.ceil(min_time / estimate)))
     repeats = max(1, min(repeats, int(budget / (estimate * number))))
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = None
-        for _ in range(number):
-            result = fn()
-        sync(result)
-        runs.append((time.perf_counter() - start) / number)
+    runs = [_call_time(fn, sync, number) for _ in range(repeats)]
     return {"median_s": statistics.median(runs), "min_s": min(runs), "runs_s": runs, "number": number,
             "first_s": first}
 
@@ -59,24 +58,14 @@ def time_alternately(first_fn: Callable[[], Any], second_fn: Callable[[], Any], 
     one, the last of them the estimate."""
     timings = []
     for fn, sync in ((first_fn, sync_first), (second_fn, sync_second)):
-        start = time.perf_counter()
-        sync(fn())  # compiles
-        first = time.perf_counter() - start
-        for _ in range(max(1, warmup)):
-            start = time.perf_counter()
-            sync(fn())
-        estimate = max(time.perf_counter() - start, 1e-7)
+        first = _call_time(fn, sync)  # compiles
+        estimate = max([_call_time(fn, sync) for _ in range(max(1, warmup))][-1], 1e-7)
         timings.append({"first_s": first, "number": max(1, math.ceil(min_time / estimate)), "estimate": estimate,
                         "runs_s": []})
     per_repeat = sum(t["estimate"] * t["number"] for t in timings)
     for _ in range(max(1, min(repeats, int(budget / per_repeat)))):
         for fn, sync, t in zip((first_fn, second_fn), (sync_first, sync_second), timings):
-            start = time.perf_counter()
-            result = None
-            for _ in range(t["number"]):
-                result = fn()
-            sync(result)
-            t["runs_s"].append((time.perf_counter() - start) / t["number"])
+            t["runs_s"].append(_call_time(fn, sync, t["number"]))
     ratios = [a / b for a, b in zip(timings[0]["runs_s"], timings[1]["runs_s"])]
     for t in timings:
         del t["estimate"]

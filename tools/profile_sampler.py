@@ -30,16 +30,17 @@ CONTAINERS = ("while", "conditional", "call")  # their thunks' time includes the
 
 
 def op_sources(hlo_text: str) -> tuple[dict[str, str], set[str]]:
-    """Compiled op name -> the jaxpr op_name XLA recorded for it (the model layer and primitive), and
+    """Compiled op name -> the jaxpr op_name XLA recorded for it (the model layer and primitive), else its
+    result shape (ops XLA made itself, such as a conv's kernel-gradient layout copies, record none); and
     the names of control-flow ops (while loops, conditionals, calls), whose time includes their bodies'."""
     sources, containers = {}, set()
     for line in hlo_text.splitlines():
-        match = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (?:\(.*?\)|\S+) ([\w\-]+)\(", line)
+        match = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\(", line)
         if not match:
             continue
-        name, opcode = match.groups()
+        name, shape, opcode = match.groups()
         meta = re.search(r'metadata=\{op_name="([^"]+)"', line)
-        sources.setdefault(name, meta.group(1) if meta else "")
+        sources.setdefault(name, meta.group(1) if meta else f"{shape} (no source recorded)")
         if opcode in CONTAINERS:
             containers.add(name)
     return sources, containers

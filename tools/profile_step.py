@@ -13,7 +13,6 @@ import argparse
 import collections
 import gzip
 import json
-import re
 import resource
 import tempfile
 import time
@@ -30,22 +29,7 @@ from jaxconv.data.pipeline import train_batches
 from jaxconv.models import build_run_model
 from jaxconv.train.loop import build_run
 from jaxconv.train.state import TrainState
-
-
-CONTAINERS = ("while", "conditional", "call")  # their thunks' time includes the ops they run: left out
-
-
-def op_sources(hlo_text: str) -> dict[str, str]:
-    """Compiled op name -> the jaxpr op_name XLA recorded for it (the model layer and primitive), else its
-    result shape: ops XLA made itself (a conv's kernel-gradient layout transposes, canonicalised convs)
-    record none."""
-    sources = {}
-    for line in hlo_text.splitlines():
-        match = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\(", line)
-        if match and match.group(3) not in CONTAINERS:
-            meta = re.search(r'metadata=\{op_name="([^"]+)"', line)
-            sources.setdefault(match.group(1), meta.group(1) if meta else f"{match.group(2)} (no source recorded)")
-    return sources
+from profile_sampler import op_sources  # tools/, beside this script
 
 
 def main() -> None:
@@ -64,7 +48,7 @@ def main() -> None:
                                            opt_state=run.tx.init(params), rng=jax.random.key_data(jax.random.key(0))))
     batch = run.par.put_batch(next(train_batches(run.train_data, args.batch, 0, 0)))
     step = run.train_step
-    sources = op_sources(step.lower(state, batch).compile().as_text())
+    sources, containers = op_sources(step.lower(state, batch).compile().as_text())
     for _ in range(3):
         state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
@@ -87,7 +71,7 @@ def main() -> None:
         events = json.load(gzip.open(trace))["traceEvents"]
     totals = collections.Counter()
     for event in events:
-        if event.get("ph") == "X" and event["name"] in sources:
+        if event.get("ph") == "X" and event["name"] in sources and event["name"] not in containers:
             totals[event["name"]] += event.get("dur", 0) / args.steps / 1e3
     print(f"{args.preset} batch {args.batch}: {sum(totals.values()):.2f} ms per step in compiled ops")
     for name, ms in totals.most_common(args.top):

@@ -185,13 +185,19 @@ def measure_torch(name: str, config: Config, batch: int, images: np.ndarray, lab
     return _row(name, "torch", "float32", 1, batch, t, flops_per_image, peaks, loss(), quick)
 
 
+def _twin_inputs(name: str, batch: int, quick: bool) -> tuple[Config, np.ndarray, np.ndarray]:
+    """A twin's config (one device, float32) and the first train batch's images and labels."""
+    config = run_config(name, batch, 1, "float32", quick)
+    batch_np = next(train_batches(load_split(config.data, "train"), batch, 0, 0))
+    return config, batch_np["images"], batch_np["labels"]
+
+
 def measure_pair(name: str, batch: int, devices: int, *, quick: bool, timing: dict, peaks: dict,
                  flops_per_image: float | None, conv: ConvConfig = ConvConfig()) -> tuple[dict, dict | None]:
     """jaxconv's float32 row and its PyTorch twin's, timed alternately (``time_alternately``): the jax row's
     ``vs_torch`` is the median of the turns' ratios. (jax row, None) without PyTorch."""
     config = run_config(name, batch, devices, "float32", quick, conv)
-    batch_np = next(train_batches(load_split(run_config(name, batch, 1, "float32", quick).data, "train"), batch, 0, 0))
-    call = torch_step_call(name, run_config(name, batch, 1, "float32", quick), batch_np["images"], batch_np["labels"])
+    call = torch_step_call(name, *_twin_inputs(name, batch, quick))
     if call is None:
         return measure(name, batch, devices, "float32", quick=quick, timing=timing, peaks=peaks,
                        flops_per_image=flops_per_image, conv=conv), None
@@ -262,18 +268,15 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                         f"first step {row['compile_s']:.2f} s, MFU {row['mfu'] or 0:.2%} "
                         f"({time.perf_counter() - start:.0f} s)")
                 if compare and trow is None:  # no default-device row (or no PyTorch): the twin alone
-                    config = run_config(name, batch, 1, "float32", quick)
-                    batch_np = next(train_batches(load_split(config.data, "train"), batch, 0, 0))
-                    trow = measure_torch(name, config, batch, batch_np["images"], batch_np["labels"], timing, flops,
-                                         peaks, quick)
+                    config, images, labels = _twin_inputs(name, batch, quick)
+                    trow = measure_torch(name, config, batch, images, labels, timing, flops, peaks, quick)
                 if compare and trow is None:
                     note = f"PyTorch not installed: no {name} comparison (pip install 'jaxconv[bench]')"
                     if note not in notes:
                         notes.append(note)
                 elif compare:
                     rows.append(trow)
-                    twin_params = param_count(name, run_config(name, batch, 1, "float32", quick).model)
-                    note = f"PyTorch twin of {name}: {twin_params:,} parameters, as jaxconv's"
+                    note = f"PyTorch twin of {name}: {param_count(name, model_config):,} parameters, as jaxconv's"
                     if note not in notes:
                         notes.append(note)
                     for r in rows:
