@@ -161,10 +161,11 @@ def test_choice_rules_and_autotune_table(tmp_path):
     to_one = signature((8, 28, 28, 64), (1, 1, 64, 1), jnp.float32, backend="cpu")
     first = signature((64, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
     few = signature((64, 14, 14, 6), (5, 5, 6, 16), jnp.float32, backend="cpu")
+    few_big_batch = signature((256, 14, 14, 6), (5, 5, 6, 16), jnp.float32, backend="cpu")
     wide = signature((64, 29, 30, 32), (2, 3, 32, 64), jnp.float32, backend="cpu")
     strided = signature((8, 227, 227, 3), (11, 11, 3, 96), jnp.float32, strides=4, backend="cpu")
-    assert [policy.choose(s) for s in (grouped, one_by_one, to_one, first, few, wide, strided)] == [
-        "split", "xla", "xla/xla/taps", "taps/im2col/xla", "xla/taps/xla", "xla", "xla"]
+    assert [policy.choose(s) for s in (grouped, one_by_one, to_one, first, few, few_big_batch, wide, strided)] == [
+        "split", "xla", "xla/xla/taps", "taps/im2col/xla", "xla/im2col/xla", "xla/taps/xla", "xla", "xla"]
     on_gpu = signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="gpu")
     assert policy.choose(on_gpu) == "xla"  # the rules are CPU findings
     no_rules = ConvPolicy.from_config(ConvConfig(rules="none"))

@@ -137,10 +137,16 @@ RULES: tuple[Rule, ...] = (
     Rule("xla/xla/taps", backend="cpu", taps=(1, 1), cout=(1, 1),
          note="1x1 convs to one channel (the Bernoulli heads): PixelCNN MNIST 64->1 b64 kernel gradient 0.60 "
               "vs XLA 10.4"),
-    # XLA's input gradient of a conv with few input channels is a slow generic loop.
+    # XLA's input gradient of a conv with few input channels is a slow generic loop. im2col's (one matmul,
+    # then the views' sum) wins alone at every batch, but in the model only up to batch 128: its [B, Ho, Wo,
+    # T * Cin] intermediate (15 MB for LeNet C3 at batch 256) then makes the views' sum slower than taps'.
+    Rule("xla/im2col/xla", backend="cpu", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1), batch=(1, 128),
+         note="input gradient alone (bench conv --modes input_grad): LeNet C3 b64 im2col 0.86 vs taps 1.05 and "
+              "XLA 1.70 (PyTorch 0.62); train step (tools/ab_step.py, vs taps): LeNet-5 b64 6.8 vs 7.3 ms, "
+              "LeNet-5 modern b64 5.0 vs 5.5, b128 8.9 vs 9.2"),
     Rule("xla/taps/xla", backend="cpu", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1),
-         note="few input channels, big kernel: LeNet C3 b64 1.05/2.00/0.99 vs XLA 1.05/4.23/0.99 (b256 "
-              "3.45/11.9/3.99 vs 3.45/10.6/3.99); AlexNet-32 conv1 b32 16.2/28.0/12.0 vs 16.2/65.7/12.0"),
+         note="LeNet C3 b64 1.05/2.00/0.99 vs XLA 1.05/4.23/0.99; train step at b256 vs im2col's input gradient "
+              "(tools/ab_step.py): LeNet-5 25.9 vs 27.7 ms, LeNet-5 modern 20.0 vs 21.9"),
 )
 
 
