@@ -49,7 +49,7 @@ def main() -> None:
     batch = run.par.put_batch(next(train_batches(run.train_data, args.batch, 0, 0)))
     step = run.train_step
     sources, containers = op_sources(step.lower(state, batch).compile().as_text())
-    # Ten, not three: the heap still grew in steps 4-13 of half the runs, 2,000-9,000 page faults and 10-20 ms
+    # Ten, not three: the heap still grew in steps 4-13 of half the runs, 2,200-8,900 page faults and 12-27 ms
     # of system time per step of pixelcnn_mnist at batch 64; none after ten.
     for _ in range(10):
         state, metrics = step(state, batch)
