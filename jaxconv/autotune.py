@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxconv.paths import cache_root
 from jaxconv.timing import time_calls
 from jaxconv.models import build_model
 from jaxconv.models.conv_impls import IMPLEMENTATIONS, TOLERANCE, supports
@@ -40,8 +41,7 @@ TIMING = {"repeats": 3, "min_time": 0.02, "warmup": 1, "budget": 2.0}
 
 
 def cache_path() -> Path:
-    root = os.environ.get("JAXCONV_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxconv"
-    return Path(root) / "conv_autotune.json"
+    return cache_root() / "conv_autotune.json"
 
 
 @dataclasses.dataclass(frozen=True)

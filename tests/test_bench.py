@@ -28,9 +28,11 @@ from jaxconv.models.lenet import LeNetConfig
 
 # (x shape, kernel shape, strides, padding, dilation, groups): stride, dilation + groups, odd padding and kernel,
 # and groups with a stride on an input big enough (>= materialize.MIN_ELEMENTS) to be kept for the kernel
-# gradient. Small kernels: each implementation's code is the same for any size, and they compile fast.
+# gradient; "channel-tails": 20 input channels (16 + 4) and 35 output channels (2 x 16 + 3), the native
+# kernel gradient's full and partial tiles. Small kernels: each implementation's code is the same for any size, and they compile fast.
 CASES = [
     ((2, 13, 13, 3), (3, 3, 3, 8), 2, ((0, 0), (0, 0)), 1, 1),
+    ((3, 9, 10, 20), (3, 2, 20, 35), (2, 1), ((1, 2), (0, 1)), (1, 2), 1),
     ((2, 12, 12, 6), (3, 3, 3, 4), 1, ((2, 2), (2, 2)), 2, 2),
     ((1, 12, 13, 4), (2, 3, 4, 4), (1, 2), ((2, 0), (1, 1)), (2, 1), 1),
     ((2, 64, 64, 4), (3, 3, 2, 6), 2, ((1, 1), (1, 1)), 1, 2),
@@ -46,7 +48,8 @@ def quick_results(tmp_path_factory):
     return out, written, lines
 
 
-@pytest.mark.parametrize("case", CASES, ids=["strided", "dilated-grouped", "asymmetric", "grouped-strided-kept"])
+@pytest.mark.parametrize("case", CASES, ids=["strided", "channel-tails", "dilated-grouped", "asymmetric",
+                                             "grouped-strided-kept"])
 def test_conv_implementations_match_xla(case):
     xs, ks, strides, padding, dilation, groups = case
     rng = np.random.default_rng(0)
@@ -143,7 +146,8 @@ def test_the_conv_policy_is_data_recorded_in_the_run(tmp_path):
 def test_choice_rules_and_autotune_table(tmp_path):
     policy = ConvPolicy()
     sig = signature((8, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
-    assert policy.choose(sig) == "xla"  # single input channel, but batch 8 < 32: the taps rule does not apply
+    # single input channel, but batch 8 < 32: not the taps rule; XLA's conv with the native kernel gradient
+    assert policy.choose(sig) == "xla/xla/native"
     rules = (Rule("taps", backend="gpu"), Rule("im2col", backend="cpu", cin=(1, 3), taps=(25, 121)))
     assert ConvPolicy(rules=rules).choose(sig) == "im2col"
     assert ConvPolicy(rules=(Rule("fft"),)).choose(sig) == "fft"
@@ -164,8 +168,11 @@ def test_choice_rules_and_autotune_table(tmp_path):
     few_big_batch = signature((256, 14, 14, 6), (5, 5, 6, 16), jnp.float32, backend="cpu")
     wide = signature((64, 29, 30, 32), (2, 3, 32, 64), jnp.float32, backend="cpu")
     strided = signature((8, 227, 227, 3), (11, 11, 3, 96), jnp.float32, strides=4, backend="cpu")
-    assert [policy.choose(s) for s in (grouped, one_by_one, to_one, first, few, few_big_batch, wide, strided)] == [
-        "split", "xla", "xla/xla/taps", "taps/im2col/xla", "xla/im2col/xla", "xla/taps/xla", "xla", "xla"]
+    choices = ["split", "xla/xla/native", "xla/xla/taps", "taps/im2col/xla", "xla/im2col/native", "xla/taps/native",
+               "xla/xla/native", "xla/xla/native"]
+    assert [policy.choose(s) for s in (grouped, one_by_one, to_one, first, few, few_big_batch, wide, strided)] == choices
+    in_bf16 = [dataclasses.replace(s, dtype="bfloat16") for s in (one_by_one, few, few_big_batch)]
+    assert [policy.choose(s) for s in in_bf16] == ["xla", "xla/im2col/xla", "xla/taps/xla"]  # native: float32 only
     on_gpu = signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="gpu")
     assert policy.choose(on_gpu) == "xla"  # the rules are CPU findings
     no_rules = ConvPolicy.from_config(ConvConfig(rules="none"))

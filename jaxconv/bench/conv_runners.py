@@ -6,7 +6,7 @@ A variant turns canonical NHWC/HWIO data into its layout and computes ``shape.ou
 PyTorch's single-pass modes, ``aten.convolution_backward`` (the kernel autograd itself calls). Variants:
 
 - JAX, NHWC: ``xla`` (``lax.conv_general_dilated``), ``im2col``, ``taps``, ``fft`` (float32, kernels
-  of 25 taps or more) from ``jaxconv.models.conv_impls``; masked shapes: ``masked`` and ``cropped``, the
+  of 25 taps or more), ``native`` (float32, one group) from ``jaxconv.models.conv_impls``; masked shapes: ``masked`` and ``cropped``, the
   ``MaskedConv2D`` layer in either form (its bias is zero), instead of ``xla``;
 - JAX, NCHW: ``xla`` with NCHW/OIHW dimension numbers;
 - PyTorch (optional, ``pip install "jaxconv[bench]"``): ``torch.nn.functional.conv2d``, NCHW
@@ -106,6 +106,7 @@ VARIANTS: list[Variant] = [
     Variant("im2col", "jax", "NHWC"),
     Variant("taps", "jax", "NHWC", lambda s, d: 1 < s.kh * s.kw <= 49),  # one tap: the same matmul as im2col
     Variant("fft", "jax", "NHWC", _fft_applies),
+    Variant("native", "jax", "NHWC", lambda s, d: d == "float32" and s.groups == 1),  # else the same as xla
     Variant("torch", "torch", "NCHW"),
     Variant("torch", "torch", "NHWC"),
 ]

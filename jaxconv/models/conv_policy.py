@@ -17,9 +17,9 @@ An implementation that cannot run a layer (``fft`` in bfloat16) falls back to ``
 autotuning, the conv bench): "eigen" (XLA's own) or "ynnpack" (XLA's default in jaxlib 0.10).
 
 ``RULES`` holds the CPU rules, each for a shape class where XLA:CPU's (Eigen) conv misses its fast path
-(one-pixel outputs, single-input-channel layers, grouped convs, 1x1 convs to one channel, and the input
-gradient of convs with few input channels; README, Benchmarks); each ``note`` quotes the measurement
-behind it. To adopt a measured winner for another shape class, add a ``Rule``.
+(one-pixel outputs, single-input-channel layers, grouped convs, 1x1 convs to one channel, the input
+gradient of convs with few input channels, and in float32 every other kernel gradient, which the native
+C++ kernel computes; README, Benchmarks); each ``note`` quotes the measurement behind it. To adopt a measured winner for another shape class, add a ``Rule``.
 """
 
 from __future__ import annotations
@@ -140,13 +140,24 @@ RULES: tuple[Rule, ...] = (
     # XLA's input gradient of a conv with few input channels is a slow generic loop. im2col's (one matmul,
     # then the views' sum) wins alone at every batch, but in the model only up to batch 128: its [B, Ho, Wo,
     # T * Cin] intermediate (15 MB for LeNet C3 at batch 256) then makes the views' sum slower than taps'.
+    # In float32 the kernel gradient is the native kernel's (see the last rule).
+    Rule("xla/im2col/native", backend="cpu", dtype="float32", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1),
+         batch=(1, 128), note="as the next rule; kernel gradient LeNet C3 b64 native 0.19 vs XLA 0.47"),
     Rule("xla/im2col/xla", backend="cpu", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1), batch=(1, 128),
          note="input gradient alone (bench conv --modes input_grad): LeNet C3 b64 im2col 0.86 vs taps 1.05 and "
               "XLA 1.70 (PyTorch 0.62); train step (tools/ab_step.py, vs taps): LeNet-5 b64 6.8 vs 7.3 ms, "
               "LeNet-5 modern b64 5.0 vs 5.5, b128 8.9 vs 9.2"),
+    Rule("xla/taps/native", backend="cpu", dtype="float32", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1),
+         note="as the next rule; kernel gradient LeNet C3 b256 native 0.61 vs XLA 1.67"),
     Rule("xla/taps/xla", backend="cpu", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1),
          note="LeNet C3 b64 1.05/2.00/0.99 vs XLA 1.05/4.23/0.99; train step at b256 vs im2col's input gradient "
               "(tools/ab_step.py): LeNet-5 25.9 vs 27.7 ms, LeNet-5 modern 20.0 vs 21.9"),
+    # XLA:CPU's kernel gradient runs at 15-60 GFLOP/s on most layers; the native kernel's at 60-190
+    # (jaxconv bench conv --modes kernel_grad --impls xla,native,torch).
+    Rule("xla/xla/native", backend="cpu", dtype="float32", groups=(1, 1),
+         note="kernel gradient: PixelCNN MNIST 1x1 32->16 b64 0.26 vs XLA 2.76 (PyTorch 0.34), 2x3 32->64 6.3 "
+              "vs 12.5 (7.8), 3x3 16->16 mask B 1.19 vs 4.91 (1.40); PixelCNN CIFAR 2x3 60->120 b16 9.1 vs 12.2 "
+              "(9.9); AlexNet-32 conv3 b32 17.6 vs 30.6 (16.3)"),
 )
 
 

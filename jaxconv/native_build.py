@@ -1,0 +1,72 @@
+"""Builds jaxconv's C++ XLA FFI handlers on the user's machine, once, into ``cache_root()/native``.
+
+With the machine's C++ compiler (``$CXX``, else ``g++``), against the FFI headers that jaxlib ships, for
+this CPU (``-march=native``). The file name carries a digest of the source, the jaxlib version, the
+compiler, the flags and the CPU's features, so an edit, an upgrade or another machine sharing the cache
+builds its own. Why at run time: the library must match the installed jaxlib's FFI and the CPU it runs
+on, and a pure-Python wheel keeps ``pip install`` free of a build step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jaxlib
+
+from jaxconv.paths import cache_root
+
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+
+
+def _cpu_features() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def library_path(source: Path) -> Path:
+    key = "\n".join([source.read_text(), jaxlib.__version__, os.environ.get("CXX", "g++"), *FLAGS, _cpu_features()])
+    return cache_root() / "native" / f"{source.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+def load(source: Path) -> ctypes.CDLL:
+    """``source`` built into a shared library and loaded: built first if missing, and built again if the
+    cached file does not load (damaged). OSError (compiler missing or failing) when it cannot be built."""
+    path = library_path(source)
+    if path.exists():
+        try:
+            return ctypes.CDLL(str(path))
+        except OSError:
+            pass
+    _build(source, path)
+    return ctypes.CDLL(str(path))
+
+
+def _build(source: Path, path: Path) -> None:
+    """Compiles into a temporary file beside ``path``, then renames it: processes building at once
+    each write their own file and the last rename wins, a whole library either way."""
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise OSError(f"no C++ compiler {compiler!r} on PATH (set CXX)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(source), "-o", tmp],
+                              capture_output=True, text=True)
+        if done.returncode:
+            last = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+            raise OSError(f"{compiler} failed: {last[0]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

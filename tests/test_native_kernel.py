@@ -1,0 +1,71 @@
+"""The native CPU kernel gradient (jaxconv.models.cpu_kernel_grad): that the default path really runs it,
+that a batch split over devices stays split, and that a machine without a compiler, or with a damaged
+cache, still trains (XLA's kernel gradient, one warning)."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from conftest import REPO, run_cli
+from jaxconv.models import conv as conv_lib, cpu_kernel_grad
+
+
+def _grads(impl, x, k):
+    loss = lambda x, k: jnp.sum(jnp.sin(conv_lib.conv(x, k, 1, ((1, 1), (0, 2)), (1, 2), 1, impl=impl)))
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
+def test_batch_split_over_devices_sums_per_device_kernel_gradients():
+    assert cpu_kernel_grad.reason() == ""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((16, 10, 9, 18)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 2, 18, 20)) / 10, jnp.float32)
+    split = jax.device_put(x, NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data")))
+    native = _grads("xla/xla/native", split, k)
+    program = native.lower(split, k).compile().as_text()
+    assert f'custom_call_target="{cpu_kernel_grad.TARGET}"' in program
+    assert "all-gather" not in program and "all-reduce" in program  # each device its images, then a sum
+    for a, b in zip(native(split, k), _grads("xla", x, k)(x, k)):
+        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+CHECK = """
+import jax, jax.numpy as jnp, numpy as np
+from jaxconv.models import conv as conv_lib, cpu_kernel_grad
+x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 8, 8, 17)), jnp.float32)
+k = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 17, 16)), jnp.float32)
+grad = lambda impl: jax.grad(lambda k: jnp.sum(jnp.cos(conv_lib.conv(x, k, 1, ((1, 1), (1, 1)), impl=impl))))(k)
+np.testing.assert_allclose(grad("native"), grad("xla"), rtol=1e-4, atol=1e-4)
+print("reason:", cpu_kernel_grad.reason() or "none")
+"""
+
+
+def _check(tmp_path, **env):
+    return subprocess.run([sys.executable, "-c", CHECK], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAXCONV_CACHE_DIR": str(tmp_path), **env})
+
+
+def test_a_damaged_cached_library_is_built_again(tmp_path):
+    first = _check(tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "reason: none" in first.stdout
+    (library,) = (tmp_path / "native").glob("*.so")
+    library.write_bytes(b"not a shared library")
+    again = _check(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "reason: none" in again.stdout and "unavailable" not in again.stderr
+    assert library.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_training_without_a_compiler_uses_xlas_kernel_gradient(tmp_path):
+    run = run_cli("train", "pixelcnn_mnist", "--smoke", "--workdir", str(tmp_path / "run"), timeout=300,
+                  env={**os.environ, "JAXCONV_CACHE_DIR": str(tmp_path), "CXX": str(tmp_path / "no-such-compiler")})
+    assert run.returncode == 0, run.stderr
+    warnings = [line for line in run.stderr.splitlines() if "native CPU kernel gradient is unavailable" in line]
+    assert len(warnings) == 1, run.stderr
+    assert not list((tmp_path / "native").glob("*.so"))
