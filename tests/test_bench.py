@@ -29,10 +29,13 @@ from jaxconv.models.lenet import LeNetConfig
 # (x shape, kernel shape, strides, padding, dilation, groups): stride, dilation + groups, odd padding and kernel,
 # and groups with a stride on an input big enough (>= materialize.MIN_ELEMENTS) to be kept for the kernel
 # gradient; "channel-tails": 20 input channels (16 + 4) and 35 output channels (2 x 16 + 3), the native
-# kernel gradient's full and partial tiles. Small kernels: each implementation's code is the same for any size, and they compile fast.
+# kernel gradient's full and partial tiles; "one-channel-padded": one input channel, whose native kernel
+# gradient takes a row's taps as the tile's channels where all are inside the padded image. Small kernels: each
+# implementation's code is the same for any size, and they compile fast.
 CASES = [
     ((2, 13, 13, 3), (3, 3, 3, 8), 2, ((0, 0), (0, 0)), 1, 1),
     ((3, 9, 10, 20), (3, 2, 20, 35), (2, 1), ((1, 2), (0, 1)), (1, 2), 1),
+    ((2, 11, 12, 1), (3, 5, 1, 18), (1, 2), ((2, 1), (2, 3)), (2, 1), 1),
     ((2, 12, 12, 6), (3, 3, 3, 4), 1, ((2, 2), (2, 2)), 2, 2),
     ((1, 12, 13, 4), (2, 3, 4, 4), (1, 2), ((2, 0), (1, 1)), (2, 1), 1),
     ((2, 64, 64, 4), (3, 3, 2, 6), 2, ((1, 1), (1, 1)), 1, 2),
@@ -48,8 +51,8 @@ def quick_results(tmp_path_factory):
     return out, written, lines
 
 
-@pytest.mark.parametrize("case", CASES, ids=["strided", "channel-tails", "dilated-grouped", "asymmetric",
-                                             "grouped-strided-kept"])
+@pytest.mark.parametrize("case", CASES, ids=["strided", "channel-tails", "one-channel-padded", "dilated-grouped",
+                                             "asymmetric", "grouped-strided-kept"])
 def test_conv_implementations_match_xla(case):
     xs, ks, strides, padding, dilation, groups = case
     rng = np.random.default_rng(0)
@@ -168,11 +171,12 @@ def test_choice_rules_and_autotune_table(tmp_path):
     few_big_batch = signature((256, 14, 14, 6), (5, 5, 6, 16), jnp.float32, backend="cpu")
     wide = signature((64, 29, 30, 32), (2, 3, 32, 64), jnp.float32, backend="cpu")
     strided = signature((8, 227, 227, 3), (11, 11, 3, 96), jnp.float32, strides=4, backend="cpu")
-    choices = ["split", "xla/xla/native", "xla/xla/taps", "taps/im2col/xla", "xla/im2col/native", "xla/taps/native",
+    choices = ["split", "xla/xla/native", "xla/xla/taps", "taps/im2col/native", "xla/im2col/native", "xla/taps/native",
                "xla/xla/native", "xla/xla/native"]
     assert [policy.choose(s) for s in (grouped, one_by_one, to_one, first, few, few_big_batch, wide, strided)] == choices
-    in_bf16 = [dataclasses.replace(s, dtype="bfloat16") for s in (one_by_one, few, few_big_batch)]
-    assert [policy.choose(s) for s in in_bf16] == ["xla", "xla/im2col/xla", "xla/taps/xla"]  # native: float32 only
+    in_bf16 = [dataclasses.replace(s, dtype="bfloat16") for s in (one_by_one, first, few, few_big_batch)]
+    # native: float32 only
+    assert [policy.choose(s) for s in in_bf16] == ["xla", "taps/im2col/xla", "xla/im2col/xla", "xla/taps/xla"]
     on_gpu = signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="gpu")
     assert policy.choose(on_gpu) == "xla"  # the rules are CPU findings
     no_rules = ConvPolicy.from_config(ConvConfig(rules="none"))

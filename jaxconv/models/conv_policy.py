@@ -127,6 +127,9 @@ RULES: tuple[Rule, ...] = (
     Rule("im2col", backend="cpu", out_pixels=(1, 1),
          note="one output pixel (LeNet C5, the cached samplers' windows) is one matmul: LeNet C5 b64 "
               "0.28/0.37/0.19 vs XLA 0.23/5.86/0.30"),
+    Rule("taps/im2col/native", backend="cpu", dtype="float32", cin=(1, 1), taps=(2, 49), batch=(32, ANY[1]),
+         note="as the next rule; kernel gradient (a row's taps as the native tile's channels) LeNet C1 b256 1.07 "
+              "vs XLA 2.30, PixelCNN 7x7 mask A b64 0.86 vs 1.96"),
     Rule("taps/im2col/xla", backend="cpu", cin=(1, 1), taps=(2, 49), batch=(32, ANY[1]),
          note="single-input-channel layers: LeNet C1 b64 0.30/1.97/1.69 vs XLA 3.12/10.17/1.69, b256 "
               "2.59/9.28/6.19 vs 14.0/52.7/6.19; PixelCNN 7x7 mask A b64 5.33/6.04/4.62 vs 6.65/22.5/4.62"),

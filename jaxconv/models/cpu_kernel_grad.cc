@@ -86,6 +86,22 @@ struct Partial {
   std::vector<float> dw, tail_g, tail_dw;
 };
 
+// The tile over output rows [y0, y1) and columns [xa, xb) for every output channel: ``xp`` is the input
+// of the first "channel" at (y0, xa), consecutive channels are consecutive floats of x and consecutive
+// rows of dW from row ``r`` (dW viewed as [kh * kw * Cin, Cout]).
+void Span(const Geometry& s, const float* g_image, Partial& part, const float* xp, int channels, int64_t y0,
+          int64_t y1, int64_t xa, int64_t xb, int64_t r) {
+  if (y0 >= y1 || xa >= xb) return;
+  const TileFn tile = PickCB(channels);
+  const int64_t xr = s.sh * s.w * s.cin, xs = s.sw * s.cin, full_cout = s.cout / kOB * kOB;
+  for (int64_t o = 0; o < full_cout; o += kOB)
+    tile(xp, xr, xs, g_image + (y0 * s.wo + xa) * s.cout + o, s.wo * s.cout, s.cout, y1 - y0, xb - xa,
+         part.dw.data() + r * s.cout + o, s.cout);
+  if (full_cout < s.cout)
+    tile(xp, xr, xs, part.tail_g.data() + (y0 * s.wo + xa) * kOB, s.wo * kOB, kOB, y1 - y0, xb - xa,
+         part.tail_dw.data() + r * kOB, kOB);
+}
+
 // One image's contribution to ``part``.
 void Image(const Geometry& s, const float* x, const float* g, int64_t b, Partial& part) {
   const int64_t full_cout = s.cout / kOB * kOB, tail = s.cout - full_cout;
@@ -94,28 +110,49 @@ void Image(const Geometry& s, const float* x, const float* g, int64_t b, Partial
     for (int64_t p = 0; p < s.ho * s.wo; ++p)
       std::memcpy(part.tail_g.data() + p * kOB, g_image + p * s.cout + full_cout, tail * sizeof(float));
   }
+  // With one input channel and no dilation along the width, a row's kw taps read consecutive input
+  // pixels: where all of them are inside the image they are the tile's channels, one load of the
+  // output gradient for kw multiply-adds instead of one.
+  const bool taps_as_channels = s.cin == 1 && s.dw == 1 && s.kw <= kCB;
   for (int64_t i = 0; i < s.kh; ++i) {
     // Output rows y whose input row y*sh + i*dh - pt lies inside the image.
     int64_t y0 = 0, y1 = s.ho;
     while (y0 < y1 && y0 * s.sh + i * s.dh - s.pt < 0) ++y0;
     while (y1 > y0 && (y1 - 1) * s.sh + i * s.dh - s.pt >= s.h) --y1;
-    for (int64_t j = 0; j < s.kw; ++j) {
-      int64_t x0 = 0, x1 = s.wo;
+    if (y0 >= y1) continue;
+    const int64_t yi = y0 * s.sh + i * s.dh - s.pt;
+    // The input of tap (i, j), channel c, at output (y0, column).
+    auto input = [&](int64_t j, int64_t column, int64_t c) {
+      return x + ((b * s.h + yi) * s.w + column * s.sw + j * s.dw - s.pl) * s.cin + c;
+    };
+    auto columns = [&](int64_t j, int64_t& x0, int64_t& x1) {
+      x0 = 0, x1 = s.wo;
       while (x0 < x1 && x0 * s.sw + j * s.dw - s.pl < 0) ++x0;
       while (x1 > x0 && (x1 - 1) * s.sw + j * s.dw - s.pl >= s.w) --x1;
-      if (y0 >= y1 || x0 >= x1) continue;
+    };
+    int64_t xa = s.wo, xb = s.wo;  // columns done with the taps as channels
+    if (taps_as_channels) {
+      int64_t lo = 0, hi = s.wo;
+      for (int64_t j = 0; j < s.kw; ++j) {
+        int64_t x0, x1;
+        columns(j, x0, x1);
+        lo = std::max(lo, x0), hi = std::min(hi, x1);
+      }
+      if (lo < hi) {
+        xa = lo, xb = hi;
+        Span(s, g_image, part, input(0, xa, 0), static_cast<int>(s.kw), y0, y1, xa, xb, i * s.kw);
+      }
+    }
+    for (int64_t j = 0; j < s.kw; ++j) {
+      int64_t x0, x1;
+      columns(j, x0, x1);
       const int64_t t = i * s.kw + j;
-      const int64_t yi = y0 * s.sh + i * s.dh - s.pt, xi = x0 * s.sw + j * s.dw - s.pl;
-      const int64_t xr = s.sh * s.w * s.cin, xs = s.sw * s.cin;
       for (int64_t c = 0; c < s.cin; c += kCB) {
-        const TileFn tile = PickCB(static_cast<int>(std::min<int64_t>(kCB, s.cin - c)));
-        const float* xp = x + ((b * s.h + yi) * s.w + xi) * s.cin + c;
-        for (int64_t o = 0; o < full_cout; o += kOB)
-          tile(xp, xr, xs, g_image + (y0 * s.wo + x0) * s.cout + o, s.wo * s.cout, s.cout, y1 - y0, x1 - x0,
-               part.dw.data() + (t * s.cin + c) * s.cout + o, s.cout);
-        if (tail)
-          tile(xp, xr, xs, part.tail_g.data() + (y0 * s.wo + x0) * kOB, s.wo * kOB, kOB, y1 - y0, x1 - x0,
-               part.tail_dw.data() + (t * s.cin + c) * kOB, kOB);
+        const int channels = static_cast<int>(std::min<int64_t>(kCB, s.cin - c));
+        // Columns left of and right of [xa, xb).
+        const int64_t left_end = std::min(x1, xa), right_start = std::max(x0, xb);
+        Span(s, g_image, part, input(j, x0, c), channels, y0, y1, x0, left_end, t * s.cin + c);
+        Span(s, g_image, part, input(j, right_start, c), channels, y0, y1, right_start, x1, t * s.cin + c);
       }
     }
   }
