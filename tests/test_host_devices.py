@@ -1,6 +1,7 @@
 """parallel.cpu_devices: a CPU run uses one host device unless told to split each batch over more."""
 
 import os
+import re
 
 from jaxconv.train.parallel import host_device_count
 
@@ -11,9 +12,9 @@ def test_one_device_unless_told_otherwise():
 
 
 def _train(cli, tmp_path, name, *sets, xla_flags=""):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    if xla_flags:
-        env["XLA_FLAGS"] = xla_flags
+    # The suite's flags but its device count (conftest.py's compile options stay).
+    env = dict(os.environ, XLA_FLAGS=re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                                            os.environ.get("XLA_FLAGS", "")) + " " + xla_flags)
     args = [arg for item in ("train.steps=2", "train.eval_every=2", "checkpoint.every=2", *sets)
             for arg in ("--set", item)]
     done = cli("train", "lenet_modern_mnist", "--smoke", "--workdir", str(tmp_path / name), *args, env=env)

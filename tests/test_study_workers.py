@@ -77,7 +77,7 @@ def test_a_resumed_run_is_timed_whole(tmp_path):
 
     study, workdir = tmp_path / "one.py", tmp_path / "study"
     study.write_text(STUDY.replace("for k in range(3)", "for k in range(1)").replace(
-        '"train.steps=2"', '"train.steps=400", "train.log_every=1", "checkpoint.every=0"'))
+        '"train.steps=2"', '"train.steps=150", "train.log_every=1", "checkpoint.every=0"'))
     first = start(study, workdir)
     deadline = time.time() + 180
     while not any(r["step"] >= 3 for r in read_metrics(workdir / "r0")):
@@ -90,4 +90,4 @@ def test_a_resumed_run_is_timed_whole(tmp_path):
     assert trained(out) == {"r0"}
     row = json.loads((workdir / "results.json").read_text())[0]
     whole = training_seconds(read_metrics(workdir / "r0"), 32)
-    assert row["steps"] == 400 and row["train_seconds"] == round(whole, 1) and whole > first_part > 0, row
+    assert row["steps"] == 150 and row["train_seconds"] == round(whole, 1) and whole > first_part > 0, row
