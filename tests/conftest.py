@@ -2,11 +2,12 @@
 
 import os
 
-# LLVM's optimisation level 0: the tests check behaviour, not speed, and most of their time is XLA
-# compiling many small programs (tests/test_pooling.py + test_sampler_speed.py: 76 s instead of 106;
-# level 1 saves nothing).
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-                           " --xla_backend_optimization_level=0").strip()
+# LLVM's optimisation level 0 unless XLA_FLAGS sets one: the tests check behaviour, not speed, and most
+# of their time is XLA compiling many small programs (tests/test_pooling.py + test_sampler_speed.py: 76 s
+# instead of 106; level 1 saves nothing).
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One compilation cache for the session: the many short subprocess runs (kill/resume, SIGTERM,
 # CLI errors) then compile each program once instead of once per process.

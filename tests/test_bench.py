@@ -30,12 +30,14 @@ from jaxconv.models.lenet import LeNetConfig
 # and groups with a stride on an input big enough (>= materialize.MIN_ELEMENTS) to be kept for the kernel
 # gradient; "channel-tails": 20 input channels (16 + 4) and 35 output channels (2 x 16 + 3), the native
 # kernel gradient's full and partial tiles; "one-channel-padded": one input channel, whose native kernel
-# gradient takes a row's taps as the tile's channels where all are inside the padded image. Small kernels: each
+# gradient takes a row's taps as the tile's channels where all are inside the padded image; "one-channel-wide":
+# a kernel wider than the image, no column where all of a row's taps are inside. Small kernels: each
 # implementation's code is the same for any size, and they compile fast.
 CASES = [
     ((2, 13, 13, 3), (3, 3, 3, 8), 2, ((0, 0), (0, 0)), 1, 1),
     ((3, 9, 10, 20), (3, 2, 20, 35), (2, 1), ((1, 2), (0, 1)), (1, 2), 1),
     ((2, 11, 12, 1), (3, 5, 1, 18), (1, 2), ((2, 1), (2, 3)), (2, 1), 1),
+    ((1, 5, 4, 1), (2, 7, 1, 3), 1, ((0, 0), (3, 3)), 1, 1),
     ((2, 12, 12, 6), (3, 3, 3, 4), 1, ((2, 2), (2, 2)), 2, 2),
     ((1, 12, 13, 4), (2, 3, 4, 4), (1, 2), ((2, 0), (1, 1)), (2, 1), 1),
     ((2, 64, 64, 4), (3, 3, 2, 6), 2, ((1, 1), (1, 1)), 1, 2),
@@ -51,7 +53,8 @@ def quick_results(tmp_path_factory):
     return out, written, lines
 
 
-@pytest.mark.parametrize("case", CASES, ids=["strided", "channel-tails", "one-channel-padded", "dilated-grouped",
+@pytest.mark.parametrize("case", CASES, ids=["strided", "channel-tails", "one-channel-padded", "one-channel-wide",
+                                             "dilated-grouped",
                                              "asymmetric", "grouped-strided-kept"])
 def test_conv_implementations_match_xla(case):
     xs, ks, strides, padding, dilation, groups = case

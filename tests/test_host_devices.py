@@ -12,7 +12,7 @@ def test_one_device_unless_told_otherwise():
 
 
 def _train(cli, tmp_path, name, *sets, xla_flags=""):
-    # The suite's flags but its device count (conftest.py's compile options stay).
+    # The suite's XLA_FLAGS without its device count (conftest.py's compile options stay), plus xla_flags.
     env = dict(os.environ, XLA_FLAGS=re.sub(r"--xla_force_host_platform_device_count=\d+", "",
                                             os.environ.get("XLA_FLAGS", "")) + " " + xla_flags)
     args = [arg for item in ("train.steps=2", "train.eval_every=2", "checkpoint.every=2", *sets)
