@@ -19,7 +19,8 @@ autotuning, the conv bench): "eigen" (XLA's own) or "ynnpack" (XLA's default in 
 ``RULES`` holds the CPU rules, each for a shape class where XLA:CPU's (Eigen) conv misses its fast path
 (one-pixel outputs, single-input-channel layers, grouped convs, 1x1 convs to one channel, the input
 gradient of convs with few input channels, and in float32 every other kernel gradient, which the native
-C++ kernel computes; README, Benchmarks); each ``note`` quotes the measurement behind it. To adopt a measured winner for another shape class, add a ``Rule``.
+C++ kernel computes; README, Benchmarks); each ``note`` quotes the measurement behind it. To adopt a
+measured winner for another shape class, add a ``Rule``.
 """
 
 from __future__ import annotations

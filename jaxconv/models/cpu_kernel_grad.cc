@@ -86,9 +86,9 @@ struct Partial {
   std::vector<float> dw, tail_g, tail_dw;
 };
 
-// The (non-empty) tile over output rows [y0, y1) and columns [xa, xb) for every output channel: ``xp`` is the input
-// of the first "channel" at (y0, xa), consecutive channels are consecutive floats of x and consecutive
-// rows of dW from row ``r`` (dW viewed as [kh * kw * Cin, Cout]).
+// The (non-empty) tile over output rows [y0, y1) and columns [xa, xb) for every output channel: ``xp``
+// is the input of the first "channel" at (y0, xa), consecutive channels are consecutive floats of x and
+// consecutive rows of dW from row ``r`` (dW viewed as [kh * kw * Cin, Cout]).
 void Span(const Geometry& s, const float* g_image, Partial& part, const float* xp, int channels, int64_t y0,
           int64_t y1, int64_t xa, int64_t xb, int64_t r) {
   const TileFn tile = PickCB(channels);
@@ -146,10 +146,10 @@ void Image(const Geometry& s, const float* x, const float* g, int64_t b, Partial
       int64_t x0, x1;
       columns(j, x0, x1);
       const int64_t t = i * s.kw + j;
+      // Columns left of and right of [xa, xb).
+      const int64_t left_end = std::min(x1, xa), right_start = std::max(x0, xb);
       for (int64_t c = 0; c < s.cin; c += kCB) {
         const int channels = static_cast<int>(std::min<int64_t>(kCB, s.cin - c));
-        // Columns left of and right of [xa, xb).
-        const int64_t left_end = std::min(x1, xa), right_start = std::max(x0, xb);
         // Only non-empty spans form their input pointer: an empty one's may lie past the end of x.
         if (x0 < left_end) Span(s, g_image, part, input(j, x0, c), channels, y0, y1, x0, left_end, t * s.cin + c);
         if (right_start < x1)
