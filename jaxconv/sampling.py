@@ -16,9 +16,7 @@ directly instead, 60x less work per variable, with more float ties (``heads.chec
   group (bernoulli, logistic mixture) the stacks never see the pixel itself, so a pixel's C variables
   share one pass; with three (softmax RGB) each channel recomputes the horizontal stack. The work per
   image is one whole-image forward pass (C for the horizontal stack of softmax RGB) instead of H*W*C.
-  Each row's random numbers are drawn at once (the same values as per variable); the logistic mixture
-  at a temperature other than 1 takes its 256 log-probabilities in a layout XLA:CPU vectorises
-  (``_mixture_log_probs``).
+  Each row's random numbers are drawn at once (the same values as per variable).
 
 ``cached_compiled`` returns the compiled program ``sample_cached`` runs (its HLO op names: profiles,
 ``tools/profile_sampler.py``).
@@ -40,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.models.heads import (check_draw, first_argmax, mixture_draw, sample_variable, scale_values,
-                                  to_images, to_values, variable_log_prob, variable_noise, variable_params)
+                                  to_images, to_values, values_log_prob, variable_noise, variable_params)
 from jaxconv.models.masked import centre_mask, raster_mask
 from jaxconv.models.materialize import materialize
 from jaxconv.models.pixelcnn import GatedPixelCNN, PixelCNN, layer_dilations
@@ -178,59 +176,13 @@ def _row_noise(config, direct: bool, key: jax.Array, i: jax.Array, b: int, w: in
     return jax.vmap(jax.vmap(draw))(n)
 
 
-def _log_sigmoid_pair(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(log_sigmoid(x), log_sigmoid(-x)), each bit for bit as ``jax.nn.log_sigmoid`` computes it
-    (-logaddexp(-x, 0) = -(max(-x, 0) + log1p(exp(-|x|)))), sharing their log1p(exp(-|x|)), which XLA
-    computes twice for the two calls."""
-    shared = jnp.log1p(jnp.exp(-jnp.abs(x)))
-    nan = jnp.isnan(x)
-    return (-jnp.where(nan, -x + 0.0, jnp.maximum(-x, 0.0) + shared),
-            -jnp.where(nan, x + 0.0, jnp.maximum(x, 0.0) + shared))
-
-
-def _log_sigmoid_difference(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``jaxconv.models.heads._log_sigmoid_difference`` with the same operations, but for the midpoint
-    rule's two log-sigmoids (of mid and -mid), which share their transcendentals: 9 instead of 11 per element."""
-    flip = a + b > 0
-    hi, lo = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
-    width = a - b
-    narrow = width < 1e-2
-    log_hi = jax.nn.log_sigmoid(hi)
-    delta = jnp.where(narrow, -1.0, jax.nn.log_sigmoid(lo) - log_hi)
-    exact = log_hi + jnp.log(-jnp.expm1(delta))
-    ls_mid, ls_neg_mid = _log_sigmoid_pair(0.5 * (a + b))
-    approx = jnp.log(jnp.maximum(width, 1e-30)) + ls_mid + ls_neg_mid
-    return jnp.where(narrow, approx, exact)
-
-
-def _mixture_log_probs(params: jax.Array) -> jax.Array:
-    """``variable_log_prob`` of the logistic mixture for all 256 values: params [B, 3K] -> [B, 256].
-
-    The same elementwise formula as ``jaxconv.models.heads`` in a [B, K, 256] layout (the value axis minor,
-    where XLA:CPU vectorises; heads' [B, 256, K] reduces over a minor axis of K = 5, 10x slower at batch 64),
-    and the edge bins' one-sided CDFs only for the values 0 and 255 instead of for all 256 (a select)."""
-    logits, means, log_scales = jnp.split(params.astype(jnp.float32), 3, axis=-1)  # [B, K]
-    inv_scale = jnp.exp(-jnp.maximum(log_scales, -7.0))[..., None]
-    centred = (jnp.arange(256, dtype=jnp.float32) / 255.0 * 2.0 - 1.0) - means[..., None]  # [B, K, 256]
-    upper, lower = inv_scale * (centred + 1.0 / 255.0), inv_scale * (centred - 1.0 / 255.0)
-    log_bin = jnp.concatenate([jax.nn.log_sigmoid(upper[..., :1]),
-                               _log_sigmoid_difference(upper[..., 1:255], lower[..., 1:255]),
-                               jax.nn.log_sigmoid(-lower[..., 255:])], axis=-1)
-    return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1)[..., None] + log_bin, axis=1)
-
-
 def _draw_noise(config, direct: bool, raw_pos: jax.Array, pixel_scaled: jax.Array, c: int, noise: jax.Array,
                 temperature: jax.Array) -> jax.Array:
     """``sample_variable`` with its random numbers given [B, N]: the same draw."""
     params = variable_params(config, raw_pos, pixel_scaled)[:, c]  # [B, Q]
     if direct:
         return mixture_draw(params, noise)
-    if config.head == "logistic_mixture":
-        log_p = _mixture_log_probs(params)
-    else:
-        candidates = jnp.broadcast_to(jnp.arange(config.num_values), (params.shape[0], config.num_values))
-        log_p = variable_log_prob(config, params, candidates)
-    return first_argmax(log_p / temperature + noise)
+    return first_argmax(values_log_prob(config, params) / temperature + noise)
 
 
 def _read(x: jax.Array, index: jax.Array) -> jax.Array:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxconv.preprocess import binarise
 
@@ -184,6 +185,43 @@ def mixture_draw(params: jax.Array, uniforms: jax.Array) -> jax.Array:
     return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.int32)
 
 
+def values_log_prob(config: AutoregressiveConfig, params: jax.Array) -> jax.Array:
+    """log p(v) for every value v of one variable: params [B, Q] -> [B, V] in float32, what both samplers'
+    Gumbel-max draws perturb (``variable_log_prob`` at all V candidates, for the mixture more cheaply)."""
+    params = params.astype(jnp.float32)
+    if config.head == "logistic_mixture":
+        return _mixture_values_log_prob(params)
+    candidates = jnp.broadcast_to(jnp.arange(config.num_values), (params.shape[0], config.num_values))
+    return variable_log_prob(config, params, candidates)
+
+
+def _mixture_values_log_prob(params: jax.Array) -> jax.Array:
+    """The logistic mixture's log p(v) for all 256 values: params [B, 3K] -> [B, 256].
+
+    Every inner bin of a component has the same width w on the logistic's scale, and the exact identity
+    sigmoid(b) - sigmoid(a) = sigmoid(b) sigmoid(-a) (1 - exp(-w)) (w = b - a) makes a bin's log-probability
+    two log-sigmoids and one per-component log(-expm1(-w)): no cancellation in either tail or for narrow
+    bins, 4 transcendentals per (component, value) where ``_mixture_log_prob``'s per-bin formula takes 11.
+    The edge bins' outer edges are -inf and +inf (their log-sigmoids are 0). [B, K, 256] keeps the value
+    axis minor, where XLA:CPU vectorises; sharing each edge's log-sigmoids between its two bins (shifted
+    slices) measured 1.6x slower than computing them twice."""
+    logits, means, log_scales = jnp.split(params, 3, axis=-1)  # [B, K]
+    inv_scale = jnp.exp(-jnp.maximum(log_scales, -7.0))[..., None]  # [B, K, 1]
+    means = means[..., None]
+    log_width = jnp.log(-jnp.expm1(-inv_scale * (2.0 / 255.0))) * _INNER_BINS
+    log_bin = (jax.nn.log_sigmoid(inv_scale * (_UPPER_EDGES - means)) +
+               jax.nn.log_sigmoid(inv_scale * (means - _LOWER_EDGES)) + log_width)  # [B, K, 256]
+    return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1)[..., None] + log_bin, axis=1)
+
+
+# Value v's bin on the model's [-1, 1] scale, each edge rounded once to float32 (computing them in float32
+# at run time rounds twice, and a narrow component's bins then sum to 1 - 2e-5 instead of 1 - 2e-7).
+_VALUES = np.arange(256)
+_UPPER_EDGES = np.where(_VALUES == 255, np.inf, (2 * _VALUES - 254) / 255).astype(np.float32)
+_LOWER_EDGES = np.where(_VALUES == 0, -np.inf, (2 * _VALUES - 256) / 255).astype(np.float32)
+_INNER_BINS = ((_VALUES > 0) & (_VALUES < 255)).astype(np.float32)
+
+
 def sample_variable(config: AutoregressiveConfig, raw_pos: jax.Array, pixel_scaled: jax.Array, channel: int | jax.Array,
                     key: jax.Array, temperature: float | jax.Array = 1.0, direct: bool = False) -> jax.Array:
     """Draws one variable: raw output at its position [B,P], its pixel's model input [B,C] -> value [B].
@@ -197,6 +235,4 @@ def sample_variable(config: AutoregressiveConfig, raw_pos: jax.Array, pixel_scal
     noise = variable_noise(config, key, params.shape[0], direct)
     if direct:
         return mixture_draw(params, noise)
-    candidates = jnp.broadcast_to(jnp.arange(config.num_values), (params.shape[0], config.num_values))
-    log_p = variable_log_prob(config, params, candidates)  # [B, V]
-    return jnp.argmax(log_p / temperature + noise, axis=-1).astype(jnp.int32)
+    return first_argmax(values_log_prob(config, params) / temperature + noise)
