@@ -3,8 +3,9 @@
 Shapes: B batch, H/W/C image, V values per variable. Variable n = (i * W + j) * C + c (raster
 order, then R, G, B) draws with ``fold_in(key, n)`` through Gumbel-max over its log-probabilities
 (``jaxconv.models.heads.sample_variable``), so both samplers, given the same key and logits equal
-to float tolerance, return the same images. ``draw="direct"`` draws a logistic mixture at temperature 1
-directly instead, 60x less work per variable, with more float ties (``heads.check_draw``).
+to float tolerance, return the same images (a logistic mixture at temperature 1: a component, then a value of
+it, each by Gumbel-max). ``draw="direct"`` draws a logistic mixture at temperature 1 by the inverse CDF
+instead, less work per variable, with more float ties (``heads.check_draw``).
 
 - ``sample_naive``: one whole-image forward pass per variable (H*W*C passes) in one jitted loop.
 - ``sample_cached``: in the spirit of Ramachandran et al. 2017, computes only what a new variable
@@ -37,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.models.heads import (check_draw, first_argmax, mixture_draw, sample_variable, scale_values,
-                                  to_images, to_values, values_log_prob, variable_noise, variable_params)
+from jaxconv.models.heads import (check_draw, draw_variable, sample_variable, scale_values, to_images, to_values,
+                                  variable_noise, variable_params)
 from jaxconv.models.masked import centre_mask, raster_mask
 from jaxconv.models.materialize import materialize
 from jaxconv.models.pixelcnn import GatedPixelCNN, PixelCNN, layer_dilations
@@ -49,9 +50,9 @@ def sample_naive(model: nn.Module, params: Any, key: jax.Array, shape: tuple[int
                  temperature: float = 1.0, draw: str = "gumbel", progress: bool = False) -> jax.Array:
     """One full forward pass per variable; ``shape`` = (B, H, W, C)."""
     _check_call(model.config, shape, labels, temperature)
-    direct = check_draw(model.config, draw, temperature)
+    method = check_draw(model.config, draw, temperature)
     values = _initial_values(model.config, shape, images, known_rows)
-    out = _jitted(_naive, model, params, key, values, labels)(model, known_rows, progress, direct, params, key,
+    out = _jitted(_naive, model, params, key, values, labels)(model, known_rows, progress, method, params, key,
                                                               values, labels, jnp.float32(temperature))
     return to_images(model.config, out)
 
@@ -65,8 +66,8 @@ def sample_cached(model: nn.Module, params: Any, key: jax.Array, shape: tuple[in
     run = _cached_gated if isinstance(model, GatedPixelCNN) else _cached_pixelcnn
     if not isinstance(model, (GatedPixelCNN, PixelCNN)):
         raise TypeError(f"no cached sampler for {type(model).__name__}")
-    direct = check_draw(model.config, draw, temperature)
-    out = _jitted(run, model, params, key, values, labels)(model, known_rows, progress, direct, params, key,
+    method = check_draw(model.config, draw, temperature)
+    out = _jitted(run, model, params, key, values, labels)(model, known_rows, progress, method, params, key,
                                                            values, labels, jnp.float32(temperature))
     return to_images(model.config, out)
 
@@ -113,13 +114,13 @@ def cached_compiled(model: nn.Module, params: Any, key: jax.Array, shape: tuple[
     """The compiled computation ``sample_cached`` runs for these arguments (for profiles: its HLO op names)."""
     values = _initial_values(model.config, shape, images, known_rows)
     run = _cached_gated if isinstance(model, GatedPixelCNN) else _cached_pixelcnn
-    direct = check_draw(model.config, draw, temperature)
-    return _jitted(run, model, params, key, values, labels).lower(model, known_rows, False, direct, params, key, values,
+    method = check_draw(model.config, draw, temperature)
+    return _jitted(run, model, params, key, values, labels).lower(model, known_rows, False, method, params, key, values,
                                                                   labels, jnp.float32(temperature)).compile()
 
 
 def _jitted(sampler, model: nn.Module, *args):
-    """``sampler(model, known_rows, progress, direct, ...)`` jitted with the XLA options of the model's conv
+    """``sampler(model, known_rows, progress, method, ...)`` jitted with the XLA options of the model's conv
     policy (``ConvPolicy.compiler_options``); called inside the caller's own jit or transformation
     (``args`` holding tracers), without: JAX takes options only on the program it compiles."""
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args))
@@ -137,7 +138,7 @@ def _report(progress: bool, i: jax.Array, height: int) -> None:
         jax.debug.callback(lambda row: print(f"sampled row {int(row) + 1}/{height}", flush=True), i)
 
 
-def _naive_step(model, direct, params, key, values, labels, temperature, n):
+def _naive_step(model, method, params, key, values, labels, temperature, n):
     """Variable n of the naive sampler: one whole-image forward pass, then its draw."""
     _, _, w, channels = values.shape
     i, rest = jnp.divmod(n, w * channels)
@@ -146,15 +147,15 @@ def _naive_step(model, direct, params, key, values, labels, temperature, n):
     raw_pos = jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(raw, i, 1, False), j, 1, False)
     pixel = scale_values(model.config, jax.lax.dynamic_index_in_dim(
         jax.lax.dynamic_index_in_dim(values, i, 1, False), j, 1, False))
-    drawn = sample_variable(model.config, raw_pos, pixel, c, jax.random.fold_in(key, n), temperature, direct)
+    drawn = sample_variable(model.config, raw_pos, pixel, c, jax.random.fold_in(key, n), temperature, method)
     return values.at[:, i, j, c].set(drawn)
 
 
-def _naive(model, known_rows, progress, direct, params, key, values, labels, temperature):
+def _naive(model, known_rows, progress, method, params, key, values, labels, temperature):
     _, h, w, channels = values.shape
 
     def step(n, values):
-        return _naive_step(model, direct, params, key, values, labels, temperature, n)
+        return _naive_step(model, method, params, key, values, labels, temperature, n)
 
     def row(i, values):
         values = jax.lax.fori_loop(i * w * channels, (i + 1) * w * channels, step, values)
@@ -168,21 +169,18 @@ def _naive(model, known_rows, progress, direct, params, key, values, labels, tem
 # Drawing a variable, as ``sample_variable`` draws it, at a fraction of its cost.
 
 
-def _row_noise(config, direct: bool, key: jax.Array, i: jax.Array, b: int, w: int, channels: int) -> jax.Array:
+def _row_noise(config, method: str, key: jax.Array, i: jax.Array, b: int, w: int, channels: int) -> jax.Array:
     """Row i's random numbers [W, C, B, N]: variable n's are exactly those ``sample_variable`` draws with
     ``fold_in(key, n)``, in one vectorised draw per row instead of one threefry loop per variable."""
     n = (i * w + jnp.arange(w)[:, None]) * channels + jnp.arange(channels)[None, :]
-    draw = lambda m: variable_noise(config, jax.random.fold_in(key, m), b, direct)
+    draw = lambda m: variable_noise(config, jax.random.fold_in(key, m), b, method)
     return jax.vmap(jax.vmap(draw))(n)
 
 
-def _draw_noise(config, direct: bool, raw_pos: jax.Array, pixel_scaled: jax.Array, c: int, noise: jax.Array,
+def _draw_noise(config, method: str, raw_pos: jax.Array, pixel_scaled: jax.Array, c: int, noise: jax.Array,
                 temperature: jax.Array) -> jax.Array:
     """``sample_variable`` with its random numbers given [B, N]: the same draw."""
-    params = variable_params(config, raw_pos, pixel_scaled)[:, c]  # [B, Q]
-    if direct:
-        return mixture_draw(params, noise)
-    return first_argmax(values_log_prob(config, params) / temperature + noise)
+    return draw_variable(config, method, variable_params(config, raw_pos, pixel_scaled)[:, c], noise, temperature)
 
 
 def _read(x: jax.Array, index: jax.Array) -> jax.Array:
@@ -226,7 +224,7 @@ def _pixelcnn_weights(model: PixelCNN, params: Any) -> dict:
             "head": [matrix(params["head"][name], 1, "B") for name in ("hidden", "logits")]}
 
 
-def _cached_pixelcnn(model, known_rows, progress, direct, params, key, values, labels, temperature):
+def _cached_pixelcnn(model, known_rows, progress, method, params, key, values, labels, temperature):
     if labels is not None:
         raise ValueError("pixelcnn is unconditional: call it with labels=None")
     config, dtype = model.config, model.dtype
@@ -264,7 +262,7 @@ def _cached_pixelcnn(model, known_rows, progress, direct, params, key, values, l
 
     def row(i, carry):
         values_t, x_pad, caches = carry  # values_t [H, W, B, C]
-        noise = _row_noise(config, direct, key, i, b, w, channels)  # [W, C, B, N]
+        noise = _row_noise(config, method, key, i, b, w, channels)  # [W, C, B, N]
 
         def position(j, carry):
             row_values, x_pad, caches = carry
@@ -277,7 +275,7 @@ def _cached_pixelcnn(model, known_rows, progress, direct, params, key, values, l
                 # One colour group: the network never sees the pixel itself, one pass for its channels.
                 if raw is None or config.colours > 1:
                     raw, new_caches = stack(i, j, x_pad, caches)
-                drawn = _draw_noise(config, direct, raw, scale(pixel), c, noise_j[c], temperature)
+                drawn = _draw_noise(config, method, raw, scale(pixel), c, noise_j[c], temperature)
                 pixel = pixel.at[:, c].set(jnp.where(i < known_rows, pixel[:, c], drawn))
                 x_pad = jax.lax.dynamic_update_slice(x_pad, scale(pixel).T[None, None], (i + p0, j + p0, 0, 0))
             row_values = jax.lax.dynamic_update_index_in_dim(row_values, pixel, j, 0)
@@ -359,7 +357,7 @@ def _gated_weights(model: GatedPixelCNN, params: Any) -> dict:
     return weights
 
 
-def _cached_gated(model, known_rows, progress, direct, params, key, values, labels, temperature):
+def _cached_gated(model, known_rows, progress, method, params, key, values, labels, temperature):
     config, dtype = model.config, model.dtype
     b, h, w, channels = values.shape
     r, k, f = config.kernel // 2, config.kernel, config.features
@@ -426,7 +424,7 @@ def _cached_gated(model, known_rows, progress, direct, params, key, values, labe
 
     def columns(i, out_rows, row_biases):
         """Samples row i, position by position -> its values [B, W, C]."""
-        noise = _row_noise(config, direct, key, i, b, w, channels)  # [W, C, B, N]
+        noise = _row_noise(config, method, key, i, b, w, channels)  # [W, C, B, N]
         given = jax.lax.dynamic_index_in_dim(out_rows, i, 0, False).transpose(1, 0, 2)  # [W, B, C] (initial values)
         x_row = jnp.pad(scale(given), ((r, 0), (0, 0), (0, 0)))
         pending = tuple(jnp.pad(rb, ((0, d * r), (0, 0), (0, 0))) for rb, d in zip(row_biases, dilations))
@@ -442,7 +440,7 @@ def _cached_gated(model, known_rows, progress, direct, params, key, values, labe
                 # the later positions only with the whole pixel's (last channel's) values.
                 if raw is None or config.colours > 1:
                     raw, new_pending = horizontal(j, x_row, pending, write=c == channels - 1 or config.colours == 1)
-                drawn = _draw_noise(config, direct, raw, scale(pixel), c, noise_j[c], temperature)
+                drawn = _draw_noise(config, method, raw, scale(pixel), c, noise_j[c], temperature)
                 pixel = pixel.at[:, c].set(drawn)
                 x_row = jax.lax.dynamic_update_index_in_dim(x_row, scale(pixel), j + r, 0)
             row = jax.lax.dynamic_update_index_in_dim(row, pixel, j, 0)

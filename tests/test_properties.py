@@ -207,7 +207,7 @@ def tempered(log_p, temperature):
     return z / z.sum()
 
 
-draw = jax.jit(sample_variable, static_argnums=(0, 3))  # (config, raw, pixel, channel, key, temperature)
+draw = jax.jit(sample_variable, static_argnums=(0, 3, 6))  # (config, raw, pixel, channel, key, temperature, method)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
@@ -238,6 +238,10 @@ def test_sample_variable_draws_from_p_to_the_power_1_over_t(temperature):
     params = variable_params(mixture, raw[None], pixel[None])[0, 1]  # [Q] of the green channel
     log_p = np.asarray(variable_log_prob(mixture, params, jnp.arange(256)), np.float64)
     five_sigma(np.bincount(np.asarray(drawn), minlength=256), tempered(log_p, temperature), DRAWS)
+    if temperature == 1.0:  # the mixture's own method there: a component, then a value of it
+        drawn = draw(mixture, jnp.broadcast_to(raw, (DRAWS, raw.size)), jnp.broadcast_to(pixel, (DRAWS, 3)), 1, key,
+                     temperature, "component")
+        five_sigma(np.bincount(np.asarray(drawn), minlength=256), tempered(log_p, temperature), DRAWS)
 
 
 def test_cached_sampler_first_pixel_follows_the_tempered_bias():

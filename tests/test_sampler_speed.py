@@ -36,28 +36,30 @@ def random_params(model, shape, labels=None, seed=0):
 MIXTURE = GatedPixelCNNConfig(channels=3, head="logistic_mixture", mixtures=5)
 
 
-@pytest.mark.parametrize("config, temperature", [
-    (GatedPixelCNNConfig(channels=1, head="bernoulli"), 0.7),
-    (GatedPixelCNNConfig(channels=3, head="softmax"), 0.7),
-    (MIXTURE, 0.7),
-    (MIXTURE, 1.0)], ids=["bernoulli", "softmax", "mixture", "mixture-direct"])
-def test_row_noise_draws_what_sample_variable_draws(config, temperature):
+@pytest.mark.parametrize("config, temperature, draw, method", [
+    (GatedPixelCNNConfig(channels=1, head="bernoulli"), 1.0, "gumbel", "values"),
+    (GatedPixelCNNConfig(channels=3, head="softmax"), 1.0, "gumbel", "values"),
+    (MIXTURE, 0.7, "gumbel", "values"),
+    (MIXTURE, 1.0, "gumbel", "component"),
+    (MIXTURE, 1.0, "direct", "direct")], ids=["bernoulli", "softmax", "mixture-tempered", "mixture", "mixture-direct"])
+def test_row_noise_draws_what_sample_variable_draws(config, temperature, draw, method):
     """A row's random numbers drawn at once + the cached sampler's draw: the same values as
-    ``sample_variable`` with ``fold_in(key, n)``, variable by variable."""
+    ``sample_variable`` with ``fold_in(key, n)``, variable by variable; the method each draw and
+    temperature takes."""
     b, w, c, i = 16, 4, config.channels, 3
     key = jax.random.key(11)
     raw = jax.random.normal(jax.random.key(1), (w, b, config.head_channels)) * 3
     pixel = jax.random.uniform(jax.random.key(2), (b, c), minval=-1.0, maxval=1.0)
-    direct = config.head == "logistic_mixture" and temperature == 1.0
-    assert heads.check_draw(config, "direct" if direct else "gumbel", temperature) == direct
-    noise = sampling._row_noise(config, direct, key, i, b, w, c)
-    assert noise.shape == (w, c, b, config.mixtures + 1 if direct else config.num_values)
+    assert heads.check_draw(config, draw, temperature) == method
+    noise = sampling._row_noise(config, method, key, i, b, w, c)
+    count = {"direct": config.mixtures + 1, "component": config.mixtures + 256}.get(method, config.num_values)
+    assert noise.shape == (w, c, b, count)
     t = jnp.float32(temperature)
     for j in range(w):
         for ch in range(c):
             n = (i * w + j) * c + ch
-            expected = heads.sample_variable(config, raw[j], pixel, ch, jax.random.fold_in(key, n), t, direct)
-            got = sampling._draw_noise(config, direct, raw[j], pixel, ch, noise[j, ch], t)
+            expected = heads.sample_variable(config, raw[j], pixel, ch, jax.random.fold_in(key, n), t, method)
+            got = sampling._draw_noise(config, method, raw[j], pixel, ch, noise[j, ch], t)
             np.testing.assert_array_equal(got, expected)
 
 
@@ -70,14 +72,17 @@ def test_direct_draws_are_for_a_mixture_at_temperature_one():
         jax.jit(lambda t: heads.check_draw(MIXTURE, "direct", t))(1.0)
     with pytest.raises(ValueError, match="draw must be one of gumbel, direct"):
         heads.check_draw(MIXTURE, "exact", 1.0)
-    assert not heads.check_draw(MIXTURE, "gumbel", 1.0)
+    assert heads.check_draw(MIXTURE, "gumbel", 1.0) == "component"
+    # a traced temperature could be 1 or not: Gumbel-max over all values
+    assert jax.jit(lambda t: jnp.float32(heads.check_draw(MIXTURE, "gumbel", t) == "values"))(1.0) == 1
 
 
-def test_direct_mixture_draws_follow_the_discretised_mixture():
-    """The direct draw (a component, then the logistic's inverse CDF, rounded) against the 256 values'
-    probabilities the likelihood uses: mixtures with mass in the middle, at both edge bins, narrower than
-    the log-scale clamp, and narrower than a bin centred at 0.3, 0.5 and -0.45 of a bin from a value
-    (rounding, not flooring).
+@pytest.mark.parametrize("method", ["direct", "component"])
+def test_mixture_draws_at_temperature_one_follow_the_discretised_mixture(method):
+    """The direct draw (a component, then the logistic's inverse CDF, rounded) and the component draw (a
+    component, then Gumbel-max over its 256 values) against the 256 values' probabilities the likelihood
+    uses: mixtures with mass in the middle, at both edge bins, narrower than the log-scale clamp, and
+    narrower than a bin centred at 0.3, 0.5 and -0.45 of a bin from a value (rounding, not flooring).
     200,000 draws each; every value's frequency within 5 standard errors."""
     config, n = dataclasses.replace(MIXTURE, mixtures=3), 200_000
     at = lambda bins: bins / 127.5 - 1.0  # value units (0..255, bin centres at integers) -> the model's [-1, 1]
@@ -89,8 +94,9 @@ def test_direct_mixture_draws_follow_the_discretised_mixture():
         params = jnp.array([*logits[row], *means[row], *log_scales[row]], jnp.float32)[None]  # [1, 3K]
         p = np.exp(np.asarray(heads.variable_log_prob(config, params, jnp.arange(256)[None]), np.float64)[0])
         assert abs(p.sum() - 1) < 1e-4
-        uniforms = heads.variable_noise(config, jax.random.key(row), n, direct=True)
-        values = np.asarray(heads.mixture_draw(jnp.broadcast_to(params, (n, 9)), uniforms))
+        noise = heads.variable_noise(config, jax.random.key(row), n, method)
+        values = np.asarray(jax.jit(heads.draw_variable, static_argnums=(0, 1))(
+            config, method, jnp.broadcast_to(params, (n, 9)), noise, 1.0))
         freq = np.bincount(values, minlength=256) / n
         assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / n) + 1e-4), np.argmax(np.abs(freq - p))
 

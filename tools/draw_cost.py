@@ -35,7 +35,7 @@ def main() -> None:
     h, w, c = preset_image(args.preset)
     per_row = w * c
     temperature = jnp.float32(args.temperature)
-    direct = heads.check_draw(config, args.draw, args.temperature)
+    method = heads.check_draw(config, args.draw, args.temperature)
     for b in args.batches:
         raw = jax.random.normal(jax.random.key(0), (per_row, b, config.head_channels))
         pixel = jax.random.uniform(jax.random.key(1), (b, c), minval=-1.0, maxval=1.0)
@@ -45,26 +45,26 @@ def main() -> None:
         def old(raw):
             def body(n, acc):
                 drawn = heads.sample_variable(config, raw[n], pixel, n % c, jax.random.fold_in(key, n), temperature,
-                                               direct)
+                                               method)
                 return acc + drawn
             return jax.lax.fori_loop(0, per_row, body, jnp.zeros((b,), jnp.int32))
 
         @jax.jit
         def new(raw):
-            noise = sampling._row_noise(config, direct, key, 0, b, w, c)  # [W, C, B, N]
+            noise = sampling._row_noise(config, method, key, 0, b, w, c)  # [W, C, B, N]
 
             def body(j, acc):
                 noise_j = sampling._read(noise, j)
                 for ch in range(c):
-                    acc = acc + sampling._draw_noise(config, direct, raw[j * c + ch], pixel, ch, noise_j[ch],
-                                                         temperature)
+                    acc = acc + sampling._draw_noise(config, method, raw[j * c + ch], pixel, ch, noise_j[ch],
+                                                     temperature)
                 return acc
             return jax.lax.fori_loop(0, w, body, jnp.zeros((b,), jnp.int32))
 
         same = bool(jnp.all(old(raw) == new(raw)))
         t_old, t_new = best_of(lambda: old(raw)), best_of(lambda: new(raw))
         images = h * w * c / b  # variables per image / batch: seconds per variable -> per image
-        print(f"{args.preset} ({config.head}{', direct' if direct else ''}) batch {b}: sample_variable {t_old / per_row * 1e6:.1f} us per variable "
+        print(f"{args.preset} ({config.head}, method {method}) batch {b}: sample_variable {t_old / per_row * 1e6:.1f} us per variable "
               f"({t_old / per_row * images * 1e3:.1f} ms per image); cached sampler's draw "
               f"{t_new / per_row * 1e6:.1f} us per variable ({t_new / per_row * images * 1e3:.1f} ms per image); "
               f"same draws: {same}")

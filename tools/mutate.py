@@ -91,14 +91,14 @@ MUTANTS = [
       "dynamic_index_in_dim(raw, i, 1, False), j, 1, False)", "dynamic_index_in_dim(raw, j, 1, False), i, 1, False)",
       SAMPLERS),
     m("cached-ignores-temperature", "jaxconv/sampling.py",
-      "out = _jitted(run, model, params, key, values, labels)(model, known_rows, progress, direct, params, key,\n"
+      "out = _jitted(run, model, params, key, values, labels)(model, known_rows, progress, method, params, key,\n"
       "                                                           values, labels, jnp.float32(temperature))",
-      "out = _jitted(run, model, params, key, values, labels)(model, known_rows, progress, direct, params, key,\n"
+      "out = _jitted(run, model, params, key, values, labels)(model, known_rows, progress, method, params, key,\n"
       "                                                           values, labels, jnp.float32(1.0))",
       [PROPS, "-k", "cached_sampler"]),
     # --- heads (jaxconv/models/heads.py) ----------------------------------------------------------
     m("temperature-multiplies", "jaxconv/models/heads.py",
-      "log_p / temperature + noise, axis=-1", "log_p * temperature + noise, axis=-1",
+      "values_log_prob(config, params) / temperature + noise", "values_log_prob(config, params) * temperature + noise",
       [PROPS, "-k", "sample_variable or cached_sampler"]),
     m("mixture-direct-floors", "jaxconv/models/heads.py",
       "jnp.round((x + 1.0) * 127.5)", "jnp.floor((x + 1.0) * 127.5)",
@@ -107,6 +107,9 @@ MUTANTS = [
       "jnp.exp(jnp.maximum(jnp.take_along_axis(log_scales, component, axis=-1)[:, 0], -7.0))",
       "jnp.exp(jnp.take_along_axis(log_scales, component, axis=-1)[:, 0])",
       ["tests/test_sampler_speed.py", "-k", "direct"]),
+    m("mixture-component-gumbel-negated", "jaxconv/models/heads.py",
+      "first_argmax(logits + gumbels[:, :k])", "first_argmax(logits - gumbels[:, :k])",
+      ["tests/test_sampler_speed.py", "-k", "temperature_one"]),
     m("bernoulli-sign-swapped", "jaxconv/models/heads.py",
       "jnp.where(values == 1, params, -params)", "jnp.where(values == 0, params, -params)",
       [PROPS, "-k", "sample_variable"]),

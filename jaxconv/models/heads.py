@@ -141,35 +141,39 @@ def first_argmax(x: jax.Array) -> jax.Array:
 DRAWS = ("gumbel", "direct")
 
 
-def check_draw(config: AutoregressiveConfig, draw: str, temperature: float | jax.Array) -> bool:
-    """Whether variables are drawn directly (``draw="direct"``); ValueError where that is not possible.
+def check_draw(config: AutoregressiveConfig, draw: str, temperature: float | jax.Array) -> str:
+    """How each variable is drawn (``draw_variable``'s ``method``); ValueError where ``draw`` is not possible.
 
-    "gumbel" (the default, every head, any temperature): Gumbel-max over log p(v) / temperature for all V
-    values. "direct" (the logistic mixture at temperature 1, a Python number): a component by Gumbel-max over
-    its K logits, then a value of that logistic by its inverse CDF, rounded to its bin (``mixture_draw``):
-    the same distribution at K + 1 random numbers and a few transcendentals per variable, where Gumbel-max
-    costs 256 random numbers and 2,560 log-CDFs. Its decision, a rounding of a continuous value, flips
-    under the float differences between two computations of the same logits more often than Gumbel-max's
-    comparison of 256 perturbed scores: the naive and cached samplers then give different images more
-    often, so it is opt-in."""
+    "gumbel" (the default, every head, any temperature): Gumbel-max, as method "values" (over log p(v) /
+    temperature for all V values) or, for a logistic mixture at temperature 1 (a Python number), method
+    "component": a component by Gumbel-max over its K logits, then a value by Gumbel-max over that
+    component's 256 log-probabilities (the same distribution, a fifth of the log-sigmoids and no logsumexp
+    over components). Both decide by comparing perturbed scores, which float differences between two
+    computations of the same logits rarely flip. "direct" (the logistic mixture at temperature 1): a
+    component by Gumbel-max, then a value of that logistic by its inverse CDF, rounded to its bin
+    (``mixture_draw``): K + 1 random numbers and a few transcendentals per variable, but its rounding of a
+    continuous value flips under those float differences more often: the naive and cached samplers then
+    give different images more often, so it is opt-in."""
     if draw not in DRAWS:
         raise ValueError(f"draw must be one of {', '.join(DRAWS)}, got {draw!r}")
+    at_one = not isinstance(temperature, jax.core.Tracer) and float(temperature) == 1.0
     if draw == "gumbel":
-        return False
+        return "component" if config.head == "logistic_mixture" and at_one else "values"
     if config.head != "logistic_mixture":
         raise ValueError(f"draw='direct' samples a logistic mixture head, not {config.head}")
-    if isinstance(temperature, jax.core.Tracer) or float(temperature) != 1.0:
+    if not at_one:
         raise ValueError(f"draw='direct' samples at temperature 1 only, got {temperature!r}")
-    return True
+    return "direct"
 
 
-def variable_noise(config: AutoregressiveConfig, key: jax.Array, batch: int, direct: bool) -> jax.Array:
-    """The random numbers one variable's draw uses [B, N]: K + 1 uniforms for a direct mixture draw,
-    else V Gumbels."""
-    if direct:
+def variable_noise(config: AutoregressiveConfig, key: jax.Array, batch: int, method: str) -> jax.Array:
+    """The random numbers one variable's draw uses [B, N]: K + 1 uniforms for method "direct", K + 256
+    Gumbels for "component", else V Gumbels."""
+    if method == "direct":
         return jax.random.uniform(key, (batch, config.mixtures + 1), jnp.float32,
                                   minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
-    return jax.random.gumbel(key, (batch, config.num_values), jnp.float32)
+    count = config.mixtures + 256 if method == "component" else config.num_values
+    return jax.random.gumbel(key, (batch, count), jnp.float32)
 
 
 def mixture_draw(params: jax.Array, uniforms: jax.Array) -> jax.Array:
@@ -185,6 +189,17 @@ def mixture_draw(params: jax.Array, uniforms: jax.Array) -> jax.Array:
     return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.int32)
 
 
+def component_draw(params: jax.Array, gumbels: jax.Array) -> jax.Array:
+    """A logistic mixture's value [B] at temperature 1 from its parameters [B, 3K] and K + 256 Gumbels
+    [B, K+256]: a component by Gumbel-max over the K logits, then a value by Gumbel-max over that
+    component's 256 log-probabilities (``check_draw``'s method "component")."""
+    logits, means, log_scales = jnp.split(params.astype(jnp.float32), 3, axis=-1)  # [B, K]
+    k = logits.shape[-1]
+    component = first_argmax(logits + gumbels[:, :k])[:, None]
+    pick = lambda a: jnp.take_along_axis(a, component, axis=-1)  # [B, 1]
+    return first_argmax(_bins_log_prob(pick(means), pick(log_scales))[:, 0] + gumbels[:, k:])
+
+
 def values_log_prob(config: AutoregressiveConfig, params: jax.Array) -> jax.Array:
     """log p(v) for every value v of one variable: params [B, Q] -> [B, V] in float32, what both samplers'
     Gumbel-max draws perturb (``variable_log_prob`` at all V candidates, for the mixture more cheaply)."""
@@ -196,22 +211,27 @@ def values_log_prob(config: AutoregressiveConfig, params: jax.Array) -> jax.Arra
 
 
 def _mixture_values_log_prob(params: jax.Array) -> jax.Array:
-    """The logistic mixture's log p(v) for all 256 values: params [B, 3K] -> [B, 256].
-
-    Every inner bin of a component has the same width w on the logistic's scale, and the exact identity
-    sigmoid(b) - sigmoid(a) = sigmoid(b) sigmoid(-a) (1 - exp(-w)) (w = b - a) makes a bin's log-probability
-    two log-sigmoids and one per-component log(-expm1(-w)): no cancellation in either tail or for narrow
-    bins, 4 transcendentals per (component, value) where ``_mixture_log_prob``'s per-bin formula takes 11.
-    The edge bins' outer edges are -inf and +inf (their log-sigmoids are 0). [B, K, 256] keeps the value
-    axis minor, where XLA:CPU vectorises; sharing each edge's log-sigmoids between its two bins (shifted
-    slices) measured 1.6x slower than computing them twice."""
+    """The logistic mixture's log p(v) for all 256 values: params [B, 3K] -> [B, 256]."""
     logits, means, log_scales = jnp.split(params, 3, axis=-1)  # [B, K]
+    log_bin = _bins_log_prob(means, log_scales)  # [B, K, 256]
+    return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1)[..., None] + log_bin, axis=1)
+
+
+def _bins_log_prob(means: jax.Array, log_scales: jax.Array) -> jax.Array:
+    """Each logistic's log-probability of all 256 bins: means, log-scales [B, K] -> [B, K, 256].
+
+    Every inner bin of a logistic has the same width w on its scale, and the exact identity
+    sigmoid(b) - sigmoid(a) = sigmoid(b) sigmoid(-a) (1 - exp(-w)) (w = b - a) makes a bin's log-probability
+    two log-sigmoids and one per-logistic log(-expm1(-w)): no cancellation in either tail or for narrow
+    bins, 4 transcendentals per bin where ``_mixture_log_prob``'s per-bin formula takes 11. The edge bins'
+    outer edges are -inf and +inf (their log-sigmoids are 0). The value axis is minor, where XLA:CPU
+    vectorises; sharing each edge's log-sigmoids between its two bins (shifted slices) measured 1.6x
+    slower than computing them twice."""
     inv_scale = jnp.exp(-jnp.maximum(log_scales, -7.0))[..., None]  # [B, K, 1]
     means = means[..., None]
     log_width = jnp.log(-jnp.expm1(-inv_scale * (2.0 / 255.0))) * _INNER_BINS
-    log_bin = (jax.nn.log_sigmoid(inv_scale * (_UPPER_EDGES - means)) +
-               jax.nn.log_sigmoid(inv_scale * (means - _LOWER_EDGES)) + log_width)  # [B, K, 256]
-    return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1)[..., None] + log_bin, axis=1)
+    return (jax.nn.log_sigmoid(inv_scale * (_UPPER_EDGES - means)) +
+            jax.nn.log_sigmoid(inv_scale * (means - _LOWER_EDGES)) + log_width)
 
 
 # Value v's bin on the model's [-1, 1] scale, each edge rounded once to float32 (computing them in float32
@@ -223,16 +243,25 @@ _INNER_BINS = ((_VALUES > 0) & (_VALUES < 255)).astype(np.float32)
 
 
 def sample_variable(config: AutoregressiveConfig, raw_pos: jax.Array, pixel_scaled: jax.Array, channel: int | jax.Array,
-                    key: jax.Array, temperature: float | jax.Array = 1.0, direct: bool = False) -> jax.Array:
+                    key: jax.Array, temperature: float | jax.Array = 1.0, method: str = "values") -> jax.Array:
     """Draws one variable: raw output at its position [B,P], its pixel's model input [B,C] -> value [B].
 
-    Gumbel-max over log p(v) / temperature for all V values: exact for every head (the logistic
-    mixture is sampled from its discretised form), and two samplers with the same key and
-    near-equal logits draw the same value. ``direct`` (``check_draw``): the mixture's direct draw instead.
+    ``method`` (``check_draw``): "values", Gumbel-max over log p(v) / temperature for all V values, exact
+    for every head (the logistic mixture is sampled from its discretised form), and two samplers with
+    the same key and near-equal logits draw the same value; "component" or "direct" for a logistic
+    mixture at temperature 1.
     """
     params = variable_params(config, raw_pos, pixel_scaled)  # [B, C, Q]
     params = jnp.take(params, channel, axis=1)  # [B, Q]
-    noise = variable_noise(config, key, params.shape[0], direct)
-    if direct:
+    noise = variable_noise(config, key, params.shape[0], method)
+    return draw_variable(config, method, params, noise, temperature)
+
+
+def draw_variable(config: AutoregressiveConfig, method: str, params: jax.Array, noise: jax.Array,
+                  temperature: float | jax.Array) -> jax.Array:
+    """A variable's value [B] from its parameters [B, Q] and its random numbers [B, N] (``variable_noise``)."""
+    if method == "direct":
         return mixture_draw(params, noise)
+    if method == "component":
+        return component_draw(params, noise)
     return first_argmax(values_log_prob(config, params) / temperature + noise)
