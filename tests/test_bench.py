@@ -19,6 +19,7 @@ from jaxconv import bench
 from jaxconv.bench import conv as conv_bench
 from jaxconv.bench import conv_runners, conv_shapes
 from jaxconv.bench import report, results
+from jaxconv.bench import sample as bench_sample
 from jaxconv.bench.models import forward_flops, random_params, traced_convs
 from jaxconv.errors import ConfigError
 from jaxconv.config import ConvConfig
@@ -361,3 +362,10 @@ def test_the_conv_targets_are_the_issues_a_geomean_per_set_and_a_worst_shape():
     assert worst["value"] == 0.5 and worst["goal"] == ">= 0.7" and not worst["met"]
     per_set, worst = _targets([row("a:1", 2.0), row("a:2", 0.75)], accelerator=False)
     assert per_set["met"] and worst["met"]
+
+
+def test_sample_bench_redraws_a_mixture_as_the_cached_sampler_draws_it():
+    """The sample bench's agreement check draws as ``sample_cached`` does by default (a logistic mixture at
+    temperature 1: a component, then a value of it), so it agrees on a logistic-mixture preset."""
+    rows = bench_sample.run(quick=True, presets=["gated_pixelcnn_cifar"], log=lambda line: None)["rows"]
+    assert [(r["preset"].split()[0], r["agree"]) for r in rows] == [("gated_pixelcnn_cifar", True)]

@@ -74,8 +74,10 @@ def _quick_config(name: str):
 
 
 def _naive_variables(model, start: int, count: int, params, key, values, temperature):
-    """Variables start .. start+count-1 by the naive sampler's own step (Gumbel-max draws, as the cached run)."""
-    step = lambda n, v: sampling._naive_step(model, False, params, key, v, None, temperature, n)
+    """Variables start .. start+count-1 by the naive sampler's own step, drawn as the cached run draws them
+    (``sample_cached``'s default draw at temperature 1)."""
+    method = heads.check_draw(model.config, "gumbel", 1.0)
+    step = lambda n, v: sampling._naive_step(model, method, params, key, v, None, temperature, n)
     return jax.lax.fori_loop(start, start + count, step, values)
 
 
