@@ -167,15 +167,17 @@ def test_cached_agrees_with_naive_where_buffers_wrap(config, shape, known_rows):
     labels = jnp.arange(shape[0]) % config.num_classes if config.num_classes else None
     params = random_params(model, shape[1:], labels=None if labels is None else labels[:1])
     given = jax.random.randint(jax.random.key(7), shape, 0, 256).astype(jnp.uint8) if known_rows else None
-    # the mixture cases drawn directly (at temperature 1); the others by Gumbel-max at 0.9
+    # the mixture cases at temperature 1 by both of its draws (directly, and a component then a value by
+    # Gumbel-max); the others by Gumbel-max at 0.9
     mixture = config.head == "logistic_mixture"
-    kwargs = dict(labels=labels, images=given, known_rows=known_rows, temperature=1.0 if mixture else 0.9,
-                  draw="direct" if mixture else "gumbel")
-    naive = sampling.sample_naive(model, params, jax.random.key(5), shape, **kwargs)
-    cached = sampling.sample_cached(model, params, jax.random.key(5), shape, **kwargs)
-    np.testing.assert_array_equal(naive, cached)
-    if known_rows == shape[1]:
-        np.testing.assert_array_equal(cached, given)
+    for draw in ("direct", "gumbel") if mixture else ("gumbel",):
+        kwargs = dict(labels=labels, images=given, known_rows=known_rows, temperature=1.0 if mixture else 0.9,
+                      draw=draw)
+        naive = sampling.sample_naive(model, params, jax.random.key(5), shape, **kwargs)
+        cached = sampling.sample_cached(model, params, jax.random.key(5), shape, **kwargs)
+        np.testing.assert_array_equal(naive, cached)
+        if known_rows == shape[1]:
+            np.testing.assert_array_equal(cached, given)
 
 
 def test_bfloat16_model_samples():
