@@ -23,7 +23,9 @@ instead, less work per variable, with more float ties (``heads.check_draw``).
 ``tools/profile_sampler.py``).
 
 Completion: ``images`` [B,H,W,C] uint8 and ``known_rows``: rows < known_rows are kept as given.
-``labels`` [B] int for a class-conditional model. ``temperature`` divides the log-probabilities.
+``labels`` [B] int for a class-conditional model. ``temperature`` divides the log-probabilities (a
+logistic mixture at a concrete temperature 1 takes ``check_draw``'s method "component", at a traced one
+"values": the same key then gives other images).
 ``draw``: "gumbel" or "direct" (``heads.check_draw``).
 Both return uint8 images [B,H,W,C] (bernoulli: 0 or 255).
 """

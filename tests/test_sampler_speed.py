@@ -37,8 +37,8 @@ MIXTURE = GatedPixelCNNConfig(channels=3, head="logistic_mixture", mixtures=5)
 
 
 @pytest.mark.parametrize("config, temperature, draw, method", [
-    (GatedPixelCNNConfig(channels=1, head="bernoulli"), 1.0, "gumbel", "values"),
-    (GatedPixelCNNConfig(channels=3, head="softmax"), 1.0, "gumbel", "values"),
+    (GatedPixelCNNConfig(channels=1, head="bernoulli"), 0.7, "gumbel", "values"),
+    (GatedPixelCNNConfig(channels=3, head="softmax"), 0.7, "gumbel", "values"),
     (MIXTURE, 0.7, "gumbel", "values"),
     (MIXTURE, 1.0, "gumbel", "component"),
     (MIXTURE, 1.0, "direct", "direct")], ids=["bernoulli", "softmax", "mixture-tempered", "mixture", "mixture-direct"])
@@ -130,6 +130,21 @@ def test_all_values_log_probs_of_the_mixture(spread, log_scale):
     np.testing.assert_allclose(np.exp(got).sum(-1), 1.0, atol=1e-5)
     per_value = heads.variable_log_prob(config, params, jnp.broadcast_to(jnp.arange(256), (64, 256)))
     np.testing.assert_allclose(got[likely], np.asarray(per_value)[likely], atol=3e-4)
+
+
+@pytest.mark.parametrize("log_scale", [84.0, 88.0, np.inf])
+def test_a_flat_component_puts_half_its_mass_at_each_edge_bin(log_scale):
+    """A log-scale so large that the bin width underflows (or the scale is infinite): the component's mass
+    goes to values 0 and 255, 1/2 each, the limit, and no NaN (which would draw value 0 every time)."""
+    config = GatedPixelCNNConfig(channels=1, head="logistic_mixture", mixtures=2)
+    params = jnp.array([[5.0, 0.0, 0.3, 0.5, log_scale, -3.0]])  # the flat component has weight 0.993
+    log_p = np.asarray(heads.values_log_prob(config, params), np.float64)[0]
+    weight = 1 / (1 + np.exp(-5.0))
+    assert np.all(np.isfinite(log_p) | (log_p == -np.inf)) and abs(np.exp(log_p).sum() - 1) < 1e-5
+    assert abs(np.exp(log_p[0]) - weight / 2) < 1e-5 and abs(np.exp(log_p[255]) - weight / 2) < 1e-5
+    noise = heads.variable_noise(config, jax.random.key(0), 4000, "component")
+    drawn = np.asarray(heads.component_draw(jnp.broadcast_to(params, (4000, 6)), noise))
+    assert 0.4 < np.mean(drawn == 255) < 0.6 and 0.4 < np.mean(drawn == 0) < 0.6
 
 
 def test_argmax_is_jnp_argmax():

@@ -73,10 +73,9 @@ def _quick_config(name: str):
     return dataclasses.replace(config, features=6, num_layers=1, output_features=8)
 
 
-def _naive_variables(model, start: int, count: int, params, key, values, temperature):
-    """Variables start .. start+count-1 by the naive sampler's own step, drawn as the cached run draws them
-    (``sample_cached``'s default draw at temperature 1)."""
-    method = heads.check_draw(model.config, "gumbel", 1.0)
+def _naive_variables(model, method: str, start: int, count: int, params, key, values, temperature):
+    """Variables start .. start+count-1 by the naive sampler's own step, drawn by ``method`` (the cached
+    run's: ``check_draw`` of its draw and temperature)."""
     step = lambda n, v: sampling._naive_step(model, method, params, key, v, None, temperature, n)
     return jax.lax.fori_loop(start, start + count, step, values)
 
@@ -139,8 +138,9 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
     total = h * w * c
     count = min(naive_variables, total)
     start = total - count
+    method = heads.check_draw(config, "gumbel", 1.0)  # sample_cached's defaults, as cached_call draws
     temperature = jnp.float32(1.0)
-    naive_fn = jax.jit(functools.partial(_naive_variables, model, start, count), compiler_options=options)
+    naive_fn = jax.jit(functools.partial(_naive_variables, model, method, start, count), compiler_options=options)
 
     def naive_call():
         out["redrawn"] = naive_fn(params, key, values, temperature)

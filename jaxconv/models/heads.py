@@ -145,9 +145,10 @@ def check_draw(config: AutoregressiveConfig, draw: str, temperature: float | jax
     """How each variable is drawn (``draw_variable``'s ``method``); ValueError where ``draw`` is not possible.
 
     "gumbel" (the default, every head, any temperature): Gumbel-max, as method "values" (over log p(v) /
-    temperature for all V values) or, for a logistic mixture at temperature 1 (a Python number), method
-    "component": a component by Gumbel-max over its K logits, then a value by Gumbel-max over that
-    component's 256 log-probabilities (the same distribution, a fifth of the log-sigmoids and no logsumexp
+    temperature for all V values) or, for a logistic mixture at temperature 1 (a concrete value; a traced
+    temperature takes "values", whose random numbers differ, so the same key then gives other images),
+    method "component": a component by Gumbel-max over its K logits, then a value by Gumbel-max over that
+    component's 256 log-probabilities (the same distribution, 1/K of the log-sigmoids and no logsumexp
     over components). Both decide by comparing perturbed scores, which float differences between two
     computations of the same logits rarely flip. "direct" (the logistic mixture at temperature 1): a
     component by Gumbel-max, then a value of that logistic by its inverse CDF, rounded to its bin
@@ -223,23 +224,26 @@ def _bins_log_prob(means: jax.Array, log_scales: jax.Array) -> jax.Array:
     Every inner bin of a logistic has the same width w on its scale, and the exact identity
     sigmoid(b) - sigmoid(a) = sigmoid(b) sigmoid(-a) (1 - exp(-w)) (w = b - a) makes a bin's log-probability
     two log-sigmoids and one per-logistic log(-expm1(-w)): no cancellation in either tail or for narrow
-    bins, 4 transcendentals per bin where ``_mixture_log_prob``'s per-bin formula takes 11. The edge bins'
-    outer edges are -inf and +inf (their log-sigmoids are 0). The value axis is minor, where XLA:CPU
-    vectorises; sharing each edge's log-sigmoids between its two bins (shifted slices) measured 1.6x
-    slower than computing them twice."""
+    bins, 4 transcendentals per bin where ``_mixture_log_prob``'s per-bin formula takes 11. The edge bins
+    reach to -inf and +inf: their outer log-sigmoids are 0 and they take no width term (selected, not
+    multiplied by a mask: a log-scale above ~83 makes the width's log -inf, and -inf * 0 is NaN; there the
+    bins are 1/2 at 0 and 255, the limit). The value axis is minor, where XLA:CPU vectorises; sharing each
+    edge's log-sigmoids between its two bins (shifted slices) measured 1.6x slower than computing them twice."""
     inv_scale = jnp.exp(-jnp.maximum(log_scales, -7.0))[..., None]  # [B, K, 1]
     means = means[..., None]
-    log_width = jnp.log(-jnp.expm1(-inv_scale * (2.0 / 255.0))) * _INNER_BINS
-    return (jax.nn.log_sigmoid(inv_scale * (_UPPER_EDGES - means)) +
-            jax.nn.log_sigmoid(inv_scale * (means - _LOWER_EDGES)) + log_width)
+    log_width = jnp.where(_INNER_BINS, jnp.log(-jnp.expm1(-inv_scale * (2.0 / 255.0))), 0.0)
+    below_upper = jnp.where(_VALUES == 255, 0.0, jax.nn.log_sigmoid(inv_scale * (_UPPER_EDGES - means)))
+    above_lower = jnp.where(_VALUES == 0, 0.0, jax.nn.log_sigmoid(inv_scale * (means - _LOWER_EDGES)))
+    return below_upper + above_lower + log_width
 
 
 # Value v's bin on the model's [-1, 1] scale, each edge rounded once to float32 (computing them in float32
-# at run time rounds twice, and a narrow component's bins then sum to 1 - 2e-5 instead of 1 - 2e-7).
+# at run time rounds twice, and a narrow component's bins then sum to 1 - 2e-5 instead of 1 - 2e-7); the
+# edge bins' outer edges (infinite) as a finite placeholder, unused.
 _VALUES = np.arange(256)
-_UPPER_EDGES = np.where(_VALUES == 255, np.inf, (2 * _VALUES - 254) / 255).astype(np.float32)
-_LOWER_EDGES = np.where(_VALUES == 0, -np.inf, (2 * _VALUES - 256) / 255).astype(np.float32)
-_INNER_BINS = ((_VALUES > 0) & (_VALUES < 255)).astype(np.float32)
+_UPPER_EDGES = np.float32(np.where(_VALUES == 255, 0, (2 * _VALUES - 254) / 255))
+_LOWER_EDGES = np.float32(np.where(_VALUES == 0, 0, (2 * _VALUES - 256) / 255))
+_INNER_BINS = (_VALUES > 0) & (_VALUES < 255)
 
 
 def sample_variable(config: AutoregressiveConfig, raw_pos: jax.Array, pixel_scaled: jax.Array, channel: int | jax.Array,
