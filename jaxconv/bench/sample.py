@@ -138,12 +138,12 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
     total = h * w * c
     count = min(naive_variables, total)
     start = total - count
-    method = heads.check_draw(config, "gumbel", 1.0)  # sample_cached's defaults, as cached_call draws
-    temperature = jnp.float32(1.0)
+    temperature = 1.0  # sample_cached's default, as cached_call draws
+    method = heads.check_draw(config, "gumbel", temperature)
     naive_fn = jax.jit(functools.partial(_naive_variables, model, method, start, count), compiler_options=options)
 
     def naive_call():
-        out["redrawn"] = naive_fn(params, key, values, temperature)
+        out["redrawn"] = naive_fn(params, key, values, jnp.float32(temperature))
         return out["redrawn"]
 
     naive = time_calls(naive_call, **timing)

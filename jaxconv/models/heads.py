@@ -179,13 +179,11 @@ def variable_noise(config: AutoregressiveConfig, key: jax.Array, batch: int, met
 
 def mixture_draw(params: jax.Array, uniforms: jax.Array) -> jax.Array:
     """A logistic mixture's value [B] from its parameters [B, 3K] and K + 1 uniforms in (0, 1) [B, K+1]."""
-    logits, means, log_scales = jnp.split(params.astype(jnp.float32), 3, axis=-1)  # [B, K]
-    k = logits.shape[-1]
-    component = first_argmax(logits - jnp.log(-jnp.log(uniforms[:, :k])))[:, None]  # Gumbel-max
-    mean = jnp.take_along_axis(means, component, axis=-1)[:, 0]
-    scale = jnp.exp(jnp.maximum(jnp.take_along_axis(log_scales, component, axis=-1)[:, 0], -7.0))
+    k = params.shape[-1] // 3
+    mean, log_scale = _chosen_component(params, -jnp.log(-jnp.log(uniforms[:, :k])))  # Gumbels from uniforms
+    scale = jnp.exp(jnp.maximum(log_scale[:, 0], -7.0))
     u = uniforms[:, k]
-    x = mean + scale * (jnp.log(u) - jnp.log1p(-u))  # the logistic's inverse CDF
+    x = mean[:, 0] + scale * (jnp.log(u) - jnp.log1p(-u))  # the logistic's inverse CDF
     # value v's bin is (v - 1/2, v + 1/2] on the scale (x + 1) * 255 / 2; below 0 and above 255 the edge bins
     return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.int32)
 
@@ -194,11 +192,17 @@ def component_draw(params: jax.Array, gumbels: jax.Array) -> jax.Array:
     """A logistic mixture's value [B] at temperature 1 from its parameters [B, 3K] and K + 256 Gumbels
     [B, K+256]: a component by Gumbel-max over the K logits, then a value by Gumbel-max over that
     component's 256 log-probabilities (``check_draw``'s method "component")."""
+    k = params.shape[-1] // 3
+    mean, log_scale = _chosen_component(params, gumbels[:, :k])
+    return first_argmax(_bins_log_prob(mean, log_scale)[:, 0] + gumbels[:, k:])
+
+
+def _chosen_component(params: jax.Array, gumbels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A mixture's component by Gumbel-max over its logits: params [B, 3K], Gumbels [B, K] -> the component's
+    mean and log-scale [B, 1] (float32)."""
     logits, means, log_scales = jnp.split(params.astype(jnp.float32), 3, axis=-1)  # [B, K]
-    k = logits.shape[-1]
-    component = first_argmax(logits + gumbels[:, :k])[:, None]
-    pick = lambda a: jnp.take_along_axis(a, component, axis=-1)  # [B, 1]
-    return first_argmax(_bins_log_prob(pick(means), pick(log_scales))[:, 0] + gumbels[:, k:])
+    component = first_argmax(logits + gumbels)[:, None]
+    return jnp.take_along_axis(means, component, axis=-1), jnp.take_along_axis(log_scales, component, axis=-1)
 
 
 def values_log_prob(config: AutoregressiveConfig, params: jax.Array) -> jax.Array:
