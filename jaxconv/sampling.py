@@ -203,7 +203,8 @@ def _read(x: jax.Array, index: jax.Array) -> jax.Array:
 
 
 def _pixelcnn_weights(model: PixelCNN, params: Any) -> dict:
-    """The model's kernels, masked as ``MaskedConv2D`` masks them (either form), as [k*k*Cin, Cout] matrices."""
+    """The model's kernels, masked as ``MaskedConv2D`` masks them (either form), as [taps*Cin, Cout] matrices
+    over the taps a mask lets through (raster order: the rows above, then the centre row up to the centre)."""
     config, dtype = model.config, model.dtype
     cast = lambda a: jnp.asarray(a).astype(dtype)
 
@@ -217,7 +218,8 @@ def _pixelcnn_weights(model: PixelCNN, params: Any) -> dict:
             if r:
                 kernel = kernel.at[:r].set(p["kernel_above"])
         mask = raster_mask(k, kernel.shape[2], kernel.shape[3], config.colours, mask_type)
-        return cast((kernel * mask).reshape(-1, kernel.shape[3])), cast(p["bias"])
+        live = (k // 2 * (k + 1) + 1) * kernel.shape[2]
+        return cast((kernel * mask).reshape(-1, kernel.shape[3])[:live]), cast(p["bias"])
 
     blocks = [params[f"blocks_{n}"] for n in range(config.num_blocks)]
     return {"first": matrix(params["first"], config.first_kernel, "A"),
@@ -243,10 +245,12 @@ def _cached_pixelcnn(model, known_rows, progress, method, params, key, values, l
     caches = tuple(jnp.zeros((h + 2 * d * r, w + 2 * d * r, config.hidden, b), dtype) for d in dilations)
 
     def window(x, i, j, size, step):
-        """The size x size block at (i, j) of a [rows, columns, features, B] array, every step-th tap ->
-        [taps * features, B]."""
-        block = jax.lax.dynamic_slice(x, (i, j, 0, 0), (size, size, *x.shape[2:]))[::step, ::step]
-        return block.reshape(-1, x.shape[3])
+        """The masked taps of the size x size block at (i, j) of a [rows, columns, features, B] array, every
+        step-th row and column, as ``_pixelcnn_weights`` orders them -> [taps * features, B]."""
+        taps = (size - 1) // step + 1
+        above = taps // 2
+        block = jax.lax.dynamic_slice(x, (i, j, 0, 0), (above * step + 1, size, *x.shape[2:]))[::step, ::step]
+        return block.reshape(-1, x.shape[3])[:(above * (taps + 1) + 1) * x.shape[2]]
 
     def stack(i, j, x_pad, caches):
         """Position (i, j): the raw output [B, P] and the caches with this position's spatial-conv inputs."""

@@ -61,18 +61,30 @@ def tiny(name, form="masked"):
 
 @pytest.mark.parametrize("k, dilation, colours, mask_type", [
     (3, 1, 1, "A"), (3, 2, 3, "B"), (5, 1, 3, "A"), (7, 1, 1, "B"), (5, 2, 3, "B"), (1, 1, 3, "B")])
-def test_masked_and_cropped_forms_agree(k, dilation, colours, mask_type):
+def test_both_forms_are_the_dense_conv_of_the_masked_kernel(k, dilation, colours, mask_type):
     x = jax.random.normal(jax.random.key(1), (2, 7, 6, 6))
     masked = MaskedConv2D(9, k, mask_type, colours, dilation)
     params = random_params(masked, x)
+    mask = raster_mask(k, 6, 9, colours, mask_type)
+    p = dilation * (k // 2)
+    want = jax.lax.conv_general_dilated(x, params["kernel"] * mask, (1, 1), [(p, p), (p, p)],
+                                        rhs_dilation=(dilation, dilation),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["bias"]
+    np.testing.assert_allclose(masked.apply({"params": params}, x), want, rtol=1e-5, atol=1e-5)
     cropped = MaskedConv2D(9, k, mask_type, colours, dilation, form="cropped")
     converted = masked_to_cropped(params)
     assert jax.tree.map(jnp.shape, converted) == jax.tree.map(jnp.shape, random_params(cropped, x))
-    want = masked.apply({"params": params}, x)
     np.testing.assert_allclose(cropped.apply({"params": converted}, x), want, rtol=1e-5, atol=1e-5)
-    # The kernel's masked-out taps really are ignored.
-    noisy = {**params, "kernel": params["kernel"] + 100.0 * (1.0 - raster_mask(k, 6, 9, colours, mask_type))}
+    # One position from its padded window (the cached sampler's call).
+    window = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))[:, 4:4 + 2 * p + 1, 3:3 + 2 * p + 1]
+    for layer, layer_params in ((masked, params), (cropped, converted)):
+        np.testing.assert_allclose(layer.apply({"params": layer_params}, window, padded=True),
+                                   want[:, 4:5, 3:4], rtol=1e-5, atol=1e-5)
+    # The kernel's masked-out taps are ignored and get no gradient.
+    noisy = {**params, "kernel": params["kernel"] + 100.0 * (1.0 - mask)}
     np.testing.assert_allclose(masked.apply({"params": noisy}, x), want, rtol=1e-5, atol=1e-5)
+    grad = jax.grad(lambda q: jnp.sum(masked.apply({"params": q}, x) ** 2))(params)["kernel"]
+    assert np.all(np.asarray(grad)[mask == 0] == 0) and np.any(np.asarray(grad)[mask == 1] != 0)
 
 
 def test_raster_mask_centre_groups():
@@ -81,6 +93,9 @@ def test_raster_mask_centre_groups():
     np.testing.assert_array_equal(raster_mask(3, 3, 6, 3, "B")[1, 1] - mask,
                                   [[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]])
     assert raster_mask(3, 1, 1, 1, "A")[1, 1].sum() == 0 and raster_mask(3, 1, 1, 1, "B")[1, 1].sum() == 1
+    np.testing.assert_array_equal(raster_mask(5, 1, 1, 1, "B")[..., 0, 0], [[1, 1, 1, 1, 1], [1, 1, 1, 1, 1],
+                                                                            [1, 1, 1, 0, 0], [0, 0, 0, 0, 0],
+                                                                            [0, 0, 0, 0, 0]])
 
 
 def test_whole_pixelcnn_masked_and_cropped_agree():

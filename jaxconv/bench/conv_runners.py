@@ -6,8 +6,9 @@ A variant turns canonical NHWC/HWIO data into its layout and computes ``shape.ou
 PyTorch's single-pass modes, ``aten.convolution_backward`` (the kernel autograd itself calls). Variants:
 
 - JAX, NHWC: ``xla`` (``lax.conv_general_dilated``), ``im2col``, ``taps``, ``fft`` (float32, kernels
-  of 25 taps or more), ``native`` (float32, one group) from ``jaxconv.models.conv_impls``; masked shapes: ``masked`` and ``cropped``, the
-  ``MaskedConv2D`` layer in either form (its bias is zero), instead of ``xla``;
+  of 25 taps or more), ``native`` (float32, one group) from ``jaxconv.models.conv_impls``, on a masked
+  shape the dense kxk conv of the masked kernel; masked shapes also: ``masked`` and ``cropped``, the
+  ``MaskedConv2D`` layer in either form (its bias is zero; both convolve only the live taps);
 - JAX, NCHW: ``xla`` with NCHW/OIHW dimension numbers;
 - PyTorch (optional, ``pip install "jaxconv[bench]"``): ``torch.nn.functional.conv2d``, NCHW
   (contiguous) and NHWC (``channels_last``); oneDNN on CPU, cuDNN on GPU (``cudnn.benchmark`` on);
@@ -89,16 +90,12 @@ def _jax_fn(impl: str, shape: ConvShape, layout: str, user_fn: Callable | None =
     return fn
 
 
-def _plain(shape, dtype):
-    return not shape.mask
-
-
 def _fft_applies(shape, dtype):
     return conv_impls.supports("fft", dtype) and shape.kh * shape.kw >= 25
 
 
 VARIANTS: list[Variant] = [
-    Variant("xla", "jax", "NHWC", _plain),
+    Variant("xla", "jax", "NHWC"),
     Variant("masked", "jax", "NHWC", lambda s, d: bool(s.mask)),
     Variant("cropped", "jax", "NHWC", lambda s, d: bool(s.mask)),
     Variant("xla", "jax", "NCHW"),

@@ -3,8 +3,7 @@
 Shapes: B batch, H/W height/width, Cin/Cout channels, k kernel size (odd), r = k // 2, d dilation,
 p = d * r the padding each side. A "window" is a slice of an already padded input; every layer
 here maps a padded input of size (n + pads) to an output of size n with a VALID convolution, so the
-same layer computes a whole image or, given the window around one position, just that position
-(the cached sampler relies on this).
+same layer computes a whole image or, given the window around one position, just that position.
 
 Ordering: raster order over pixels, then R, G, B within a pixel. Channel grouping convention:
 channel c of an n-channel tensor belongs to colour group ``c * colours // n`` (contiguous blocks:
@@ -15,11 +14,14 @@ logistic mixture, whose network is causal per pixel and whose R->G->B dependency
 At the centre tap, output group g sees input groups < g (mask "A") or <= g (mask "B"); with one
 colour, mask A sees nothing at the centre and mask B sees all of it.
 
-Two forms of the kxk masked convolution give the same outputs:
-- "masked": one kxk kernel multiplied by a numpy 0/1 mask at use time;
-- "cropped": only the non-zero region is stored and computed: an r x k kernel over the rows above
-  (the input shifted down) plus a 1 x (r+1) kernel over the centre row up to the centre tap, which
-  carries the channel mask. ``masked_to_cropped`` converts parameters from the first to the second.
+Both forms of the kxk masked convolution compute only the taps a mask lets through: an r x k
+kernel over the rows above (the input shifted down) plus a 1 x (r+1) kernel over the centre row up to
+the centre tap, which carries the channel mask (a dense kxk conv of the masked kernel spends about
+half its multiply-adds on zeros; docs/benchmarks.md, "Masked convs"). They differ in what they store:
+- "masked": one kxk kernel, as the paper and PyTorch implementations do (the bench's twins count the
+  same parameters); its masked-out taps never receive a gradient;
+- "cropped": only the two live kernels. ``masked_to_cropped`` converts parameters from the first to
+  the second.
 """
 
 from __future__ import annotations
@@ -100,16 +102,17 @@ class MaskedConv2D(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         if self.form == "masked":
             kernel = self.param("kernel", KERNEL_INIT, (k, k, cin, self.features))
-            y = conv_valid(x, (kernel * mask).astype(self.dtype), d, self.policy)
+            row, above = kernel[r:r + 1, :r + 1], kernel[:r]
         else:
-            h, w = x.shape[1] - 2 * p, x.shape[2] - 2 * p
             row = self.param("kernel_row", KERNEL_INIT, (1, r + 1, cin, self.features))
-            # Centre row: output column j reads input columns j - p .. j (the padded columns j .. j + p).
-            y = conv_valid(x[:, p:p + h, :w + p], (row * mask[r:r + 1, :r + 1]).astype(self.dtype), d, self.policy)
-            if r > 0:
-                above = self.param("kernel_above", KERNEL_INIT, (r, k, cin, self.features))
-                # Rows above: dropping the last rows of the padded input shifts it down by d.
-                y = y + conv_valid(x[:, :h + d * (r - 1)], above.astype(self.dtype), d, self.policy)
+            above = self.param("kernel_above", KERNEL_INIT, (r, k, cin, self.features)) if r > 0 else None
+        h, w = x.shape[1] - 2 * p, x.shape[2] - 2 * p
+        row = (row * mask[r:r + 1, :r + 1]).astype(self.dtype)
+        # Centre row: output column j reads input columns j - p .. j (the padded columns j .. j + p).
+        y = conv_valid(x[:, p:p + h, :w + p], row, d, self.policy)
+        if r > 0:
+            # Rows above: dropping the last rows of the padded input shifts it down by d.
+            y = y + conv_valid(x[:, :h + d * (r - 1)], above.astype(self.dtype), d, self.policy)
         return y + bias.astype(self.dtype)
 
 
