@@ -32,7 +32,9 @@ from jaxconv.models.lenet import LeNetConfig
 # gradient; "channel-tails": 20 input channels (16 + 4) and 35 output channels (2 x 16 + 3), the native
 # kernel gradient's full and partial tiles; "one-channel-padded": one input channel, whose native kernel
 # gradient takes a row's taps as the tile's channels where all are inside the padded image; "one-channel-wide":
-# a kernel wider than the image, no column where all of a row's taps are inside. Small kernels: each
+# a kernel wider than the image, no column where all of a row's taps are inside; "negative-bottom" and
+# "one-channel-negative": a masked conv's rows above (``MaskedConv2D``), whose padding crops the last d input
+# rows. Small kernels: each
 # implementation's code is the same for any size, and they compile fast.
 CASES = [
     ((2, 13, 13, 3), (3, 3, 3, 8), 2, ((0, 0), (0, 0)), 1, 1),
@@ -42,6 +44,8 @@ CASES = [
     ((2, 12, 12, 6), (3, 3, 3, 4), 1, ((2, 2), (2, 2)), 2, 2),
     ((1, 12, 13, 4), (2, 3, 4, 4), (1, 2), ((2, 0), (1, 1)), (2, 1), 1),
     ((2, 64, 64, 4), (3, 3, 2, 6), 2, ((1, 1), (1, 1)), 1, 2),
+    ((2, 9, 8, 5), (1, 3, 5, 6), 1, ((2, -2), (2, 2)), 2, 1),
+    ((2, 10, 9, 1), (3, 7, 1, 6), 1, ((3, -1), (3, 3)), 1, 1),
 ]
 
 
@@ -55,7 +59,8 @@ def quick_results(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", CASES, ids=["strided", "channel-tails", "one-channel-padded", "one-channel-wide",
-                                             "dilated-grouped", "asymmetric", "grouped-strided-kept"])
+                                             "dilated-grouped", "asymmetric", "grouped-strided-kept",
+                                             "negative-bottom", "one-channel-negative"])
 def test_conv_implementations_match_xla(case):
     xs, ks, strides, padding, dilation, groups = case
     rng = np.random.default_rng(0)

@@ -2,7 +2,7 @@
 
 Shapes: B batch, H/W input height/width, Ho/Wo output height/width, G feature groups, T = kh * kw taps.
 x [B, H, W, Cin] (NHWC), kernel [kh, kw, Cin / G, Cout] (HWIO), result [B, Ho, Wo, Cout]; ``padding``
-is explicit ((top, bottom), (left, right)); ``strides`` and ``dilation`` are pairs. The semantics are
+is explicit ((top, bottom), (left, right)), a negative side crops the input; ``strides`` and ``dilation`` are pairs. The semantics are
 ``lax.conv_general_dilated``'s (cross-correlation, ``feature_group_count=G``, output channel o in group
 o // (Cout / G)).
 
@@ -70,10 +70,15 @@ def conv_split(x, kernel, strides, padding, dilation, groups):
                                      dilation, 1) for g in range(groups)], axis=-1)
 
 
+def _pad(x, padding):
+    """x padded as ``padding`` says; ``lax.pad`` as it takes negative sides, as XLA's convolution does."""
+    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+
+
 def _views(x, kh: int, kw: int, strides, padding, dilation):
     """The T views x_pad[:, i*dh + s*a, j*dw + s*b, :] for a < Ho, b < Wo, taps in (i, j) raster order.
     The padded input is materialised once: every view reads it (``jaxconv.models.materialize``)."""
-    x = materialize(jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0))))
+    x = materialize(_pad(x, padding))
     b, h, w, c = x.shape
     (sh, sw), (dh, dw) = strides, dilation
     ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
@@ -119,7 +124,7 @@ def conv_taps(x, kernel, strides, padding, dilation, groups):
 def conv_fft(x, kernel, strides, padding, dilation, groups):
     kh, kw, cg, cout = kernel.shape
     (sh, sw), (dh, dw) = strides, dilation
-    x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    x = _pad(x, padding)
     b, h, w, cin = x.shape
     ekh, ekw = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # dilated kernel extent
     ho, wo = h - ekh + 1, w - ekw + 1  # stride-1 valid output

@@ -1,9 +1,10 @@
 """Causal (masked) convolutions for autoregressive image models.
 
 Shapes: B batch, H/W height/width, Cin/Cout channels, k kernel size (odd), r = k // 2, d dilation,
-p = d * r the padding each side. A "window" is a slice of an already padded input; every layer
-here maps a padded input of size (n + pads) to an output of size n with a VALID convolution, so the
-same layer computes a whole image or, given the window around one position, just that position.
+p = d * r the padding each side. A "window" is a slice of an already padded input. Every layer takes
+the input itself (its convolutions pad it, with no padded copy) or, with ``padded=True``, an input
+padded already (VALID convolutions), so the same layer computes a whole image or, given the window
+around one position, just that position.
 
 Ordering: raster order over pixels, then R, G, B within a pixel. Channel grouping convention:
 channel c of an n-channel tensor belongs to colour group ``c * colours // n`` (contiguous blocks:
@@ -69,10 +70,6 @@ def conv_valid(x: jax.Array, kernel: jax.Array, dilation: int, policy: ConvPolic
     return conv(x, kernel, 1, "VALID", dilation, policy=policy)
 
 
-def _pad(x: jax.Array, top: int, bottom: int, left: int, right: int) -> jax.Array:
-    return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-
-
 class MaskedConv2D(nn.Module):
     """kxk convolution that sees only earlier variables; "SAME" output size.
 
@@ -94,8 +91,6 @@ class MaskedConv2D(nn.Module):
     def __call__(self, x: jax.Array, *, padded: bool = False) -> jax.Array:
         k, d = self.kernel_size, self.dilation
         r, p = k // 2, self.dilation * (k // 2)
-        if not padded:
-            x = _pad(x, p, p, p, p)
         x = x.astype(self.dtype)
         cin = x.shape[-1]
         mask = raster_mask(k, cin, self.features, self.colours, self.mask_type, self.out_tiles)
@@ -106,13 +101,22 @@ class MaskedConv2D(nn.Module):
         else:
             row = self.param("kernel_row", KERNEL_INIT, (1, r + 1, cin, self.features))
             above = self.param("kernel_above", KERNEL_INIT, (r, k, cin, self.features)) if r > 0 else None
-        h, w = x.shape[1] - 2 * p, x.shape[2] - 2 * p
         row = (row * mask[r:r + 1, :r + 1]).astype(self.dtype)
-        # Centre row: output column j reads input columns j - p .. j (the padded columns j .. j + p).
-        y = conv_valid(x[:, p:p + h, :w + p], row, d, self.policy)
+        above = None if r == 0 else above.astype(self.dtype)
+        if padded:
+            h, w = x.shape[1] - 2 * p, x.shape[2] - 2 * p
+            # Centre row: output column j reads input columns j - p .. j (the padded columns j .. j + p).
+            y = conv_valid(x[:, p:p + h, :w + p], row, d, self.policy)
+            if r > 0:
+                # Rows above: dropping the last rows of the padded input shifts it down by d.
+                y = y + conv_valid(x[:, :h + d * (r - 1)], above, d, self.policy)
+            return y + bias.astype(self.dtype)
+        # The convs pad, so no padded copy of x is made (PixelCNN's train step took 3-6% longer with one):
+        # the centre row p columns on the left; the rows above p rows on top and -d at the bottom (the
+        # last d input rows are below every output row's taps).
+        y = conv(x, row, 1, ((0, 0), (p, 0)), d, policy=self.policy)
         if r > 0:
-            # Rows above: dropping the last rows of the padded input shifts it down by d.
-            y = y + conv_valid(x[:, :h + d * (r - 1)], above.astype(self.dtype), d, self.policy)
+            y = y + conv(x, above, 1, ((p, -d), (p, p)), d, policy=self.policy)
         return y + bias.astype(self.dtype)
 
 
@@ -151,12 +155,13 @@ class VerticalConv(nn.Module):
     def __call__(self, x: jax.Array, *, padded: bool = False) -> jax.Array:
         k, d = self.kernel_size, self.dilation
         r = k // 2
-        if not padded:
-            top = r + 1 if self.shifted else d * r
-            x = _pad(x, top, 0, d * r, d * r)[:, :x.shape[1] + top - (1 if self.shifted else 0)]
         kernel = self.param("kernel", KERNEL_INIT, (r + 1, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv_valid(x.astype(self.dtype), kernel.astype(self.dtype), d, self.policy) + bias.astype(self.dtype)
+        padding = ((0, 0), (0, 0))
+        if not padded:  # the conv pads (no padded copy of x); shifted: the last input row is cropped
+            padding = ((r + 1, -1) if self.shifted else (d * r, 0), (d * r, d * r))
+        y = conv(x.astype(self.dtype), kernel.astype(self.dtype), 1, padding, d, policy=self.policy)
+        return y + bias.astype(self.dtype)
 
 
 class HorizontalConv(nn.Module):
@@ -178,12 +183,11 @@ class HorizontalConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, padded: bool = False) -> jax.Array:
         r, d = self.kernel_size // 2, self.dilation
-        if not padded:
-            x = _pad(x, 0, 0, d * r, 0)
+        padding = ((0, 0), (0, 0)) if padded else ((0, 0), (d * r, 0))  # the conv pads: no padded copy of x
         cin = x.shape[-1]
         mask = np.ones((1, r + 1, cin, self.features), np.float32)
         mask[0, r] = centre_mask(cin, self.features, self.colours, self.mask_type, self.out_tiles)
         kernel = self.param("kernel", KERNEL_INIT, (1, r + 1, cin, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        y = conv_valid(x.astype(self.dtype), (kernel * mask).astype(self.dtype), d, self.policy)
+        y = conv(x.astype(self.dtype), (kernel * mask).astype(self.dtype), 1, padding, d, policy=self.policy)
         return y + bias.astype(self.dtype)
