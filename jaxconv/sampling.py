@@ -42,7 +42,7 @@ import numpy as np
 
 from jaxconv.models.heads import (check_draw, draw_variable, sample_variable, scale_values, to_images, to_values,
                                   variable_noise, variable_params)
-from jaxconv.models.masked import centre_mask, raster_mask
+from jaxconv.models.masked import centre_mask, live_taps, raster_mask
 from jaxconv.models.materialize import materialize
 from jaxconv.models.pixelcnn import GatedPixelCNN, PixelCNN, layer_dilations
 
@@ -218,7 +218,7 @@ def _pixelcnn_weights(model: PixelCNN, params: Any) -> dict:
             if r:
                 kernel = kernel.at[:r].set(p["kernel_above"])
         mask = raster_mask(k, kernel.shape[2], kernel.shape[3], config.colours, mask_type)
-        live = (k // 2 * (k + 1) + 1) * kernel.shape[2]
+        live = live_taps(k) * kernel.shape[2]
         return cast((kernel * mask).reshape(-1, kernel.shape[3])[:live]), cast(p["bias"])
 
     blocks = [params[f"blocks_{n}"] for n in range(config.num_blocks)]
@@ -247,10 +247,10 @@ def _cached_pixelcnn(model, known_rows, progress, method, params, key, values, l
     def window(x, i, j, size, step):
         """The masked taps of the size x size block at (i, j) of a [rows, columns, features, B] array, every
         step-th row and column, as ``_pixelcnn_weights`` orders them -> [taps * features, B]."""
-        taps = (size - 1) // step + 1
-        above = taps // 2
-        block = jax.lax.dynamic_slice(x, (i, j, 0, 0), (above * step + 1, size, *x.shape[2:]))[::step, ::step]
-        return block.reshape(-1, x.shape[3])[:(above * (taps + 1) + 1) * x.shape[2]]
+        kernel = (size - 1) // step + 1
+        rows = kernel // 2 * step + 1  # up to the centre row
+        block = jax.lax.dynamic_slice(x, (i, j, 0, 0), (rows, size, *x.shape[2:]))[::step, ::step]
+        return block.reshape(-1, x.shape[3])[:live_taps(kernel) * x.shape[2]]
 
     def stack(i, j, x_pad, caches):
         """Position (i, j): the raw output [B, P] and the caches with this position's spatial-conv inputs."""

@@ -2,9 +2,9 @@
 
 Shapes: B batch, H/W input height/width, Ho/Wo output height/width, G feature groups, T = kh * kw taps.
 x [B, H, W, Cin] (NHWC), kernel [kh, kw, Cin / G, Cout] (HWIO), result [B, Ho, Wo, Cout]; ``padding``
-is explicit ((top, bottom), (left, right)), a negative side crops the input; ``strides`` and ``dilation`` are pairs. The semantics are
-``lax.conv_general_dilated``'s (cross-correlation, ``feature_group_count=G``, output channel o in group
-o // (Cout / G)).
+is explicit ((top, bottom), (left, right)), a negative side crops the input; ``strides`` and
+``dilation`` are pairs. The semantics are ``lax.conv_general_dilated``'s (cross-correlation,
+``feature_group_count=G``, output channel o in group o // (Cout / G)).
 
 - ``xla``: ``lax.conv_general_dilated``, XLA's convolution (on CPU Eigen's or YNNPACK's kernels, as the conv
   policy's ``xla_cpu`` says; on GPU cuDNN).

@@ -54,6 +54,11 @@ def centre_mask(cin: int, cout: int, colours: int, mask_type: MaskType, out_tile
     return allowed.astype(np.float32)
 
 
+def live_taps(k: int) -> int:
+    """The taps of a kxk mask that can be non-zero: the r rows above and the centre row up to its centre."""
+    return k // 2 * (k + 1) + 1
+
+
 def raster_mask(k: int, cin: int, cout: int, colours: int, mask_type: MaskType,
                 out_tiles: int = 1) -> np.ndarray:
     """[k, k, Cin, Cout] 0/1: rows above, the centre row left of centre, and the centre tap's groups."""
