@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROPS = "tests/test_properties.py"
 PIXELCNN = "tests/test_pixelcnn.py"
 DATA = "tests/test_data.py"
-CAUSAL = [PIXELCNN, "-k", "raster_mask or causality or masked_and_cropped"]
+CAUSAL = [PIXELCNN, "-k", "raster_mask or causality or dense_conv_of_the_masked_kernel"]
 SAMPLERS = [PIXELCNN, "-k", "samplers_agree"]
 EVAL = [PROPS, "-k", "eval_is"]
 
@@ -76,7 +76,13 @@ MUTANTS = [
       "mask[0, r] = centre_mask(cin, self.features, self.colours, self.mask_type, self.out_tiles)",
       'mask[0, r] = centre_mask(cin, self.features, self.colours, "B", self.out_tiles)', CAUSAL),
     m("vertical-first-layer-not-shifted", "jaxconv/models/masked.py",
-      "top = r + 1 if self.shifted else d * r", "top = r if self.shifted else d * r", CAUSAL),
+      "padding = ((r + 1, -1) if self.shifted else (d * r, 0), (d * r, d * r))",
+      "padding = ((r, 0) if self.shifted else (d * r, 0), (d * r, d * r))", CAUSAL),
+    m("masked-form-reads-rows-below", "jaxconv/models/masked.py",
+      "row, above = kernel[r:r + 1, :r + 1], kernel[:r]", "row, above = kernel[r:r + 1, :r + 1], kernel[1:r + 1]",
+      CAUSAL),
+    m("live-taps-without-centre", "jaxconv/models/masked.py",
+      "return k // 2 * (k + 1) + 1", "return k // 2 * (k + 1)", SAMPLERS),
     # --- samplers (jaxconv/sampling.py) -----------------------------------------------------------
     m("cached-key-ignores-channel", "jaxconv/sampling.py",
       "* channels + jnp.arange(channels)[None, :]", "* channels + 0 * jnp.arange(channels)[None, :]", SAMPLERS),
