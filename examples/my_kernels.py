@@ -1,7 +1,8 @@
 """Two conv kernels for `jaxconv bench conv --impl examples/my_kernels.py:conv` (docs/benchmarks.md).
 
 jaxconv calls fn(x, kernel, strides, padding, dilation, groups) -> y: x [B, H, W, Cin] (NHWC), kernel
-[kh, kw, Cin / groups, Cout] (HWIO), padding ((top, bottom), (left, right)), strides and dilation pairs;
+[kh, kw, Cin / groups, Cout] (HWIO), padding ((top, bottom), (left, right)) (a negative side crops the
+input: PixelCNN's causal convs have one), strides and dilation pairs;
 y [B, Ho, Wo, Cout], lax.conv_general_dilated's cross-correlation, in x's dtype.
 """
 
@@ -16,7 +17,7 @@ def conv(x, kernel, strides, padding, dilation, groups):
     """im2col: each kernel tap's strided view of the padded input, then one matmul per group."""
     kh, kw, cg, cout = kernel.shape
     (sh, sw), (dh, dw) = strides, dilation
-    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
     b, h, w, _ = x.shape
     ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
     cols = jnp.stack([x[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]

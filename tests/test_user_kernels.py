@@ -158,6 +158,19 @@ def test_the_documented_example_is_the_example_file_and_agrees(sweep):
             assert r["status"] == "ok" and r["time_s"] > 0, (name, row["shape"], row["dtype"], row["mode"], r)
 
 
+def test_the_example_kernel_takes_a_negative_padding_side():
+    """PixelCNN's causal convs crop the input's last rows with one (the pixelcnn shape sets have them)."""
+    import jax
+    import numpy as np
+
+    fn = conv_runners.load_kernel(f"{EXAMPLE}:conv").fn
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5, 3))
+    kernel = jax.random.normal(jax.random.key(1), (1, 3, 3, 4))
+    padding = ((1, -1), (1, 1))
+    want = jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(fn(x, kernel, (1, 1), padding, (1, 1), 1), want, rtol=1e-5, atol=1e-5)
+
+
 BAD = [  # (--impl, the start of the message after "jaxconv: error: --impl '...': ")
     ("kernels.py", "expected MODULE:FUNCTION"),
     ("kernels.py:", "expected MODULE:FUNCTION"),

@@ -113,9 +113,10 @@ BUILTIN_IMPLS = tuple(dict.fromkeys(v.impl for v in VARIANTS))
 @dataclasses.dataclass(frozen=True)
 class UserKernel:
     """A user's conv implementation in the sweep: ``fn(x, kernel, strides, padding, dilation, groups) -> y``,
-    x NHWC, kernel HWIO, ``padding`` explicit ((top, bottom), (left, right)), ``strides`` and ``dilation``
-    pairs, as ``jaxconv.models.conv_impls``'s implementations; it runs under ``jax.jit``, its gradients
-    through ``jax.vjp`` (a ``jax.custom_vjp``'s rule when it has one). ``name``: its ``impl`` in the results."""
+    x NHWC, kernel HWIO, ``padding`` explicit ((top, bottom), (left, right); a negative side crops),
+    ``strides`` and ``dilation`` pairs, as ``jaxconv.models.conv_impls``'s implementations; it runs under
+    ``jax.jit``, its gradients through ``jax.vjp`` (a ``jax.custom_vjp``'s rule when it has one). ``name``: its
+    ``impl`` in the results."""
 
     name: str
     fn: Callable
