@@ -42,7 +42,7 @@ import numpy as np
 
 from jaxconv.models.heads import (check_draw, draw_variable, sample_variable, scale_values, to_images, to_values,
                                   variable_noise, variable_params)
-from jaxconv.models.masked import centre_mask, live_taps, raster_mask
+from jaxconv.models.masked import centre_mask, live_taps, masked_to_cropped, raster_mask
 from jaxconv.models.materialize import materialize
 from jaxconv.models.pixelcnn import GatedPixelCNN, PixelCNN, layer_dilations
 
@@ -209,17 +209,12 @@ def _pixelcnn_weights(model: PixelCNN, params: Any) -> dict:
     cast = lambda a: jnp.asarray(a).astype(dtype)
 
     def matrix(p, k, mask_type):
-        if "kernel" in p:
-            kernel = p["kernel"]
-        else:  # cropped: the rows above and the centre row up to the centre tap
-            r = k // 2
-            row = p["kernel_row"]
-            kernel = jnp.zeros((k, k, *row.shape[2:]), row.dtype).at[r, :r + 1].set(row[0])
-            if r:
-                kernel = kernel.at[:r].set(p["kernel_above"])
-        mask = raster_mask(k, kernel.shape[2], kernel.shape[3], config.colours, mask_type)
-        live = live_taps(k) * kernel.shape[2]
-        return cast((kernel * mask).reshape(-1, kernel.shape[3])[:live]), cast(p["bias"])
+        p, r = masked_to_cropped(p), k // 2  # the live taps either way: the rows above, the centre row's
+        row = p["kernel_row"]
+        cout = row.shape[3]
+        row = row * raster_mask(k, row.shape[2], cout, config.colours, mask_type)[r:r + 1, :r + 1]
+        taps = [p["kernel_above"], row] if r else [row]
+        return cast(jnp.concatenate([t.reshape(-1, cout) for t in taps])), cast(p["bias"])
 
     blocks = [params[f"blocks_{n}"] for n in range(config.num_blocks)]
     return {"first": matrix(params["first"], config.first_kernel, "A"),
