@@ -2,6 +2,7 @@
 that a batch split over devices stays split, and that a machine without a compiler, or with a damaged
 cache, still trains (XLA's kernel gradient, one warning)."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from conftest import REPO, run_cli
@@ -20,17 +22,24 @@ def _grads(impl, x, k):
     return jax.jit(jax.grad(loss, argnums=(0, 1)))
 
 
-def test_batch_split_over_devices_sums_per_device_kernel_gradients():
+@pytest.mark.parametrize("mesh_in_context", [False, True], ids=["custom_partitioning", "set_mesh"])
+def test_batch_split_over_devices_sums_per_device_kernel_gradients(mesh_in_context):
     assert cpu_kernel_grad.reason() == ""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((16, 10, 9, 18)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((3, 2, 18, 20)) / 10, jnp.float32)
-    split = jax.device_put(x, NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data")))
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    split = jax.device_put(x, NamedSharding(mesh, P("data")))
     native = _grads("xla/xla/native", split, k)
-    program = native.lower(split, k).compile().as_text()
+    with jax.set_mesh(mesh) if mesh_in_context else contextlib.nullcontext():
+        lowered = native.lower(split, k)
+        grads = native(split, k)
+    # The mesh path holds no Python pointer, so JAX's persistent cache can keep the program.
+    assert ("CustomSPMDPartitioning" in lowered.as_text("hlo")) != mesh_in_context
+    program = lowered.compile().as_text()
     assert f'custom_call_target="{cpu_kernel_grad.TARGET}"' in program
     assert "all-gather" not in program and "all-reduce" in program  # each device its images, then a sum
-    for a, b in zip(native(split, k), _grads("xla", x, k)(x, k)):
+    for a, b in zip(grads, _grads("xla", x, k)(x, k)):
         np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
@@ -69,3 +78,15 @@ def test_training_without_a_compiler_uses_xlas_kernel_gradient(tmp_path):
     warnings = [line for line in run.stderr.splitlines() if "native CPU kernel gradient is unavailable" in line]
     assert len(warnings) == 1, run.stderr
     assert not list((tmp_path / "native").glob("*.so"))
+
+
+def test_a_second_run_reuses_the_first_runs_compiled_train_step(tmp_path):
+    """The train step holds the native kernel gradient on every device; a later process (a resume, the next
+    run) loads the step from JAX's persistent cache instead of compiling it again."""
+    env = {**os.environ, "JAX_DEBUG_LOG_MODULES": "jax._src.compiler"}
+    for k in range(2):
+        run = run_cli("train", "lenet_modern_mnist", "--smoke", "--set", "train.steps=2", "--workdir",
+                      str(tmp_path / f"run{k}"), env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert "cache hit for 'jit_train_step'" in run.stderr
+    assert "MISS for 'jit_train_step'" not in run.stderr

@@ -7,6 +7,7 @@ Built on first use (``jaxconv.native_build``). Where it cannot be built, ``reaso
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from pathlib import Path
 
@@ -39,15 +40,14 @@ def kernel_grad(x, g, kernel_shape, strides, padding, dilation, batched_fallback
     whose output gradient is ``g`` [B, Ho, Wo, Cout]. Call only when ``reason()`` is empty.
 
     Under a jit whose inputs are split over devices by the batch, each device computes its images' part
-    and the parts are summed (``psum``), as for XLA's conv; without the partitioning rule XLA would
-    gather the whole batch on every device. Under ``jax.vmap`` (e.g. a Jacobian row by row),
-    ``batched_fallback(x, g)``, XLA's kernel gradient, is vmapped instead: one batched XLA conv rather
-    than one native call per row."""
+    and the parts are summed (``psum``), as for XLA's conv; without that XLA would gather the whole batch
+    on every device. Under ``jax.vmap`` (e.g. a Jacobian row by row), ``batched_fallback(x, g)``, XLA's
+    kernel gradient, is vmapped instead: one batched XLA conv rather than one native call per row."""
     kernel_shape = tuple(kernel_shape)
 
     @jax.custom_batching.custom_vmap
     def f(x, g):
-        return _partitioned(x, g, kernel_shape, strides, padding, dilation)
+        return _split_by_batch(x, g, kernel_shape, strides, padding, dilation)
 
     @f.def_vmap
     def f_vmap(axis_size, in_batched, x, g):
@@ -62,6 +62,29 @@ def _call(x, g, kernel_shape, strides, padding, dilation):
     out = jax.ShapeDtypeStruct(kernel_shape, jnp.float32)
     return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(
         x, g, sh=np.int64(sh), sw=np.int64(sw), pt=np.int64(pt), pl=np.int64(pl), dh=np.int64(dh), dw=np.int64(dw))
+
+
+def _split_by_batch(x, g, kernel_shape, strides, padding, dilation):
+    """The call, each device on its images when the batch is split over a mesh.
+
+    With a mesh in context (``jax.set_mesh``; jaxconv's train step is traced under its mesh): a
+    ``shard_map`` over the mesh's axes not already split by hand (none inside ``pmap``). Without one, the
+    split is unknown while tracing, so ``custom_partitioning`` states it for XLA's partitioner; its
+    program cannot be kept in JAX's persistent compilation cache (it holds a Python pointer), which
+    is why the mesh path exists: a train step compiled once is reused by every later process.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return _partitioned(x, g, kernel_shape, strides, padding, dilation)
+    axes = tuple(a for a in mesh.axis_names if a not in mesh.manual_axes)
+    devices = math.prod(mesh.shape[a] for a in axes)
+    if devices == 1 or x.shape[0] % devices:  # nothing to split, or XLA replicates the call
+        return _call(x, g, kernel_shape, strides, padding, dilation)
+
+    def local(x, g):
+        return jax.lax.psum(_call(x, g, kernel_shape, strides, padding, dilation), axes)
+
+    return jax.shard_map(local, in_specs=(P(axes), P(axes)), out_specs=P(), axis_names=set(axes))(x, g)
 
 
 _partitioned = custom_partitioning(_call, static_argnums=(2, 3, 4, 5))

@@ -165,12 +165,28 @@ class DataParallel:
         if self.mode == "pmap":
             mapped = jax.pmap(fn, axis_name=AXIS, donate_argnums=donate_argnums)
             return _CompiledWith(mapped, compiler_options) if compiler_options else mapped
-        return jax.jit(fn, in_shardings=(self.replicated, self.sharded), out_shardings=self.replicated,
-                       donate_argnums=donate_argnums, compiler_options=compiler_options)
+        return _UnderMesh(jax.jit(fn, in_shardings=(self.replicated, self.sharded), out_shardings=self.replicated,
+                                  donate_argnums=donate_argnums, compiler_options=compiler_options), self.mesh)
 
     @property
     def axis_name(self) -> str | None:
         return AXIS if self.mode == "pmap" else None
+
+
+class _UnderMesh:
+    """A jitted function traced and run with its mesh in context (``jax.set_mesh``), so that code inside
+    can split work over the mesh itself (the native kernel gradient, ``jaxconv.models.cpu_kernel_grad``)."""
+
+    def __init__(self, jitted, mesh: Mesh):
+        self.jitted, self.mesh = jitted, mesh
+
+    def __call__(self, *args):
+        with jax.set_mesh(self.mesh):
+            return self.jitted(*args)
+
+    def lower(self, *args):
+        with jax.set_mesh(self.mesh):
+            return self.jitted.lower(*args)
 
 
 class _CompiledWith:
