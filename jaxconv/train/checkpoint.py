@@ -73,6 +73,18 @@ def damage(step_dir: Path) -> str | None:
     return None
 
 
+def _one_copy(state: Any) -> Any:
+    """In a one-process run, each replicated array as its first device's copy (no data is copied).
+
+    Orbax otherwise splits a replicated array over its replicas to write the parts in parallel, one
+    eager slice per array and device: 0.4 s of a LeNet-5 save on 8 CPU devices, for arrays of a few
+    kB. Several processes keep the global arrays: each writes its own part."""
+    if jax.process_count() > 1:
+        return state
+    return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) and x.is_fully_replicated
+                        else x, state)
+
+
 class Checkpoints:
     def __init__(self, directory: Path, config: CheckpointConfig, read_only: bool = False):
         self.config = config
@@ -125,7 +137,7 @@ class Checkpoints:
         try:
             self.manager.wait_until_finished()  # the previous save is complete, and sealed by its callback
             self._saving = step  # before this save starts: its sealing callback may run as soon as it is complete
-            self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=force)
+            self.manager.save(step, args=ocp.args.StandardSave(_one_copy(state)), metrics=metrics, force=force)
         except Exception as e:  # the previous async save's failure surfaces here, as any type
             raise self._save_error(self._saving if self._saving is not None else step, e) from None
         if not self.config.async_save:
