@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from jaxconv import hostmem, stopping
+from jaxconv import hostmem, paths, stopping
 from jaxconv.errors import ConfigError, JaxconvError
 
 
@@ -534,10 +534,25 @@ def run_experiment_module(name: str) -> None:
     entry(["train", name, *argv])
 
 
+# JAX keeps compiled programs that took this long or longer to compile (its default); oldest-used go first
+# past the size limit.
+COMPILATION_CACHE_MAX_BYTES = 4 << 30
+
+
+def use_compilation_cache(environ) -> None:
+    """JAX's persistent compilation cache in ``cache_root()/jit`` (before JAX is imported, which reads these
+    variables), unless the user names another (``JAX_COMPILATION_CACHE_DIR``) or turns it off
+    (``JAX_ENABLE_COMPILATION_CACHE=false``): a restart, a resume or another run of the same model loads its
+    programs instead of compiling them (README, "Compiled programs kept")."""
+    environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(paths.cache_root() / "jit"))
+    environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(COMPILATION_CACHE_MAX_BYTES))
+
+
 def entry(argv: list[str] | None = None) -> None:
     """The process entry point: signals first (before any thread exists), then the command."""
     stop = stopping.watch_signals()
     hostmem.keep_freed_memory()  # before XLA's threads allocate (jaxconv.hostmem says why)
+    use_compilation_cache(os.environ)
     sys.unraisablehook = _ignore_closed_event_loop(sys.unraisablehook)
     # A failed background checkpoint write leaves orbax's asyncio tasks holding the same OSError that
     # the one-line error already reports; asyncio would log each again as "never retrieved", and the

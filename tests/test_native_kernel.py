@@ -4,8 +4,10 @@ cache, still trains (XLA's kernel gradient, one warning)."""
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -82,11 +84,16 @@ def test_training_without_a_compiler_uses_xlas_kernel_gradient(tmp_path):
 
 def test_a_second_run_reuses_the_first_runs_compiled_train_step(tmp_path):
     """The train step holds the native kernel gradient on every device; a later process (a resume, the next
-    run) loads the step from JAX's persistent cache instead of compiling it again."""
-    env = {**os.environ, "JAX_DEBUG_LOG_MODULES": "jax._src.compiler"}
+    run) loads the step from JAX's persistent cache, which the CLI keeps in jaxconv's cache directory."""
+    cache = tmp_path / "cache"
+    assert cpu_kernel_grad.reason() == ""  # built into the session's cache: copied, not built again
+    shutil.copytree(Path(os.environ["JAXCONV_CACHE_DIR"]) / "native", cache / "native")
+    env = {**os.environ, "JAX_DEBUG_LOG_MODULES": "jax._src.compiler", "JAXCONV_CACHE_DIR": str(cache)}
+    del env["JAX_COMPILATION_CACHE_DIR"]
     for k in range(2):
         run = run_cli("train", "lenet_modern_mnist", "--smoke", "--set", "train.steps=2", "--workdir",
                       str(tmp_path / f"run{k}"), env=env)
         assert run.returncode == 0, run.stderr[-3000:]
+    assert len(list((cache / "jit").glob("jit_train_step-*-cache"))) == 1  # one program, found again
     assert "cache hit for 'jit_train_step'" in run.stderr
     assert "MISS for 'jit_train_step'" not in run.stderr
