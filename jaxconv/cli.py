@@ -375,7 +375,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = args.out or args.workdir / "samples.png"
     sample_workdir(args.workdir, out, num=args.num, seed=args.seed, temperature=args.temperature,
                    sampler=args.sampler, complete_rows=args.complete, label=args.label, checkpoint=args.checkpoint,
-                   draw=args.draw)
+                   draw=args.draw, progress=sys.stdout.isatty())  # at a terminal: see sample_workdir
     print(f"wrote {out}")
     return 0
 

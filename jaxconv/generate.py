@@ -83,8 +83,11 @@ def check_sample_args(*, num, seed, temperature, sampler: str, complete_rows, la
 
 def sample_workdir(workdir: Path, out: Path, *, num: int = 16, seed: int = 0, temperature: float = 1.0,
                    sampler: str = "cached", complete_rows: int = 0, label: int | None = None,
-                   checkpoint: str = "best", draw: str = "gumbel") -> np.ndarray:
+                   checkpoint: str = "best", draw: str = "gumbel", progress: bool = False) -> np.ndarray:
     """Draws ``num`` images from a run's checkpoint, writes a PNG grid to ``out``, returns the images.
+
+    ``progress``: a line per sampled row. The report is a host callback inside the compiled sampler, which
+    JAX's persistent cache cannot keep, so with it the sampler is compiled in every process.
 
     A class-conditional run (model.num_classes > 0) draws every image of class ``label``; without it,
     image k is of class k % num_classes, one class per column of the grid (up to CLASS_COLUMNS classes),
@@ -132,7 +135,7 @@ def sample_workdir(workdir: Path, out: Path, *, num: int = 16, seed: int = 0, te
     params = jax.device_get(state.params)
     samples = np.asarray(SAMPLERS[sampler](model, params, jax.random.key(seed), shape, labels=labels, images=images,
                                            known_rows=complete_rows, temperature=float(temperature), draw=draw,
-                                           progress=True))
+                                           progress=progress))
     write_image(image_grid(samples, columns), out)
     return samples
 
