@@ -534,18 +534,14 @@ def run_experiment_module(name: str) -> None:
     entry(["train", name, *argv])
 
 
-# JAX keeps compiled programs that took this long or longer to compile (its default); oldest-used go first
-# past the size limit.
-COMPILATION_CACHE_MAX_BYTES = 4 << 30
-
-
 def use_compilation_cache(environ) -> None:
     """JAX's persistent compilation cache in ``cache_root()/jit`` (before JAX is imported, which reads these
     variables), unless the user names another (``JAX_COMPILATION_CACHE_DIR``) or turns it off
     (``JAX_ENABLE_COMPILATION_CACHE=false``): a restart, a resume or another run of the same model loads its
-    programs instead of compiling them (README, "Compiled programs kept")."""
+    programs instead of compiling them (README, "Compiled programs kept"). JAX keeps the programs that took
+    1 s or more to compile. No size limit: JAX's eviction takes a file lock that writers without a limit (a
+    Python session on the same directory) do not, and they raced (a missing "-atime" file, in the tests)."""
     environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(paths.cache_root() / "jit"))
-    environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(COMPILATION_CACHE_MAX_BYTES))
 
 
 def entry(argv: list[str] | None = None) -> None:
