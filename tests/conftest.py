@@ -66,8 +66,26 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
 
 
 def start_cli(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jaxconv", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    """Starts ``python -m jaxconv ARGS``; its stdout and stderr are text pipes unless ``kwargs`` say otherwise."""
+    return subprocess.Popen([sys.executable, "-m", "jaxconv", *args], cwd=REPO,
+                            **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **kwargs})
+
+
+# A CLI process's environment that makes JAX log each program's persistent-cache hit or miss on stderr.
+COMPILER_LOG = {"JAX_DEBUG_LOG_MODULES": "jax._src.compiler"}
+
+
+def assert_compiler_log_only(run: subprocess.CompletedProcess) -> None:
+    """``run`` (started with ``COMPILER_LOG``) exited 0 with nothing on stderr but JAX's debug log (whose
+    messages go on over lines indented by two spaces)."""
+    assert run.returncode == 0, run.stderr[-3000:]
+    other = [line for line in run.stderr.splitlines() if line and not line.startswith(("DEBUG:", "  "))]
+    assert not other, other[:5]
+
+
+def assert_loaded_from_cache(run: subprocess.CompletedProcess, program: str) -> None:
+    assert_compiler_log_only(run)
+    assert f"cache hit for '{program}'" in run.stderr and f"MISS for '{program}'" not in run.stderr
 
 
 @pytest.fixture

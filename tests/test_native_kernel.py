@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from conftest import REPO, run_cli
+from conftest import COMPILER_LOG, REPO, assert_compiler_log_only, assert_loaded_from_cache, run_cli
 from jaxconv.models import conv as conv_lib, cpu_kernel_grad
 
 
@@ -88,15 +88,13 @@ def test_a_second_run_reuses_the_first_runs_compiled_train_step(tmp_path):
     cache = tmp_path / "cache"
     assert cpu_kernel_grad.reason() == ""  # built into the session's cache: copied, not built again
     shutil.copytree(Path(os.environ["JAXCONV_CACHE_DIR"]) / "native", cache / "native")
-    env = {**os.environ, "JAX_DEBUG_LOG_MODULES": "jax._src.compiler", "JAXCONV_CACHE_DIR": str(cache)}
+    env = {**os.environ, **COMPILER_LOG, "JAXCONV_CACHE_DIR": str(cache)}
     del env["JAX_COMPILATION_CACHE_DIR"]
-    for k in range(2):
-        run = run_cli("train", "lenet_modern_mnist", "--smoke", "--set", "train.steps=2", "--workdir",
-                      str(tmp_path / f"run{k}"), env=env)
-        assert run.returncode == 0, run.stderr[-3000:]
+    first, again = (run_cli("train", "lenet_modern_mnist", "--smoke", "--set", "train.steps=2", "--workdir",
+                            str(tmp_path / f"run{k}"), env=env) for k in range(2))
+    assert_compiler_log_only(first)
     assert len(list((cache / "jit").glob("jit_train_step-*-cache"))) == 1  # one program, found again
-    assert "cache hit for 'jit_train_step'" in run.stderr
-    assert "MISS for 'jit_train_step'" not in run.stderr
+    assert_loaded_from_cache(again, "jit_train_step")
 
 
 def test_the_users_own_compilation_cache_directory_wins(tmp_path, monkeypatch):

@@ -10,15 +10,13 @@ import math
 import os
 import pty
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_cli, start_cli
+from conftest import COMPILER_LOG, assert_compiler_log_only, assert_loaded_from_cache, run_cli, start_cli
 from jaxconv import cli, generate, viz
 from jaxconv.data import sources
 from jaxconv.errors import DataError
@@ -66,11 +64,11 @@ def test_a_run_records_its_input_shape_and_train_mean(runs):
     assert mean.shape == (28, 28, 1) and mean.dtype == np.float32 and 20 < mean.mean() < 60  # MNIST: ~33
 
 
-def _at_a_terminal(*args: str) -> tuple[int, str]:
-    """Runs ``python -m jaxconv ARGS`` with its stdout on a pseudo-terminal: (exit code, what it printed)."""
+def _at_a_terminal(*args: str, stderr) -> tuple[int, str]:
+    """Runs ``python -m jaxconv ARGS`` with its stdout on a pseudo-terminal, its stderr into the open file
+    ``stderr``: (exit code, what it printed)."""
     leader, follower = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "jaxconv", *args], cwd=REPO, stdout=follower,
-                               stderr=subprocess.DEVNULL)
+    process = start_cli(*args, stdout=follower, stderr=stderr, text=False)
     os.close(follower)
     printed = b""
     while True:
@@ -88,15 +86,16 @@ def _at_a_terminal(*args: str) -> tuple[int, str]:
 def test_sample_reports_rows_at_a_terminal_and_is_compiled_once_elsewhere(runs, tmp_path):
     """The per-row report is a host callback in the compiled sampler, which JAX's persistent cache cannot
     keep: at a terminal `jaxconv sample` reports each row; without one the second process loads the sampler."""
-    env = {**os.environ, "JAX_DEBUG_LOG_MODULES": "jax._src.compiler"}
-    for k in range(2):
-        done = run_cli("sample", str(runs["pixelcnn"]), "--num", "4", "--out", str(tmp_path / f"{k}.png"), env=env)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "sampled row" not in done.stdout
-    assert "cache hit for 'jit__cached_gated'" in done.stderr
-    assert "MISS for 'jit__cached_gated'" not in done.stderr
-    code, printed = _at_a_terminal("sample", str(runs["pixelcnn"]), "--num", "4", "--out", str(tmp_path / "t.png"))
-    assert code == 0, printed[-3000:]
+    first, again = (run_cli("sample", str(runs["pixelcnn"]), "--num", "4", "--out", str(tmp_path / f"{k}.png"),
+                            env={**os.environ, **COMPILER_LOG}) for k in range(2))
+    assert_compiler_log_only(first)
+    assert_loaded_from_cache(again, "jit__cached_gated")
+    assert "sampled row" not in first.stdout + again.stdout
+    with open(tmp_path / "stderr.txt", "w+") as stderr:
+        code, printed = _at_a_terminal("sample", str(runs["pixelcnn"]), "--num", "4", "--out",
+                                       str(tmp_path / "t.png"), stderr=stderr)
+        stderr.seek(0)
+        assert (code, stderr.read()) == (0, ""), printed[-3000:]
     assert "sampled row 28/28" in printed and f"wrote {tmp_path / 't.png'}" in printed
 
 
