@@ -46,6 +46,8 @@ CASES = [
     ((2, 64, 64, 4), (3, 3, 2, 6), 2, ((1, 1), (1, 1)), 1, 2),
     ((2, 9, 8, 5), (1, 3, 5, 6), 1, ((2, -2), (2, 2)), 2, 1),
     ((2, 10, 9, 1), (3, 7, 1, 6), 1, ((3, -1), (3, 3)), 1, 1),
+    # stride 1 (the native input gradient): input channels, columns and rows beyond one of its blocks
+    ((2, 7, 19, 11), (2, 3, 11, 21), 1, ((1, 0), (-1, 2)), (2, 1), 1),
 ]
 
 
@@ -60,7 +62,7 @@ def quick_results(tmp_path_factory):
 
 @pytest.mark.parametrize("case", CASES, ids=["strided", "channel-tails", "one-channel-padded", "one-channel-wide",
                                              "dilated-grouped", "asymmetric", "grouped-strided-kept",
-                                             "negative-bottom", "one-channel-negative"])
+                                             "negative-bottom", "one-channel-negative", "stride-1-blocks"])
 def test_conv_implementations_match_xla(case):
     xs, ks, strides, padding, dilation, groups = case
     rng = np.random.default_rng(0)
@@ -179,7 +181,7 @@ def test_choice_rules_and_autotune_table(tmp_path):
     few_big_batch = signature((256, 14, 14, 6), (5, 5, 6, 16), jnp.float32, backend="cpu")
     wide = signature((64, 29, 30, 32), (2, 3, 32, 64), jnp.float32, backend="cpu")
     strided = signature((8, 227, 227, 3), (11, 11, 3, 96), jnp.float32, strides=4, backend="cpu")
-    choices = ["split", "xla/xla/native", "xla/xla/taps", "taps/im2col/native", "xla/im2col/native", "xla/taps/native",
+    choices = ["split", "xla/xla/native", "xla/xla/taps", "taps/im2col/native", "xla/native/native", "xla/native/native",
                "xla/xla/native", "xla/xla/native"]
     assert [policy.choose(s) for s in (grouped, one_by_one, to_one, first, few, few_big_batch, wide, strided)] == choices
     in_bf16 = [dataclasses.replace(s, dtype="bfloat16") for s in (one_by_one, first, few, few_big_batch)]

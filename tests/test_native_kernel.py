@@ -1,6 +1,6 @@
-"""The native CPU kernel gradient (jaxconv.models.cpu_kernel_grad): that the default path really runs it,
-that a batch split over devices stays split, and that a machine without a compiler, or with a damaged
-cache, still trains (XLA's kernel gradient, one warning)."""
+"""The native CPU conv gradients (jaxconv.models.cpu_conv_grads): that the default path really runs them,
+that a batch split over devices stays split, that a Jacobian (vmap) gets XLA's, and that a machine
+without a compiler, or with a damaged cache, still trains (XLA's gradients, one warning)."""
 
 import contextlib
 import os
@@ -16,7 +16,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from conftest import COMPILER_LOG, REPO, assert_compiler_log_only, assert_loaded_from_cache, run_cli
-from jaxconv.models import conv as conv_lib, cpu_kernel_grad
+from jaxconv.models import conv as conv_lib, cpu_conv_grads
 
 
 def _grads(impl, x, k):
@@ -25,34 +25,52 @@ def _grads(impl, x, k):
 
 
 @pytest.mark.parametrize("mesh_in_context", [False, True], ids=["custom_partitioning", "set_mesh"])
-def test_batch_split_over_devices_sums_per_device_kernel_gradients(mesh_in_context):
-    assert cpu_kernel_grad.reason() == ""
+def test_batch_split_over_devices_keeps_both_native_gradients_per_device(mesh_in_context):
+    """Each device computes its images' input gradient (kept) and kernel gradient (summed over devices)."""
+    assert cpu_conv_grads.reason() == ""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((16, 10, 9, 18)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((3, 2, 18, 20)) / 10, jnp.float32)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     split = jax.device_put(x, NamedSharding(mesh, P("data")))
-    native = _grads("xla/xla/native", split, k)
+    native = _grads("xla/native/native", split, k)
     with jax.set_mesh(mesh) if mesh_in_context else contextlib.nullcontext():
         lowered = native.lower(split, k)
         grads = native(split, k)
     # The mesh path holds no Python pointer, so JAX's persistent cache can keep the program.
     assert ("CustomSPMDPartitioning" in lowered.as_text("hlo")) != mesh_in_context
     program = lowered.compile().as_text()
-    assert f'custom_call_target="{cpu_kernel_grad.TARGET}"' in program
-    assert "all-gather" not in program and "all-reduce" in program  # each device its images, then a sum
+    for target in (cpu_conv_grads.KERNEL_GRAD, cpu_conv_grads.INPUT_GRAD):
+        assert program.count(f'custom_call_target="{target}"') == 1, target
+    # each device its images, then one sum (the kernel gradient's); the input gradient stays split
+    assert "all-gather" not in program and program.count("all-reduce(") == 1
+    assert grads[0].sharding.spec[0] == "data"
     for a, b in zip(grads, _grads("xla", x, k)(x, k)):
+        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_under_vmap_the_native_gradients_give_xlas_jacobian():
+    """A Jacobian row by row (``jax.vmap`` of the VJP) runs XLA's gradients, batched, and equals XLA's."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 9, 7, 6)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((5, 3, 6, 4)) / 10, jnp.float32)
+
+    def jacobians(impl):
+        f = lambda x, k: conv_lib.conv(x, k, 1, ((2, 2), (1, 1)), 1, 1, impl=impl)[0, 3, 2]  # [Cout]
+        return jax.jit(jax.jacrev(f, argnums=(0, 1)))(x, k)
+
+    for a, b in zip(jacobians("native"), jacobians("xla")):
         np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
 CHECK = """
 import jax, jax.numpy as jnp, numpy as np
-from jaxconv.models import conv as conv_lib, cpu_kernel_grad
+from jaxconv.models import conv as conv_lib, cpu_conv_grads
 x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 8, 8, 17)), jnp.float32)
 k = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 17, 16)), jnp.float32)
 grad = lambda impl: jax.grad(lambda k: jnp.sum(jnp.cos(conv_lib.conv(x, k, 1, ((1, 1), (1, 1)), impl=impl))))(k)
 np.testing.assert_allclose(grad("native"), grad("xla"), rtol=1e-4, atol=1e-4)
-print("reason:", cpu_kernel_grad.reason() or "none")
+print("reason:", cpu_conv_grads.reason() or "none")
 """
 
 
@@ -73,11 +91,11 @@ def test_a_damaged_cached_library_is_built_again(tmp_path):
     assert library.read_bytes()[:4] == b"\x7fELF"
 
 
-def test_training_without_a_compiler_uses_xlas_kernel_gradient(tmp_path):
+def test_training_without_a_compiler_uses_xlas_gradients(tmp_path):
     run = run_cli("train", "pixelcnn_mnist", "--smoke", "--workdir", str(tmp_path / "run"), timeout=300,
                   env={**os.environ, "JAXCONV_CACHE_DIR": str(tmp_path), "CXX": str(tmp_path / "no-such-compiler")})
     assert run.returncode == 0, run.stderr
-    warnings = [line for line in run.stderr.splitlines() if "native CPU kernel gradient is unavailable" in line]
+    warnings = [line for line in run.stderr.splitlines() if "native CPU conv gradients are unavailable" in line]
     assert len(warnings) == 1, run.stderr
     assert not list((tmp_path / "native").glob("*.so"))
 
@@ -86,7 +104,7 @@ def test_a_second_run_reuses_the_first_runs_compiled_train_step(tmp_path):
     """The train step holds the native kernel gradient on every device; a later process (a resume, the next
     run) loads the step from JAX's persistent cache, which the CLI keeps in jaxconv's cache directory."""
     cache = tmp_path / "cache"
-    assert cpu_kernel_grad.reason() == ""  # built into the session's cache: copied, not built again
+    assert cpu_conv_grads.reason() == ""  # built into the session's cache: copied, not built again
     shutil.copytree(Path(os.environ["JAXCONV_CACHE_DIR"]) / "native", cache / "native")
     env = {**os.environ, **COMPILER_LOG, "JAXCONV_CACHE_DIR": str(cache)}
     del env["JAX_COMPILATION_CACHE_DIR"]

@@ -175,7 +175,7 @@ class DataParallel:
 
 class _UnderMesh:
     """A jitted function traced and run with its mesh in context (``jax.set_mesh``), so that code inside
-    can split work over the mesh itself (the native kernel gradient, ``jaxconv.models.cpu_kernel_grad``)."""
+    can split work over the mesh itself (the native kernel gradient, ``jaxconv.models.cpu_conv_grads``)."""
 
     def __init__(self, jitted, mesh: Mesh):
         self.jitted, self.mesh = jitted, mesh

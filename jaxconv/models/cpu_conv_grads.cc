@@ -4,7 +4,7 @@
 // runs at 15-30 GFLOP/s on PixelCNN's shapes (1x1 32->16 at 28x28, batch 64: 2.6 ms against oneDNN's
 // 0.3 ms in PyTorch); every pure-XLA rewrite measured (X^T G as one dot, split-K, per-tap dots) was no
 // faster (docs/benchmarks.md). oneDNN itself is on PyPI only with the SYCL runtime beside it.
-// Built on first use (jaxconv/native_build.py), registered by cpu_kernel_grad.py.
+// Built on first use (jaxconv/native_build.py), registered by cpu_conv_grads.py.
 //
 // dW[i, j, c, o] = sum over b, y, x of xpad[b, y*sh + i*dh, x*sw + j*dw, c] * g[b, y, x, o]: for each
 // tap a GEMM whose long dimension is the output positions. The accumulator tile (16 input channels x
@@ -215,6 +215,157 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   return ffi::Error::Success();
 }
 
+
+// ----------------------------------------------------------------------------------------------
+// The input gradient of a stride-1 conv:
+//   dX[b, p, q, c] = sum over i, j, o of g[b, p + pt - i*dh, q + pl - j*dw, o] * W[i, j, c, o]
+// (g zero outside the output). Why by hand: XLA:CPU computes it as a conv with Cin output channels,
+// which for few input channels (LeNet C3: 6) misses Eigen's fast path: 10-12 ms for C3 at batch 256,
+// PyTorch 3 ms; its pure-XLA rewrites (taps, im2col) were no faster in the model (docs/benchmarks.md).
+// Vectorised over kV consecutive output columns q: each image's output gradient is first copied to
+// [rows, Cout, columns] with zero borders, so that a tap's kV columns are one load and no bounds are
+// checked; a block of kRows dX rows x kV columns x up to kInCB input channels keeps its accumulators
+// in registers over all taps and output channels, one broadcast weight per multiply-add.
+
+#if defined(__AVX512F__)
+constexpr int kV = 16;
+constexpr int kInCB = 8;
+#else
+constexpr int kV = 8;
+constexpr int kInCB = 6;
+#endif
+constexpr int kRows = 2;
+typedef float ColVec __attribute__((vector_size(kV * sizeof(float)), aligned(4)));
+
+struct InGeometry {
+  int64_t batch, h, w, cin, ho, wo, cout, kh, kw, pt, pl, dh, dw;
+  int64_t ymin, rows, xmin, cols;  // the copied gradient: rows ymin.., columns xmin.. (zero outside g)
+};
+
+InGeometry MakeInGeometry(int64_t batch, int64_t h, int64_t w, int64_t cin, int64_t ho, int64_t wo, int64_t cout,
+                          int64_t kh, int64_t kw, int64_t pt, int64_t pl, int64_t dh, int64_t dw) {
+  InGeometry s{batch, h, w, cin, ho, wo, cout, kh, kw, pt, pl, dh, dw, 0, 0, 0, 0};
+  const int64_t wpad = (w + kV - 1) / kV * kV;  // column blocks read kV columns from each q0
+  s.ymin = std::min<int64_t>(0, pt - (kh - 1) * dh);
+  s.rows = std::max<int64_t>(ho - 1, h - 1 + pt) - s.ymin + 1;
+  s.xmin = std::min<int64_t>(0, pl - (kw - 1) * dw);
+  s.cols = std::max<int64_t>(wo - 1, wpad - 1 + pl) - s.xmin + 1;
+  return s;
+}
+
+// dX rows p .. p+R-1, columns q0 .. q0+kV-1 (those < w stored), channels c0 .. c0+CB-1 of one image.
+template <int R, int CB>
+void InBlock(const InGeometry& s, const float* gt, const float* wt, int64_t p, int64_t q0, int64_t c0, float* dx) {
+  ColVec acc[R][CB];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < CB; ++c) acc[r][c] = ColVec{} ;
+  const int64_t row_stride = s.cout * s.cols;
+  for (int64_t i = 0; i < s.kh; ++i) {
+    for (int64_t j = 0; j < s.kw; ++j) {
+      const float* gbase = gt + (p + s.pt - i * s.dh - s.ymin) * row_stride + (q0 + s.pl - j * s.dw - s.xmin);
+      const float* wbase = wt + (i * s.kw + j) * s.cout * s.cin + c0;
+      for (int64_t o = 0; o < s.cout; ++o) {
+        ColVec gv[R];
+        for (int r = 0; r < R; ++r) gv[r] = *reinterpret_cast<const ColVec*>(gbase + r * row_stride + o * s.cols);
+        const float* wv = wbase + o * s.cin;
+        for (int c = 0; c < CB; ++c) {
+          const float wc = wv[c];
+          for (int r = 0; r < R; ++r) acc[r][c] += gv[r] * wc;
+        }
+      }
+    }
+  }
+  const int64_t columns = std::min<int64_t>(kV, s.w - q0);
+  for (int r = 0; r < R; ++r)
+    for (int64_t l = 0; l < columns; ++l) {
+      float* out = dx + ((p + r) * s.w + q0 + l) * s.cin + c0;
+      for (int c = 0; c < CB; ++c) out[c] = acc[r][c][l];
+    }
+}
+
+using InBlockFn = void (*)(const InGeometry&, const float*, const float*, int64_t, int64_t, int64_t, float*);
+
+template <int R>
+InBlockFn PickInCB(int cb) {
+  switch (cb) {
+    case 1: return InBlock<R, 1>;
+    case 2: return InBlock<R, 2>;
+    case 3: return InBlock<R, 3>;
+    case 4: return InBlock<R, 4>;
+    case 5: return InBlock<R, 5>;
+    case 6: return InBlock<R, 6>;
+#if defined(__AVX512F__)
+    case 7: return InBlock<R, 7>;
+    default: return InBlock<R, 8>;
+#else
+    default: return InBlock<R, 6>;
+#endif
+  }
+}
+
+// One image: its output gradient copied to gt ([rows, Cout, cols], zero borders), then every block.
+void InImage(const InGeometry& s, const float* g, const float* wt, int64_t b, std::vector<float>& gt, float* dx) {
+  std::fill(gt.begin(), gt.end(), 0.0f);
+  const float* g_image = g + b * s.ho * s.wo * s.cout;
+  for (int64_t y = 0; y < s.ho; ++y)
+    for (int64_t x = 0; x < s.wo; ++x) {
+      const float* src = g_image + (y * s.wo + x) * s.cout;
+      float* dst = gt.data() + (y - s.ymin) * s.cout * s.cols + (x - s.xmin);
+      for (int64_t o = 0; o < s.cout; ++o) dst[o * s.cols] = src[o];
+    }
+  float* dx_image = dx + b * s.h * s.w * s.cin;
+  for (int64_t c0 = 0; c0 < s.cin; c0 += kInCB) {
+    const int cb = static_cast<int>(std::min<int64_t>(kInCB, s.cin - c0));
+    const InBlockFn rows = PickInCB<kRows>(cb), row = PickInCB<1>(cb);
+    for (int64_t q0 = 0; q0 < s.w; q0 += kV) {
+      int64_t p = 0;
+      for (; p + kRows <= s.h; p += kRows) rows(s, gt.data(), wt, p, q0, c0, dx_image);
+      for (; p < s.h; ++p) row(s, gt.data(), wt, p, q0, c0, dx_image);
+    }
+  }
+}
+
+// Images are claimed one at a time by the calling thread and the pool's tasks (each image's dX is its
+// own: no sums across threads, the result does not depend on which thread took which image).
+struct InShared {
+  InGeometry s;
+  const float* g;
+  std::vector<float> wt;  // W as [kh, kw, Cout, Cin]
+  float* dx;
+  std::atomic<int64_t> next_image{0}, done_images{0};
+
+  void Work() {
+    std::vector<float> gt;
+    for (int64_t b; (b = next_image.fetch_add(1)) < s.batch;) {
+      if (gt.empty()) gt.resize(s.rows * s.cout * s.cols);
+      InImage(s, g, wt.data(), b, gt, dx);
+      done_images.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
+                     ffi::ResultBuffer<ffi::F32> dx, int64_t pt, int64_t pl, int64_t dh, int64_t dwd) {
+  const auto gd = g.dimensions(), kd = w.dimensions(), xd = dx->dimensions();
+  if (xd.size() != 4 || gd.size() != 4 || kd.size() != 4 || kd[2] != xd[3] || kd[3] != gd[3] || xd[0] != gd[0])
+    return ffi::Error::InvalidArgument("conv_input_grad: expected g [B,Ho,Wo,Cout], W [kh,kw,Cin,Cout], dX [B,H,W,Cin]");
+  const InGeometry s = MakeInGeometry(xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], kd[0], kd[1], pt, pl, dh, dwd);
+  auto shared = std::make_shared<InShared>();
+  shared->s = s;
+  shared->g = g.typed_data();
+  shared->dx = dx->typed_data();
+  shared->wt.resize(s.kh * s.kw * s.cout * s.cin);
+  const float* wd = w.typed_data();
+  for (int64_t t = 0; t < s.kh * s.kw; ++t)
+    for (int64_t c = 0; c < s.cin; ++c)
+      for (int64_t o = 0; o < s.cout; ++o) shared->wt[(t * s.cout + o) * s.cin + c] = wd[(t * s.cin + c) * s.cout + o];
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), s.batch) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([shared] { shared->Work(); });
+  shared->Work();
+  while (shared->done_images.load(std::memory_order_acquire) < s.batch) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGrad, KernelGrad,
@@ -225,6 +376,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvKernelGrad, KernelGrad,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("sh")
                                   .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl")
+                                  .Attr<int64_t>("dh")
+                                  .Attr<int64_t>("dw"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvConvInputGrad, InputGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("pt")
                                   .Attr<int64_t>("pl")
                                   .Attr<int64_t>("dh")
