@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import threading
@@ -177,8 +178,13 @@ def test_a_second_run_in_a_busy_workdir_is_refused_and_touches_nothing(tmp_path)
     assert [r["step"] for r in records] == list(range(1, len(records) + 1))  # one writer: no step twice
 
 
-def test_a_reader_lists_a_live_runs_checkpoints_again_when_a_step_vanishes(finished, monkeypatch):
-    # Orbax lists the steps, then reads them: a writer's rename or deletion in between is a missing file.
+@pytest.mark.parametrize("vanished", [FileNotFoundError(2, "No such file or directory"),
+                                      NotADirectoryError("Path is not a directory: checkpoints/80")],
+                         ids=["missing", "between-exists-and-is_dir"])
+def test_a_reader_lists_a_live_runs_checkpoints_again_when_a_step_vanishes(finished, monkeypatch, vanished):
+    # Orbax lists the steps, then reads them: a writer's rename or deletion in between is a missing file,
+    # or "not a directory" when the step goes between orbax's exists() and is_dir() (seen in the suite:
+    # `eval --checkpoint latest` beside a training run that deletes old checkpoints).
     from jaxconv.train import checkpoint, restore
 
     real, calls = checkpoint.ocp.CheckpointManager, []
@@ -186,7 +192,7 @@ def test_a_reader_lists_a_live_runs_checkpoints_again_when_a_step_vanishes(finis
     def vanishing_once_or_twice(*args, **kwargs):
         calls.append(1)
         if len(calls) < 3:
-            raise FileNotFoundError(2, "No such file or directory")
+            raise vanished
         return real(*args, **kwargs)
 
     monkeypatch.setattr(checkpoint.ocp, "CheckpointManager", vanishing_once_or_twice)
@@ -194,9 +200,36 @@ def test_a_reader_lists_a_live_runs_checkpoints_again_when_a_step_vanishes(finis
     assert checkpoint.Checkpoints(finished / "checkpoints", config, read_only=True).latest_step() == STEPS
     assert len(calls) == 3
     calls.clear()
-    with pytest.raises(checkpoint.StorageError, match="cannot open checkpoints in .*: No such file or directory"):
+    said = re.escape(vanished.strerror or str(vanished))
+    with pytest.raises(checkpoint.StorageError, match=f"cannot open checkpoints in .*: {said}"):
         checkpoint.Checkpoints(finished / "no-such-dir", config, read_only=True)  # nothing to list again
     assert len(calls) == 1
+
+
+def test_a_reader_of_the_latest_step_reads_the_new_latest_when_the_writer_deletes_its_step(finished, tmp_path,
+                                                                                          monkeypatch):
+    """`eval --checkpoint latest` beside a training run, which deletes all but its newest checkpoints: the
+    step the reader picked can go while it reads it; "latest" then means the step that is latest now. A
+    numbered step that goes is an error, as any missing checkpoint."""
+    from jaxconv.train import checkpoint
+
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    real, picked = checkpoint.Checkpoints.restore, []
+
+    def deleted_while_read(self, step, target):
+        picked.append(step)
+        if len(picked) == 1:
+            shutil.rmtree(workdir / "checkpoints" / str(step))
+        return real(self, step, target)
+
+    monkeypatch.setattr(checkpoint.Checkpoints, "restore", deleted_while_read)
+    assert loop.restore_workdir(workdir, "latest")[1] == STEPS - 4
+    assert picked == [STEPS, STEPS - 4]
+    picked.clear()
+    with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint {STEPS - 8} in .* cannot be used"):
+        loop.restore_workdir(workdir, str(STEPS - 8))
+    assert picked == [STEPS - 8]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -113,8 +113,10 @@ class Checkpoints:
                 break
             except OSError as e:
                 # A reader of a live run (jaxconv eval beside jaxconv train) can list a step that the
-                # writer renames or deletes before orbax reads it: list again.
-                if isinstance(e, FileNotFoundError) and directory.is_dir() and attempt + 1 < attempts:
+                # writer renames or deletes before orbax reads it: list again. Orbax reports it as a missing
+                # file, or, when the step goes between its exists() and is_dir(), as "not a directory".
+                vanished = isinstance(e, (FileNotFoundError, NotADirectoryError))
+                if vanished and directory.is_dir() and attempt + 1 < attempts:
                     time.sleep(0.05)
                     continue
                 raise StorageError(f"cannot open checkpoints in {directory}: {e.strerror or e}") from None
@@ -131,6 +133,10 @@ class Checkpoints:
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
+
+    def reload(self) -> None:
+        """Lists the steps again (a reader of a live run)."""
+        self.manager.reload()
 
     def save(self, step: int, state: Any, metrics: dict[str, float] | None = None, force: bool = False) -> None:
         """Starts saving ``step`` (in the background when async); raises if this or the previous save failed."""
@@ -187,7 +193,7 @@ class Checkpoints:
                 moved.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(Path(self.manager.directory) / str(step), moved)
                 log(f"jaxconv: warning: checkpoint {step} cannot be used: {problem}; moved it to {moved}")
-            self.manager.reload()
+            self.reload()
         return None
 
     def wait(self) -> None:

@@ -31,7 +31,7 @@ from jaxconv.config import Config
 from jaxconv.data.sources import Split, image_mean, load_split
 from jaxconv.errors import CheckpointError, ConfigError, DataError, StorageError
 from jaxconv.models import build_run_model
-from jaxconv.train.checkpoint import Checkpoints
+from jaxconv.train.checkpoint import READ_ATTEMPTS, Checkpoints
 from jaxconv.train.state import TrainState, init_state, make_optimizer
 
 RUN_FILE = "run.json"
@@ -169,8 +169,17 @@ def restore_state(workdir: Path, config: Config, spec: RunSpec, checkpoint: str 
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     checkpoints = Checkpoints(workdir / "checkpoints", config.checkpoint, read_only=True)
     try:
-        step = named_step(checkpoints, checkpoint, workdir)
-        return step, checkpoints.restore(step, abstract_state(config, spec, sharding))
+        for attempt in range(READ_ATTEMPTS):
+            step = named_step(checkpoints, checkpoint, workdir)
+            try:
+                return step, checkpoints.restore(step, abstract_state(config, spec, sharding))
+            except CheckpointError:
+                # "latest" or "best" of a live run: its writer can delete that step while this reads it
+                # (it keeps the newest few); the name then means another step.
+                gone = not (workdir / "checkpoints" / str(step)).exists()
+                if checkpoint.isdigit() or not gone or attempt + 1 == READ_ATTEMPTS:
+                    raise
+                checkpoints.reload()
     finally:
         checkpoints.close()
 
