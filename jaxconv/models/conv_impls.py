@@ -17,7 +17,7 @@ is explicit ((top, bottom), (left, right)), a negative side crops the input; ``s
 - ``native``: ``xla``'s output; the kernel gradient, and the input gradient of stride-1 convs, by jaxconv's
   C++ kernels (``jaxconv.models.cpu_conv_grads``) for float32 convs with one group on the CPU, XLA's
   elsewhere: XLA:CPU's kernel gradient runs at 15-30 GFLOP/s on PixelCNN's layers, the C++ kernel at
-  60-170; XLA's input gradient of LeNet C3 (6 input channels) at batch 256 took 8.7 ms, the C++ one 1.7.
+  60-170; XLA's input gradient of LeNet C3 (6 input channels) at batch 256 took 10.6 ms, the C++ one 2.0.
 - ``fft``: float32 only; products of 2-D real FFTs of the padded input and the (dilated) kernel, summed
   over input channels; any stride (computed at stride 1, then subsampled), meant for large kernels.
 

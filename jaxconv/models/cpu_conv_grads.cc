@@ -220,8 +220,8 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
 // The input gradient of a stride-1 conv:
 //   dX[b, p, q, c] = sum over i, j, o of g[b, p + pt - i*dh, q + pl - j*dw, o] * W[i, j, c, o]
 // (g zero outside the output). Why by hand: XLA:CPU computes it as a conv with Cin output channels,
-// which for few input channels (LeNet C3: 6) misses Eigen's fast path: 10-12 ms for C3 at batch 256,
-// PyTorch 3 ms; its pure-XLA rewrites (taps, im2col) were no faster in the model (docs/benchmarks.md).
+// which for few input channels (LeNet C3: 6) misses Eigen's fast path: 10.6 ms for C3 at batch 256,
+// PyTorch 2.4; its pure-XLA rewrites (taps, im2col) were no faster in the model (docs/benchmarks.md).
 // Vectorised over kV consecutive output columns q: each image's output gradient is first copied to
 // [rows, Cout, columns] with zero borders, so that a tap's kV columns are one load and no bounds are
 // checked; a block of kRows dX rows x kV columns x up to kInCB input channels keeps its accumulators
