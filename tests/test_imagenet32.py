@@ -3,9 +3,7 @@
 import io
 import json
 import pickle
-import resource
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -421,9 +419,12 @@ def assert_one_line_error(done, error):
     return lines[0]
 
 
-def _file_size_limit():  # in the child, before exec: 64 KiB per file, and EFBIG instead of SIGXFSZ
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+# `python -m jaxconv ARGS` with 64 KiB per file, and EFBIG instead of SIGXFSZ (an ignored signal and the limit
+# survive exec). Set by a launcher rather than a preexec_fn: forking the test process, which runs JAX's
+# threads, is what Python warns about (a possible deadlock).
+FILE_SIZE_LIMITED = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                     "resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024)); "
+                     "os.execv(sys.executable, [sys.executable, '-m', 'jaxconv', *sys.argv[1:]])")
 
 
 def test_cli_disk_full_is_one_line_and_leaves_nothing(official, tmp_path):
@@ -431,8 +432,8 @@ def test_cli_disk_full_is_one_line_and_leaves_nothing(official, tmp_path):
     exit 6, one line, no partial directory. (With the writable memory map this was a traceback, or
     on a really full disk SIGBUS with nothing on stderr.) The 23 train images are 70 KiB."""
     out = tmp_path / "out"
-    done = run_cli("data", "prepare", "imagenet32", "--src", str(official), "--out", str(out),
-                   preexec_fn=_file_size_limit)
+    done = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMITED, "data", "prepare", "imagenet32", "--src",
+                           str(official), "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     line = assert_one_line_error(done, StorageError)
     assert line == f"jaxconv: error: cannot write {out}/train_images.npy: File too large"
     assert list(tmp_path.iterdir()) == []
