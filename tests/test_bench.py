@@ -90,6 +90,28 @@ def test_conv_implementations_match_xla(case):
             np.testing.assert_allclose(a, b, atol=2e-4 * float(jnp.max(jnp.abs(b))), err_msg=impl)
 
 
+def test_xla_convs_with_a_cropped_low_side_are_right_both_ways():
+    """Padding negative on the low side and positive on the high side: XLA:CPU's own conv (and the convs
+    of its gradients) read memory outside the input (values up to 1e35) on such padding, so ``conv_xla``
+    crops that side itself. Checked against the input padded by ``lax.pad`` and a VALID conv: the value,
+    and reverse mode (the train step's) against that reference's forward mode."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 9, 7, 2)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 2, 2, 3)), jnp.float32)
+    for padding in (((-1, 1), (0, 0)), ((-2, 2), (-1, 1)), ((0, 0), (-1, 2))):
+        loss = lambda x, k: jnp.sum(jnp.sin(conv_lib.conv(x, k, 1, padding, 1, 1, impl="xla")))
+        pads = ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0))
+        valid = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+            jax.lax.pad(x, 0.0, pads), k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        want = valid(x, k)
+        np.testing.assert_allclose(conv_lib.conv(x, k, 1, padding, 1, 1, impl="xla"), want,
+                                   atol=1e-5 * float(jnp.max(jnp.abs(want))), err_msg=str(padding))
+        reverse = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, k)
+        forward = jax.jacfwd(lambda x, k: jnp.sum(jnp.sin(valid(x, k))), argnums=(0, 1))(x, k)
+        for a, b in zip(reverse, forward):
+            np.testing.assert_allclose(a, b, atol=1e-4 * float(jnp.max(jnp.abs(b))), err_msg=str(padding))
+
+
 def primitives(jaxpr) -> set[str]:
     """Every primitive of a jaxpr, nested ones (custom_vjp, pjit) included."""
     found = set()

@@ -61,6 +61,13 @@ def out_size(size: int, kernel: int, stride: int, dilation: int, pad: tuple[int,
 
 
 def conv_xla(x, kernel, strides, padding, dilation, groups):
+    # A negative low side is a crop of the input's first rows (columns). XLA:CPU (jaxlib 0.10) computes a conv
+    # padded (negative, positive) on an axis, and the convs of its kernel gradient, from memory outside the
+    # input (docs/benchmarks.md), so the crop is a slice here and the padding is never negative on the low side.
+    crop = tuple(max(0, -low) for low, _ in padding)
+    if any(crop):
+        x = x[:, crop[0]:, crop[1]:, :]
+        padding = tuple((max(0, low), high) for low, high in padding)
     return lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation, feature_group_count=groups,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
