@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -164,25 +165,31 @@ void Image(const Geometry& s, const float* x, const float* g, int64_t b, Partial
 // thread takes which chunk (a resumed run repeats the interrupted one exactly).
 constexpr int64_t kChunks = 8;
 
-// Work shared by the calling thread and the pool's tasks. A task that starts after all chunks are
-// taken touches nothing but the counters, which it keeps alive through its shared_ptr: so the caller
-// waits only for chunks in progress, never for a queued task (no deadlock when every pool thread is
-// itself waiting in such a call).
-struct Shared {
-  Geometry s;
-  const float* x;
-  const float* g;
-  std::vector<Partial> partial;  // one per chunk
-  std::atomic<int64_t> next_chunk{0}, done_chunks{0};
+// Runs work(0), ..., work(count - 1), each once, on the calling thread and the pool's threads, and returns
+// when all are done. A pool task that starts after every item is taken touches nothing but the counters,
+// which it keeps alive through its shared_ptr: so the caller waits only for items in progress, never for a
+// queued task (no deadlock when every pool thread is itself waiting in such a call).
+void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_t)> work) {
+  struct State {
+    std::function<void(int64_t)> work;
+    int64_t count;
+    std::atomic<int64_t> next{0}, done{0};
 
-  void Work() {
-    const int64_t chunks = static_cast<int64_t>(partial.size());
-    for (int64_t k; (k = next_chunk.fetch_add(1)) < chunks;) {
-      for (int64_t b = k * s.batch / chunks; b < (k + 1) * s.batch / chunks; ++b) Image(s, x, g, b, partial[k]);
-      done_chunks.fetch_add(1, std::memory_order_release);
+    void Run() {
+      for (int64_t k; (k = next.fetch_add(1)) < count;) {
+        work(k);
+        done.fetch_add(1, std::memory_order_release);
+      }
     }
-  }
-};
+  };
+  auto state = std::make_shared<State>();
+  state->work = std::move(work);
+  state->count = count;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state] { state->Run(); });
+  state->Run();
+  while (state->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
+}
 
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
                       ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh,
@@ -194,20 +201,16 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   const int64_t size = s.kh * s.kw * s.cin * s.cout;
   const int64_t chunks = std::min(s.batch, kChunks);
   const int64_t taps_cin = s.kh * s.kw * s.cin, full_cout = s.cout / kOB * kOB, tail = s.cout - full_cout;
-  auto shared = std::make_shared<Shared>();
-  shared->s = s;
-  shared->x = x.typed_data();
-  shared->g = g.typed_data();
-  Partial zero{std::vector<float>(size, 0.0f), std::vector<float>(tail ? s.ho * s.wo * kOB : 0, 0.0f),
-               std::vector<float>(tail ? taps_cin * kOB : 0, 0.0f)};
-  shared->partial.assign(chunks, zero);
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([shared] { shared->Work(); });
-  shared->Work();
-  while (shared->done_chunks.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
+  const Partial zero{std::vector<float>(size, 0.0f), std::vector<float>(tail ? s.ho * s.wo * kOB : 0, 0.0f),
+                     std::vector<float>(tail ? taps_cin * kOB : 0, 0.0f)};
+  std::vector<Partial> partial(chunks, zero);  // one per chunk
+  ParallelFor(pool, chunks, [&](int64_t k) {
+    for (int64_t b = k * s.batch / chunks; b < (k + 1) * s.batch / chunks; ++b)
+      Image(s, x.typed_data(), g.typed_data(), b, partial[k]);
+  });
   float* out = dw->typed_data();
   std::memset(out, 0, size * sizeof(float));
-  for (const Partial& part : shared->partial) {
+  for (const Partial& part : partial) {
     for (int64_t k = 0; k < size; ++k) out[k] += part.dw[k];
     for (int64_t r = 0; tail && r < taps_cin; ++r)
       for (int64_t o = 0; o < tail; ++o) out[r * s.cout + full_cout + o] += part.tail_dw[r * kOB + o];
@@ -304,8 +307,8 @@ InBlockFn PickInCB(int cb) {
 }
 
 // One image: its output gradient copied to gt ([rows, Cout, cols], zero borders), then every block.
-void InImage(const InGeometry& s, const float* g, const float* wt, int64_t b, std::vector<float>& gt, float* dx) {
-  std::fill(gt.begin(), gt.end(), 0.0f);
+void InImage(const InGeometry& s, const float* g, const float* wt, int64_t b, float* dx) {
+  std::vector<float> gt(s.rows * s.cout * s.cols, 0.0f);
   const float* g_image = g + b * s.ho * s.wo * s.cout;
   for (int64_t y = 0; y < s.ho; ++y)
     for (int64_t x = 0; x < s.wo; ++x) {
@@ -325,44 +328,19 @@ void InImage(const InGeometry& s, const float* g, const float* wt, int64_t b, st
   }
 }
 
-// Images are claimed one at a time by the calling thread and the pool's tasks (each image's dX is its
-// own: no sums across threads, the result does not depend on which thread took which image).
-struct InShared {
-  InGeometry s;
-  const float* g;
-  std::vector<float> wt;  // W as [kh, kw, Cout, Cin]
-  float* dx;
-  std::atomic<int64_t> next_image{0}, done_images{0};
-
-  void Work() {
-    std::vector<float> gt;
-    for (int64_t b; (b = next_image.fetch_add(1)) < s.batch;) {
-      if (gt.empty()) gt.resize(s.rows * s.cout * s.cols);
-      InImage(s, g, wt.data(), b, gt, dx);
-      done_images.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
 ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
                      ffi::ResultBuffer<ffi::F32> dx, int64_t pt, int64_t pl, int64_t dh, int64_t dwd) {
   const auto gd = g.dimensions(), kd = w.dimensions(), xd = dx->dimensions();
   if (xd.size() != 4 || gd.size() != 4 || kd.size() != 4 || kd[2] != xd[3] || kd[3] != gd[3] || xd[0] != gd[0])
     return ffi::Error::InvalidArgument("conv_input_grad: expected g [B,Ho,Wo,Cout], W [kh,kw,Cin,Cout], dX [B,H,W,Cin]");
   const InGeometry s = MakeInGeometry(xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], kd[0], kd[1], pt, pl, dh, dwd);
-  auto shared = std::make_shared<InShared>();
-  shared->s = s;
-  shared->g = g.typed_data();
-  shared->dx = dx->typed_data();
-  shared->wt.resize(s.kh * s.kw * s.cout * s.cin);
+  std::vector<float> wt(s.kh * s.kw * s.cout * s.cin);  // W as [kh, kw, Cout, Cin]
   const float* wd = w.typed_data();
   for (int64_t t = 0; t < s.kh * s.kw; ++t)
     for (int64_t c = 0; c < s.cin; ++c)
-      for (int64_t o = 0; o < s.cout; ++o) shared->wt[(t * s.cout + o) * s.cin + c] = wd[(t * s.cin + c) * s.cout + o];
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), s.batch) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([shared] { shared->Work(); });
-  shared->Work();
-  while (shared->done_images.load(std::memory_order_acquire) < s.batch) std::this_thread::yield();
+      for (int64_t o = 0; o < s.cout; ++o) wt[(t * s.cout + o) * s.cin + c] = wd[(t * s.cin + c) * s.cout + o];
+  // Each image's dX is its own: no sums across threads, the result does not depend on which took which image.
+  ParallelFor(pool, s.batch, [&](int64_t b) { InImage(s, g.typed_data(), wt.data(), b, dx->typed_data()); });
   return ffi::Error::Success();
 }
 
