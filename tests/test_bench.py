@@ -203,8 +203,8 @@ def test_choice_rules_and_autotune_table(tmp_path):
     few_big_batch = signature((256, 14, 14, 6), (5, 5, 6, 16), jnp.float32, backend="cpu")
     wide = signature((64, 29, 30, 32), (2, 3, 32, 64), jnp.float32, backend="cpu")
     strided = signature((8, 227, 227, 3), (11, 11, 3, 96), jnp.float32, strides=4, backend="cpu")
-    choices = ["split", "xla/xla/native", "xla/xla/taps", "taps/im2col/native", "xla/native/native", "xla/native/native",
-               "xla/xla/native", "xla/xla/native"]
+    choices = ["split", "xla/xla/native", "xla/xla/taps", "taps/im2col/native", "xla/native/native",
+               "xla/native/native", "xla/xla/native", "xla/xla/native"]
     assert [policy.choose(s) for s in (grouped, one_by_one, to_one, first, few, few_big_batch, wide, strided)] == choices
     in_bf16 = [dataclasses.replace(s, dtype="bfloat16") for s in (one_by_one, first, few, few_big_batch)]
     # native: float32 only

@@ -19,8 +19,8 @@ autotuning, the conv bench): "eigen" (XLA's own) or "ynnpack" (XLA's default in 
 ``RULES`` holds the CPU rules, each for a shape class where XLA:CPU's (Eigen) conv misses its fast path
 (one-pixel outputs, single-input-channel layers, grouped convs, 1x1 convs to one channel, the input
 gradient of convs with few input channels, and in float32 every other kernel gradient; the native C++
-kernels compute the gradients they name; README, Benchmarks); each ``note`` quotes the measurement behind it. To adopt a
-measured winner for another shape class, add a ``Rule``.
+kernels compute the gradients they name; README, Benchmarks); each ``note`` quotes the measurement behind
+it. To adopt a measured winner for another shape class, add a ``Rule``.
 """
 
 from __future__ import annotations
@@ -147,9 +147,9 @@ RULES: tuple[Rule, ...] = (
     # alone at every batch, but in the model only up to batch 128: its [B, Ho, Wo, T * Cin] intermediate
     # (15 MB for LeNet C3 at batch 256) then makes the views' sum slower than taps'.
     Rule("xla/native/native", backend="cpu", dtype="float32", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1),
-         note="input gradient LeNet C3 b256 native 2.03 vs XLA 10.57 and taps 9.05 (PyTorch 2.35); train step (tools/ab_step.py, "
-              "vs the im2col/taps input gradients, 2-core Intel Xeon): LeNet-5 modern b256 17.2 vs 24.6 ms, b64 "
-              "5.1 vs 5.7; LeNet-5 b256 19.7 vs 26.5, b64 5.9 vs 6.5"),
+         note="input gradient LeNet C3 b256 native 2.03 vs XLA 10.57 and taps 9.05 (PyTorch 2.35); train step "
+              "(tools/ab_step.py, vs the im2col/taps input gradients, 2-core Intel Xeon): LeNet-5 modern b256 17.2 "
+              "vs 24.6 ms, b64 5.1 vs 5.7; LeNet-5 b256 19.7 vs 26.5, b64 5.9 vs 6.5"),
     Rule("xla/im2col/xla", backend="cpu", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1), batch=(1, 128),
          note="input gradient alone (bench conv --modes input_grad): LeNet C3 b64 im2col 0.86 vs taps 1.05 and "
               "XLA 1.70 (PyTorch 0.62); train step (tools/ab_step.py, vs taps): LeNet-5 b64 6.8 vs 7.3 ms, "

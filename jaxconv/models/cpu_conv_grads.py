@@ -30,7 +30,8 @@ def reason() -> str:
     """Empty when the kernels are built and registered with XLA; otherwise why they are not."""
     try:
         library = native_build.load(SOURCE)
-        for target, symbol in ((KERNEL_GRAD, library.JaxconvConvKernelGrad), (INPUT_GRAD, library.JaxconvConvInputGrad)):
+        handlers = ((KERNEL_GRAD, library.JaxconvConvKernelGrad), (INPUT_GRAD, library.JaxconvConvInputGrad))
+        for target, symbol in handlers:
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
     except (OSError, AttributeError) as e:
         warnings.warn(f"jaxconv: the native CPU conv gradients are unavailable ({e}); using XLA's", stacklevel=2)
