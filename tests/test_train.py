@@ -6,6 +6,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxconv import experiments
@@ -99,3 +100,24 @@ def test_colour_pixelcnn_experiments_smoke_on_synthetic_images(tmp_path, name):
     val = loop.train(apply_overrides(experiments.load(name, smoke=True), ["parallel.num_devices=2"]), tmp_path)["val"]
     assert val["count"] == 64 and 7.5 < val["bits_per_dim"] < 9.5, val
     assert_density_metrics_agree(val, 32 * 32 * 3)
+
+
+@pytest.mark.parametrize("scale", [0.1, 3.0, 1e15, 0.0])
+def test_gradient_clipping_matches_optax(scale):
+    """jaxconv's clip (one scalar multiply) gives optax.clip_by_global_norm's updates: unchanged below
+    the bound (bit for bit), scaled to the bound above it, zeros left zero."""
+    from jaxconv.config import OptimConfig, ScheduleConfig
+    from jaxconv.train.state import make_optimizer
+
+    rng = np.random.default_rng(0)
+    grads = {"w": jnp.asarray(rng.normal(size=(7, 5)) * scale, jnp.float32),
+             "b": jnp.asarray(rng.normal(size=(5,)) * scale, jnp.float32)}
+    tx, _ = make_optimizer(OptimConfig(name="sgd", learning_rate=1.0, grad_clip_norm=1.5), ScheduleConfig(), 10)
+    updates, _ = tx.update(grads, tx.init(grads))
+    reference = jax.tree.map(lambda g: -g, optax.clip_by_global_norm(1.5).update(grads, None)[0])
+    norm = float(optax.tree.norm(updates))
+    assert norm == pytest.approx(min(float(optax.tree.norm(grads)), 1.5), rel=1e-6)
+    for key in grads:
+        if scale < 1:  # below the bound
+            np.testing.assert_array_equal(updates[key], reference[key])
+        np.testing.assert_allclose(updates[key], reference[key], rtol=1e-6, atol=0)

@@ -34,12 +34,28 @@ def make_schedule(config: ScheduleConfig, peak: float, total_steps: int) -> opta
     return optax.join_schedules([warmup, main], [config.warmup_steps])
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """``optax.clip_by_global_norm`` as a multiply by one scalar, ``max_norm / max(norm, max_norm)`` (exactly
+    1 below the bound). Why not optax's: it selects between ``g`` and ``g / norm * max_norm``, and XLA:CPU
+    then writes the clipped copy of every gradient to memory and reads it back in Adam's two moment updates
+    (a divide is too costly to duplicate into both); a scalar multiply fuses into each reader, one full pass
+    over the parameters fewer and two fewer reads (AlexNet-32's 14.7M: 3-4% of its step on 2 CPU cores)."""
+
+    def clip(updates, params=None):
+        del params
+        norm = optax.tree.norm(updates)
+        factor = max_norm / jnp.maximum(norm, max_norm)
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates)
+
+    return optax.stateless(clip)
+
+
 def make_optimizer(optim: OptimConfig, schedule: ScheduleConfig, total_steps: int):
     """Returns (optax transformation, learning-rate schedule)."""
     lr = make_schedule(schedule, optim.learning_rate, total_steps)
     parts = []
     if optim.grad_clip_norm:
-        parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
+        parts.append(clip_by_global_norm(optim.grad_clip_norm))
     if optim.name == "adamw":
         parts.append(optax.adamw(lr, optim.b1, optim.b2, optim.eps, weight_decay=optim.weight_decay))
     else:
