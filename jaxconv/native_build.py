@@ -33,25 +33,27 @@ def _cpu_features() -> str:
         return ""
 
 
-def library_path(source: Path) -> Path:
-    key = "\n".join([source.read_text(), jaxlib.__version__, os.environ.get("CXX", "g++"), *FLAGS, _cpu_features()])
+def library_path(source: Path, extra: tuple[str, ...] = ()) -> Path:
+    key = "\n".join([source.read_text(), jaxlib.__version__, os.environ.get("CXX", "g++"), *FLAGS, *extra,
+                     _cpu_features()])
     return cache_root() / "native" / f"{source.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
 
-def load(source: Path) -> ctypes.CDLL:
+def load(source: Path, extra: tuple[str, ...] = ()) -> ctypes.CDLL:
     """``source`` built into a shared library and loaded: built first if missing, and built again if the
-    cached file does not load (damaged). OSError (compiler missing or failing) when it cannot be built."""
-    path = library_path(source)
+    cached file does not load (damaged). ``extra``: more compiler arguments (a library's include and link
+    flags), part of the cache key. OSError (compiler missing or failing) when it cannot be built."""
+    path = library_path(source, extra)
     if path.exists():
         try:
             return ctypes.CDLL(str(path))
         except OSError:
             pass
-    _build(source, path)
+    _build(source, path, extra)
     return ctypes.CDLL(str(path))
 
 
-def _build(source: Path, path: Path) -> None:
+def _build(source: Path, path: Path, extra: tuple[str, ...]) -> None:
     """Compiles into a temporary file beside ``path``, then renames it: processes building at once
     each write their own file and the last rename wins, a whole library either way."""
     compiler = os.environ.get("CXX", "g++")
@@ -61,7 +63,7 @@ def _build(source: Path, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(source), "-o", tmp],
+        done = subprocess.run([compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(source), *extra, "-o", tmp],
                               capture_output=True, text=True)
         if done.returncode:
             last = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]

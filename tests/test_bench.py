@@ -181,8 +181,8 @@ def test_the_conv_policy_is_data_recorded_in_the_run(tmp_path):
 def test_choice_rules_and_autotune_table(tmp_path):
     policy = ConvPolicy()
     sig = signature((8, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
-    # single input channel, but batch 8 < 32: not the taps rule; XLA's conv with the native kernel gradient
-    assert policy.choose(sig) == "xla/xla/native"
+    # a first layer with a full 5x5 kernel: oneDNN at every batch size
+    assert policy.choose(sig) == "onednn"
     rules = (Rule("taps", backend="gpu"), Rule("im2col", backend="cpu", cin=(1, 3), taps=(25, 121)))
     assert ConvPolicy(rules=rules).choose(sig) == "im2col"
     assert ConvPolicy(rules=(Rule("fft"),)).choose(sig) == "fft"
@@ -203,12 +203,13 @@ def test_choice_rules_and_autotune_table(tmp_path):
     few_big_batch = signature((256, 14, 14, 6), (5, 5, 6, 16), jnp.float32, backend="cpu")
     wide = signature((64, 29, 30, 32), (2, 3, 32, 64), jnp.float32, backend="cpu")
     strided = signature((8, 227, 227, 3), (11, 11, 3, 96), jnp.float32, strides=4, backend="cpu")
-    choices = ["split", "xla/xla/native", "xla/xla/taps", "taps/im2col/native", "xla/native/native",
-               "xla/native/native", "xla/xla/native", "xla/xla/native"]
+    choices = ["onednn", "xla/xla/native", "xla/xla/taps", "onednn", "onednn/native/native",
+               "onednn/native/native", "xla/xla/native", "onednn"]
     assert [policy.choose(s) for s in (grouped, one_by_one, to_one, first, few, few_big_batch, wide, strided)] == choices
     in_bf16 = [dataclasses.replace(s, dtype="bfloat16") for s in (one_by_one, first, few, few_big_batch)]
-    # native: float32 only
+    # native and onednn: float32 only; a grouped conv in bfloat16 by groups
     assert [policy.choose(s) for s in in_bf16] == ["xla", "taps/im2col/xla", "xla/im2col/xla", "xla/taps/xla"]
+    assert policy.choose(dataclasses.replace(grouped, dtype="bfloat16")) == "split"
     on_gpu = signature((8, 13, 13, 384), (3, 3, 192, 256), jnp.float32, groups=2, backend="gpu")
     assert policy.choose(on_gpu) == "xla"  # the rules are CPU findings
     no_rules = ConvPolicy.from_config(ConvConfig(rules="none"))

@@ -16,7 +16,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from conftest import COMPILER_LOG, REPO, assert_compiler_log_only, assert_loaded_from_cache, run_cli
-from jaxconv.models import conv as conv_lib, cpu_conv_grads
+from jaxconv.models import conv as conv_lib, cpu_conv_grads, cpu_onednn
 
 
 def _grads(impl, x, k):
@@ -65,7 +65,7 @@ def test_under_vmap_the_native_gradients_give_xlas_jacobian():
 
 CHECK = """
 import jax, jax.numpy as jnp, numpy as np
-from jaxconv.models import conv as conv_lib, cpu_conv_grads
+from jaxconv.models import conv as conv_lib, cpu_conv_grads, cpu_onednn
 x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 8, 8, 17)), jnp.float32)
 k = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 17, 16)), jnp.float32)
 grad = lambda impl: jax.grad(lambda k: jnp.sum(jnp.cos(conv_lib.conv(x, k, 1, ((1, 1), (1, 1)), impl=impl))))(k)
@@ -124,3 +124,56 @@ def test_the_users_own_compilation_cache_directory_wins(tmp_path, monkeypatch):
     cli.use_compilation_cache(own)
     assert defaults == {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jit")}
     assert own == {"JAX_COMPILATION_CACHE_DIR": "/elsewhere"}
+
+
+def test_onednn_convs_run_their_three_handlers_and_keep_a_split_batch_split():
+    """``onednn`` computes the output and both gradients by oneDNN; with the batch split over a mesh each
+    device computes its images (one all-reduce: the kernel gradient's), and all equals XLA's."""
+    assert cpu_onednn.reason() == ""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((16, 9, 8, 12)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 6, 10)) / 10, jnp.float32)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    split = jax.device_put(x, NamedSharding(mesh, P("data")))
+
+    def value_and_grads(impl):
+        f = lambda x, k: conv_lib.conv(x, k, (2, 1), ((1, -1), (2, 0)), (1, 2), 2, impl=impl)
+        return jax.jit(lambda x, k: (f(x, k), *jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, k)))
+
+    with jax.set_mesh(mesh):
+        program = value_and_grads("onednn").lower(split, k).compile().as_text()
+        got = value_and_grads("onednn")(split, k)
+    for target in (cpu_onednn.FORWARD, cpu_onednn.INPUT_GRAD, cpu_onednn.KERNEL_GRAD):
+        assert program.count(f'custom_call_target="{target}"') == 1, target
+    assert "all-gather" not in program and program.count("all-reduce(") == 1
+    assert got[0].sharding.spec[0] == "data" and got[1].sharding.spec[0] == "data"
+    for a, b in zip(got, value_and_grads("xla")(x, k)):
+        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_under_vmap_onednn_gives_xlas_jacobian():
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((2, 7, 6, 4)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 4, 5)) / 10, jnp.float32)
+
+    def jacobians(impl):
+        f = lambda x, k: conv_lib.conv(x, k, 1, ((1, 1), (1, 1)), 1, 1, impl=impl)[1, 2, 3]  # [Cout]
+        return jax.jit(jax.jacrev(f, argnums=(0, 1)))(x, k)
+
+    for a, b in zip(jacobians("onednn"), jacobians("xla")):
+        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_training_on_onednn_convs_through_the_cli(tmp_path):
+    """Every layer on oneDNN (``conv.impl=onednn``), then again where it cannot be built: XLA's convs, one
+    warning, the same exit."""
+    args = ("train", "alexnet_imagenet32", "--smoke", "--set", "conv.impl=onednn", "--set", "train.steps=2")
+    run = run_cli(*args, "--workdir", str(tmp_path / "run"), timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "unavailable" not in run.stderr, run.stderr
+    without = run_cli(*args, "--workdir", str(tmp_path / "run2"), timeout=300,
+                      env={**os.environ, "JAXCONV_CACHE_DIR": str(tmp_path / "cache"),
+                           "CXX": str(tmp_path / "no-such-compiler")})
+    assert without.returncode == 0, without.stderr
+    warnings = [line for line in without.stderr.splitlines() if "oneDNN convs are unavailable" in line]
+    assert len(warnings) == 1, without.stderr

@@ -104,6 +104,7 @@ VARIANTS: list[Variant] = [
     Variant("taps", "jax", "NHWC", lambda s, d: 1 < s.kh * s.kw <= 49),  # one tap: the same matmul as im2col
     Variant("fft", "jax", "NHWC", _fft_applies),
     Variant("native", "jax", "NHWC", lambda s, d: d == "float32" and s.groups == 1),  # else the same as xla
+    Variant("onednn", "jax", "NHWC", lambda s, d: d == "float32"),  # else the same as xla
     Variant("torch", "torch", "NCHW"),
     Variant("torch", "torch", "NHWC"),
 ]

@@ -19,8 +19,8 @@ autotuning, the conv bench): "eigen" (XLA's own) or "ynnpack" (XLA's default in 
 ``RULES`` holds the CPU rules, each for a shape class where XLA:CPU's (Eigen) conv misses its fast path
 (one-pixel outputs, single-input-channel layers, grouped convs, 1x1 convs to one channel, the input
 gradient of convs with few input channels, and in float32 every other kernel gradient; the native C++
-kernels compute the gradients they name; README, Benchmarks); each ``note`` quotes the measurement behind
-it. To adopt a measured winner for another shape class, add a ``Rule``.
+kernels compute the gradients they name; README, Benchmarks), and in float32 the shape classes where
+oneDNN's convs win; each ``note`` quotes the measurement behind it. To adopt a measured winner for another shape class, add a ``Rule``.
 """
 
 from __future__ import annotations
@@ -129,6 +129,18 @@ RULES: tuple[Rule, ...] = (
     Rule("im2col", backend="cpu", out_pixels=(1, 1),
          note="one output pixel (LeNet C5, the cached samplers' windows) is one matmul: LeNet C5 b64 "
               "0.28/0.37/0.19 vs XLA 0.23/5.86/0.30"),
+    # oneDNN (the library PyTorch runs) where it beats XLA's Eigen convs in all three passes; per-pass ms from
+    # `jaxconv bench conv --modes forward,input_grad,kernel_grad --impls xla,native,onednn,torch` on the 2-core
+    # Intel Xeon, 2026-12-01.
+    Rule("onednn", backend="cpu", dtype="float32", cin=(64, ANY[1]), cout=(64, ANY[1]), taps=(9, ANY[1]),
+         note="big-channel layers (AlexNet's): AlexNet-32 conv3 256->384 3x3 b32 16.8/16.0/18.5 vs default "
+              "15.3/17.8/28.4 (PyTorch 14.7/15.9/20.8); grouped conv2 96->256 5x5 21.6/22.2/21.9 vs split "
+              "22.7/26.6/30.5; AlexNet conv5 13x13 b8 5.6/5.6/5.5 vs split 6.5/8.0/6.9; AlexNet-32 train step "
+              "b32 (conv.impl=onednn, in turns with the default): 342.6 vs 388.4 ms, 321.6 vs 388.8"),
+    Rule("onednn", backend="cpu", dtype="float32", cin=(1, 3), cout=(6, ANY[1]), taps=(25, ANY[1]),
+         note="first layers with full kernels (no input gradient): LeNet C1 1->6 5x5 b256 forward 0.82 vs "
+              "taps 1.47, kernel gradient 1.10 vs native 2.24; AlexNet conv1 3->96 11x11/4 b8 kernel gradient "
+              "11.3 vs 26.1; LeNet-5 modern train step b256 13.7 vs 14.4 ms (tools/ab_step.py)"),
     Rule("taps/im2col/native", backend="cpu", dtype="float32", cin=(1, 1), taps=(2, 49), batch=(32, ANY[1]),
          note="as the next rule; kernel gradient (a row's taps as the native tile's channels) LeNet C1 b256 1.07 "
               "vs XLA 2.30, PixelCNN 7x7 mask A b64 0.86 vs 1.96"),
@@ -146,10 +158,11 @@ RULES: tuple[Rule, ...] = (
     # kernel computes it (and the kernel gradient); otherwise im2col's (one matmul, then the views' sum) wins
     # alone at every batch, but in the model only up to batch 128: its [B, Ho, Wo, T * Cin] intermediate
     # (15 MB for LeNet C3 at batch 256) then makes the views' sum slower than taps'.
-    Rule("xla/native/native", backend="cpu", dtype="float32", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1),
+    Rule("onednn/native/native", backend="cpu", dtype="float32", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1),
          note="input gradient LeNet C3 b256 native 2.03 vs XLA 10.57 and taps 9.05 (PyTorch 2.35); train step "
               "(tools/ab_step.py, vs the im2col/taps input gradients, 2-core Intel Xeon): LeNet-5 modern b256 17.2 "
-              "vs 24.6 ms, b64 5.1 vs 5.7; LeNet-5 b256 19.7 vs 26.5, b64 5.9 vs 6.5"),
+              "vs 24.6 ms, b64 5.1 vs 5.7; LeNet-5 b256 19.7 vs 26.5, b64 5.9 vs 6.5. Forward by oneDNN: C3 b256 "
+              "1.01 vs XLA 2.23; LeNet-5 modern train step b256 12.5 vs 13.7 ms, b64 3.8 vs 4.1"),
     Rule("xla/im2col/xla", backend="cpu", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1), batch=(1, 128),
          note="input gradient alone (bench conv --modes input_grad): LeNet C3 b64 im2col 0.86 vs taps 1.05 and "
               "XLA 1.70 (PyTorch 0.62); train step (tools/ab_step.py, vs taps): LeNet-5 b64 6.8 vs 7.3 ms, "

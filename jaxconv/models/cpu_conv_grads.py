@@ -48,7 +48,7 @@ def kernel_grad(x, g, kernel_shape, strides, padding, dilation, batched_fallback
     on every device. Under ``jax.vmap`` (e.g. a Jacobian row by row), ``batched_fallback(x, g)``, XLA's
     kernel gradient, is vmapped instead: one batched XLA conv rather than one native call per row."""
     static = (tuple(kernel_shape), strides, padding, dilation)
-    return _unless_vmapped(lambda x, g: _split_by_batch(_kernel_call, _kernel_partitioned, (x, g), static, True),
+    return unless_vmapped(lambda x, g: split_by_batch(_kernel_call, _kernel_partitioned, (x, g), static, True),
                            batched_fallback)(x, g)
 
 
@@ -58,11 +58,11 @@ def input_grad(g, kernel, image_shape, padding, dilation, batched_fallback):
     when ``reason()`` is empty. Split over devices by the batch as ``kernel_grad`` (each device its images,
     nothing to sum); under ``jax.vmap``, ``batched_fallback(g, kernel)``, XLA's input gradient."""
     static = (tuple(image_shape), padding, dilation)
-    return _unless_vmapped(lambda g, k: _split_by_batch(_input_call, _input_partitioned, (g, k), static, False),
+    return unless_vmapped(lambda g, k: split_by_batch(_input_call, _input_partitioned, (g, k), static, False),
                            batched_fallback)(g, kernel)
 
 
-def _unless_vmapped(f, batched_fallback):
+def unless_vmapped(f, batched_fallback):
     f = jax.custom_batching.custom_vmap(f)
 
     @f.def_vmap
@@ -87,7 +87,7 @@ def _input_call(g, kernel, image_shape, padding, dilation):
         g, kernel, pt=np.int64(pt), pl=np.int64(pl), dh=np.int64(dh), dw=np.int64(dw))
 
 
-def _split_by_batch(call, partitioned, args, static, summed: bool):
+def split_by_batch(call, partitioned, args, static, summed: bool):
     """``call(*args, *static)``, each device on its images when the batch (the first argument's first axis)
     is split over a mesh; ``summed``: the parts are added (``psum``), otherwise each device keeps its images'
     part. For the kernel gradient both arguments are split; for the input gradient the second (the kernel)

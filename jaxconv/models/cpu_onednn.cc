@@ -1,0 +1,195 @@
+// A float32 NHWC/HWIO convolution on the CPU by oneDNN, as three XLA FFI handlers: the output, the input
+// gradient and the kernel gradient.
+//
+// Why: XLA:CPU runs its convs on Eigen's kernels; oneDNN (what PyTorch runs on the CPU) is 1.2-2x faster
+// on the big-channel layers (AlexNet's), and XLA's own oneDNN thunks are compiled out of the jaxlib
+// release build (docs/xla-cpu-onednn.md). oneDNN comes from PyPI (onednn-cpu-gomp); built on first use
+// (jaxconv/native_build.py), registered by cpu_onednn.py, which passes only non-negative padding.
+//
+// Activations stay in XLA's NHWC buffers (oneDNN's nhwc tag, no copy); the kernel is reordered from
+// HWIO (with groups: [kh, kw, Cin/G, G, Cout/G], oneDNN's hwigo) to the blocked layout oneDNN picks, and
+// the kernel gradient back. Primitives are built once per geometry and kept; each call brings its own
+// scratchpad, so concurrent calls (two devices of one process) share nothing mutable.
+
+#include <cstdint>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+struct Geometry {
+  int64_t n, h, w, c, o, kh, kw, ho, wo, sh, sw, pt, pb, pl, pr, dh, dw, groups;
+  auto Key() const { return std::make_tuple(n, h, w, c, o, kh, kw, sh, sw, pt, pb, pl, pr, dh, dw, groups); }
+
+  memory::desc Image() const { return {{n, c, h, w}, memory::data_type::f32, memory::format_tag::nhwc}; }
+  memory::desc Output() const { return {{n, o, ho, wo}, memory::data_type::f32, memory::format_tag::nhwc}; }
+  memory::desc Kernel(bool any) const {
+    if (groups == 1)
+      return {{o, c, kh, kw}, memory::data_type::f32, any ? memory::format_tag::any : memory::format_tag::hwio};
+    return {{groups, o / groups, c / groups, kh, kw}, memory::data_type::f32,
+            any ? memory::format_tag::any : memory::format_tag::hwigo};
+  }
+};
+
+struct Primitives {
+  dnnl::convolution_forward::primitive_desc forward_pd;
+  dnnl::convolution_backward_data::primitive_desc input_pd;
+  dnnl::convolution_backward_weights::primitive_desc kernel_pd;
+  dnnl::convolution_forward forward;
+  dnnl::convolution_backward_data input_grad;
+  dnnl::convolution_backward_weights kernel_grad;
+};
+
+std::shared_ptr<const Primitives> Build(const Geometry& g) {
+  auto& engine = Engine();
+  const memory::dims strides{g.sh, g.sw}, dilation{g.dh - 1, g.dw - 1}, low{g.pt, g.pl}, high{g.pb, g.pr};
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const auto algo = dnnl::algorithm::convolution_direct;
+  const auto image = g.Image(), output = g.Output(), kernel = g.Kernel(true);
+  dnnl::convolution_forward::primitive_desc forward_pd(engine, dnnl::prop_kind::forward_training, algo, image,
+                                                       kernel, output, strides, dilation, low, high, attr);
+  dnnl::convolution_backward_data::primitive_desc input_pd(engine, algo, image, kernel, output, strides, dilation,
+                                                           low, high, forward_pd, attr);
+  dnnl::convolution_backward_weights::primitive_desc kernel_pd(engine, algo, image, kernel, output, strides,
+                                                               dilation, low, high, forward_pd, attr);
+  return std::make_shared<const Primitives>(Primitives{
+      forward_pd, input_pd, kernel_pd, dnnl::convolution_forward(forward_pd),
+      dnnl::convolution_backward_data(input_pd), dnnl::convolution_backward_weights(kernel_pd)});
+}
+
+std::shared_ptr<const Primitives> Get(const Geometry& g) {
+  static std::mutex mutex;
+  static std::map<decltype(g.Key()), std::shared_ptr<const Primitives>> built;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& entry = built[g.Key()];
+  if (!entry) entry = Build(g);
+  return entry;
+}
+
+memory Wrap(const memory::desc& desc, const void* data) { return memory(desc, Engine(), const_cast<void*>(data)); }
+
+// ``from`` in layout ``to``: itself when the layouts agree, else a copy in ``storage``.
+memory Reordered(const memory& from, const memory::desc& to, std::vector<char>& storage) {
+  if (from.get_desc() == to) return from;
+  storage.resize(to.get_size());
+  memory out(to, Engine(), storage.data());
+  dnnl::stream stream(Engine());
+  dnnl::reorder(from, out).execute(stream, const_cast<memory&>(from), out);
+  stream.wait();
+  return out;
+}
+
+void Execute(const dnnl::primitive& primitive, const memory::desc& scratchpad,
+             std::unordered_map<int, memory> args) {
+  std::vector<char> scratch(scratchpad.get_size());
+  args.insert({DNNL_ARG_SCRATCHPAD, memory(scratchpad, Engine(), scratch.data())});
+  dnnl::stream stream(Engine());
+  primitive.execute(stream, args);
+  stream.wait();
+}
+
+Geometry Make(ffi::Span<const int64_t> image, ffi::Span<const int64_t> kernel, ffi::Span<const int64_t> output,
+              int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw,
+              int64_t groups) {
+  return Geometry{image[0], image[1],  image[2], image[3], kernel[3], kernel[0], kernel[1], output[1], output[2],
+                  sh,       sw,        pt,       pb,       pl,        pr,        dh,        dw,        groups};
+}
+
+template <typename F>
+ffi::Error Guarded(F body) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+#define GEOMETRY_ATTRS                                                                                        \
+  int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw, int64_t groups
+#define GEOMETRY_VALUES sh, sw, pt, pb, pl, pr, dh, dw, groups
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::ResultBuffer<ffi::F32> y,
+                   GEOMETRY_ATTRS) {
+  return Guarded([&] {
+    const auto g = Make(x.dimensions(), k.dimensions(), y->dimensions(), GEOMETRY_VALUES);
+    const auto p = Get(g);
+    std::vector<char> storage;
+    const auto kernel = Reordered(Wrap(g.Kernel(false), k.typed_data()), p->forward_pd.weights_desc(), storage);
+    Execute(p->forward, p->forward_pd.scratchpad_desc(),
+            {{DNNL_ARG_SRC, Wrap(g.Image(), x.typed_data())}, {DNNL_ARG_WEIGHTS, kernel},
+             {DNNL_ARG_DST, Wrap(g.Output(), y->typed_data())}});
+  });
+}
+
+ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k, ffi::ResultBuffer<ffi::F32> dx,
+                     GEOMETRY_ATTRS) {
+  return Guarded([&] {
+    const auto g = Make(dx->dimensions(), k.dimensions(), dy.dimensions(), GEOMETRY_VALUES);
+    const auto p = Get(g);
+    std::vector<char> storage;
+    const auto kernel = Reordered(Wrap(g.Kernel(false), k.typed_data()), p->input_pd.weights_desc(), storage);
+    Execute(p->input_grad, p->input_pd.scratchpad_desc(),
+            {{DNNL_ARG_DIFF_DST, Wrap(g.Output(), dy.typed_data())}, {DNNL_ARG_WEIGHTS, kernel},
+             {DNNL_ARG_DIFF_SRC, Wrap(g.Image(), dx->typed_data())}});
+  });
+}
+
+ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dk,
+                      GEOMETRY_ATTRS) {
+  return Guarded([&] {
+    const auto g = Make(x.dimensions(), dk->dimensions(), dy.dimensions(), GEOMETRY_VALUES);
+    const auto p = Get(g);
+    const auto result = Wrap(g.Kernel(false), dk->typed_data());
+    const auto& blocked = p->kernel_pd.diff_weights_desc();
+    std::vector<char> storage(blocked == result.get_desc() ? 0 : blocked.get_size());
+    const memory computed = storage.empty() ? result : memory(blocked, Engine(), storage.data());
+    Execute(p->kernel_grad, p->kernel_pd.scratchpad_desc(),
+            {{DNNL_ARG_SRC, Wrap(g.Image(), x.typed_data())}, {DNNL_ARG_DIFF_DST, Wrap(g.Output(), dy.typed_data())},
+             {DNNL_ARG_DIFF_WEIGHTS, computed}});
+    if (!storage.empty()) {
+      memory out = result;
+      dnnl::stream stream(Engine());
+      dnnl::reorder(computed, out).execute(stream, const_cast<memory&>(computed), out);
+      stream.wait();
+    }
+  });
+}
+
+}  // namespace
+
+#define BIND_GEOMETRY(binding)                                                                              \
+  binding.Arg<ffi::Buffer<ffi::F32>>()                                                                      \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                                         \
+      .Ret<ffi::Buffer<ffi::F32>>()                                                                         \
+      .Attr<int64_t>("sh")                                                                                  \
+      .Attr<int64_t>("sw")                                                                                  \
+      .Attr<int64_t>("pt")                                                                                  \
+      .Attr<int64_t>("pb")                                                                                  \
+      .Attr<int64_t>("pl")                                                                                  \
+      .Attr<int64_t>("pr")                                                                                  \
+      .Attr<int64_t>("dh")                                                                                  \
+      .Attr<int64_t>("dw")                                                                                  \
+      .Attr<int64_t>("groups")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvOnednnForward, Forward, BIND_GEOMETRY(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvOnednnInputGrad, InputGrad, BIND_GEOMETRY(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvOnednnKernelGrad, KernelGrad, BIND_GEOMETRY(ffi::Ffi::Bind()));
