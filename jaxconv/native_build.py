@@ -15,7 +15,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jaxlib
@@ -37,6 +39,21 @@ def library_path(source: Path, extra: tuple[str, ...] = ()) -> Path:
     key = "\n".join([source.read_text(), jaxlib.__version__, os.environ.get("CXX", "g++"), *FLAGS, *extra,
                      _cpu_features()])
     return cache_root() / "native" / f"{source.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+def register(source: Path, handlers: dict[str, str], what: str,
+             flags: Callable[[], tuple[str, ...]] = tuple) -> str:
+    """Builds ``source`` (``load``) and registers its ``handlers`` ({XLA FFI target: exported symbol}) for
+    the CPU. Empty when done; otherwise why not, after one warning that ``what`` is unavailable and XLA's
+    convs are used. ``flags()``: more compiler arguments; it raises OSError when a library is missing."""
+    try:
+        library = load(source, flags())
+        for target, symbol in handlers.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    except (OSError, AttributeError) as e:
+        warnings.warn(f"jaxconv: {what} are unavailable ({e}); using XLA's", stacklevel=3)
+        return str(e)
+    return ""
 
 
 def load(source: Path, extra: tuple[str, ...] = ()) -> ctypes.CDLL:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from pathlib import Path
 
 import jax
@@ -28,15 +27,8 @@ INPUT_GRAD = "jaxconv_cpu_conv_input_grad"
 @functools.cache
 def reason() -> str:
     """Empty when the kernels are built and registered with XLA; otherwise why they are not."""
-    try:
-        library = native_build.load(SOURCE)
-        handlers = ((KERNEL_GRAD, library.JaxconvConvKernelGrad), (INPUT_GRAD, library.JaxconvConvInputGrad))
-        for target, symbol in handlers:
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
-    except (OSError, AttributeError) as e:
-        warnings.warn(f"jaxconv: the native CPU conv gradients are unavailable ({e}); using XLA's", stacklevel=2)
-        return str(e)
-    return ""
+    handlers = {KERNEL_GRAD: "JaxconvConvKernelGrad", INPUT_GRAD: "JaxconvConvInputGrad"}
+    return native_build.register(SOURCE, handlers, "the native CPU conv gradients")
 
 
 def kernel_grad(x, g, kernel_shape, strides, padding, dilation, batched_fallback):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import warnings
 from pathlib import Path
 
 import jax
@@ -44,16 +43,9 @@ def _build_flags() -> tuple[str, ...]:
 @functools.cache
 def reason() -> str:
     """Empty when the handlers are built and registered with XLA; otherwise why they are not."""
-    try:
-        library = native_build.load(SOURCE, _build_flags())
-        handlers = ((FORWARD, library.JaxconvOnednnForward), (INPUT_GRAD, library.JaxconvOnednnInputGrad),
-                    (KERNEL_GRAD, library.JaxconvOnednnKernelGrad))
-        for target, symbol in handlers:
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
-    except (OSError, AttributeError) as e:
-        warnings.warn(f"jaxconv: oneDNN convs are unavailable ({e}); using XLA's", stacklevel=2)
-        return str(e)
-    return ""
+    handlers = {FORWARD: "JaxconvOnednnForward", INPUT_GRAD: "JaxconvOnednnInputGrad",
+                KERNEL_GRAD: "JaxconvOnednnKernelGrad"}
+    return native_build.register(SOURCE, handlers, "oneDNN convs", _build_flags)
 
 
 def conv(x, kernel, strides, padding, dilation, groups, xla_conv):
