@@ -48,6 +48,8 @@ CASES = [
     ((2, 10, 9, 1), (3, 7, 1, 6), 1, ((3, -1), (3, 3)), 1, 1),
     # stride 1 (the native input gradient): input channels, columns and rows beyond one of its blocks
     ((2, 7, 19, 11), (2, 3, 11, 21), 1, ((1, 0), (-1, 2)), (2, 1), 1),
+    # strided windows that never read the last row and column: their input gradient must be zero
+    ((2, 10, 10, 4), (3, 3, 4, 8), 2, ((0, 0), (0, 0)), 1, 1),
 ]
 
 
@@ -62,7 +64,8 @@ def quick_results(tmp_path_factory):
 
 @pytest.mark.parametrize("case", CASES, ids=["strided", "channel-tails", "one-channel-padded", "one-channel-wide",
                                              "dilated-grouped", "asymmetric", "grouped-strided-kept",
-                                             "negative-bottom", "one-channel-negative", "stride-1-blocks"])
+                                             "negative-bottom", "one-channel-negative", "stride-1-blocks",
+                                             "strided-unread-edge"])
 def test_conv_implementations_match_xla(case):
     xs, ks, strides, padding, dilation, groups = case
     rng = np.random.default_rng(0)
@@ -217,6 +220,20 @@ def test_choice_rules_and_autotune_table(tmp_path):
     for bad, message in ((ConvConfig(table=str(table)), "not found"), (ConvConfig(rules="some"), "conv.rules")):
         with pytest.raises(ConfigError, match=message):
             ConvPolicy.from_config(bad)
+
+
+def test_without_onednn_its_rules_give_way_to_the_next(monkeypatch):
+    """Where oneDNN cannot be built, a layer gets the rule after the oneDNN one, not XLA's plain conv
+    (AlexNet's grouped conv2 would get XLA's 15x slower grouped kernel gradient)."""
+    from jaxconv.models import cpu_onednn
+
+    policy = ConvPolicy()
+    grouped = signature((8, 27, 27, 96), (5, 5, 48, 256), jnp.float32, groups=2, backend="cpu")
+    first = signature((64, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
+    few = signature((64, 14, 14, 6), (5, 5, 6, 16), jnp.float32, backend="cpu")
+    assert [policy.choose(s) for s in (grouped, first, few)] == ["onednn", "onednn", "onednn/native/native"]
+    monkeypatch.setattr(cpu_onednn, "reason", lambda: "no oneDNN here")
+    assert [policy.choose(s) for s in (grouped, first, few)] == ["split", "taps/im2col/native", "xla/im2col/xla"]
 
 
 def test_traced_shapes_and_flops():

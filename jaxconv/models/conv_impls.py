@@ -220,6 +220,11 @@ def supports(impl: str, dtype: Any) -> bool:
     return "fft" not in parse_impl(impl) or jnp.dtype(dtype) == jnp.float32
 
 
+def built(impl: str) -> bool:
+    """Whether every pass of ``impl`` runs its own code here: ``onednn`` without oneDNN is XLA's conv."""
+    return "onednn" not in parse_impl(impl) or not cpu_onednn.reason()
+
+
 @functools.lru_cache(maxsize=None)
 def composite(fwd: str, dx: str, dw: str, strides, padding, dilation, groups, keep_input: bool = False):
     """A conv computing its output, input gradient and kernel gradient with three implementations.

@@ -10,7 +10,8 @@ environment. Its choice for one layer (``choose``), first match wins:
    order: a rule names an implementation for a backend, a dtype and ranges of Cin, Cout, T, stride,
    output pixels, feature groups and batch size;
 4. ``xla``.
-An implementation that cannot run a layer (``fft`` in bfloat16) falls back to ``xla``.
+An implementation that cannot run a layer (``fft`` in bfloat16) falls back to ``xla``; a rule naming
+``onednn`` where oneDNN cannot be built here is skipped (the next matching rule applies).
 
 ``xla_cpu`` says which kernels run the convs XLA computes on CPU, through the XLA compiler options that
 ``compiler_options`` gives every jitted program that runs the model (train and eval steps, samplers,
@@ -20,7 +21,8 @@ autotuning, the conv bench): "eigen" (XLA's own) or "ynnpack" (XLA's default in 
 (one-pixel outputs, single-input-channel layers, grouped convs, 1x1 convs to one channel, the input
 gradient of convs with few input channels, and in float32 every other kernel gradient; the native C++
 kernels compute the gradients they name; README, Benchmarks), and in float32 the shape classes where
-oneDNN's convs win; each ``note`` quotes the measurement behind it. To adopt a measured winner for another shape class, add a ``Rule``.
+oneDNN's convs win; each ``note`` quotes the measurement behind it. To adopt a measured winner for
+another shape class, add a ``Rule``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv.errors import ConfigError
-from jaxconv.models.conv_impls import Padding, out_size, pair, parse_impl, supports
+from jaxconv.models.conv_impls import Padding, built, out_size, pair, parse_impl, supports
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +207,7 @@ class ConvPolicy:
 
     def choose(self, sig: Signature) -> str:
         impl = self.forced or dict(self.table).get(sig.key()) or next(
-            (rule.impl for rule in self.rules if rule.matches(sig)), "xla")
+            (rule.impl for rule in self.rules if rule.matches(sig) and built(rule.impl)), "xla")
         return impl if supports(impl, sig.dtype) else "xla"
 
     @classmethod

@@ -12,6 +12,8 @@
 // scratchpad, so concurrent calls (two devices of one process) share nothing mutable.
 
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <exception>
 #include <map>
 #include <memory>
@@ -86,21 +88,29 @@ std::shared_ptr<const Primitives> Get(const Geometry& g) {
 
 memory Wrap(const memory::desc& desc, const void* data) { return memory(desc, Engine(), const_cast<void*>(data)); }
 
-// ``from`` in layout ``to``: itself when the layouts agree, else a copy in ``storage``.
-memory Reordered(const memory& from, const memory::desc& to, std::vector<char>& storage) {
-  if (from.get_desc() == to) return from;
-  storage.resize(to.get_size());
-  memory out(to, Engine(), storage.data());
+// Uninitialised, 64-byte aligned bytes: a std::vector<char> would zero a scratchpad of megabytes per call.
+struct Scratch {
+  explicit Scratch(size_t size)
+      : data(size ? static_cast<char*>(std::aligned_alloc(64, (size + 63) / 64 * 64)) : nullptr) {
+    if (size && !data) throw std::bad_alloc();
+  }
+  ~Scratch() { std::free(data); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  char* data;
+};
+
+memory Reorder(const memory& from, memory to) {
   dnnl::stream stream(Engine());
-  dnnl::reorder(from, out).execute(stream, const_cast<memory&>(from), out);
+  dnnl::reorder(from, to).execute(stream, const_cast<memory&>(from), to);
   stream.wait();
-  return out;
+  return to;
 }
 
 void Execute(const dnnl::primitive& primitive, const memory::desc& scratchpad,
              std::unordered_map<int, memory> args) {
-  std::vector<char> scratch(scratchpad.get_size());
-  args.insert({DNNL_ARG_SCRATCHPAD, memory(scratchpad, Engine(), scratch.data())});
+  Scratch scratch(scratchpad.get_size());
+  args.insert({DNNL_ARG_SCRATCHPAD, memory(scratchpad, Engine(), scratch.data)});
   dnnl::stream stream(Engine());
   primitive.execute(stream, args);
   stream.wait();
@@ -119,6 +129,8 @@ ffi::Error Guarded(F body) {
     body();
   } catch (const std::exception& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
+  } catch (...) {
+    return ffi::Error(ffi::ErrorCode::kInternal, "oneDNN convolution: unknown error");
   }
   return ffi::Error::Success();
 }
@@ -132,8 +144,10 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::Result
   return Guarded([&] {
     const auto g = Make(x.dimensions(), k.dimensions(), y->dimensions(), GEOMETRY_VALUES);
     const auto p = Get(g);
-    std::vector<char> storage;
-    const auto kernel = Reordered(Wrap(g.Kernel(false), k.typed_data()), p->forward_pd.weights_desc(), storage);
+    const auto& blocked = p->forward_pd.weights_desc();
+    Scratch storage(blocked == g.Kernel(false) ? 0 : blocked.get_size());
+    const auto given = Wrap(g.Kernel(false), k.typed_data());
+    const auto kernel = storage.data ? Reorder(given, memory(blocked, Engine(), storage.data)) : given;
     Execute(p->forward, p->forward_pd.scratchpad_desc(),
             {{DNNL_ARG_SRC, Wrap(g.Image(), x.typed_data())}, {DNNL_ARG_WEIGHTS, kernel},
              {DNNL_ARG_DST, Wrap(g.Output(), y->typed_data())}});
@@ -145,8 +159,10 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k, ffi::Res
   return Guarded([&] {
     const auto g = Make(dx->dimensions(), k.dimensions(), dy.dimensions(), GEOMETRY_VALUES);
     const auto p = Get(g);
-    std::vector<char> storage;
-    const auto kernel = Reordered(Wrap(g.Kernel(false), k.typed_data()), p->input_pd.weights_desc(), storage);
+    const auto& blocked = p->input_pd.weights_desc();
+    Scratch storage(blocked == g.Kernel(false) ? 0 : blocked.get_size());
+    const auto given = Wrap(g.Kernel(false), k.typed_data());
+    const auto kernel = storage.data ? Reorder(given, memory(blocked, Engine(), storage.data)) : given;
     Execute(p->input_grad, p->input_pd.scratchpad_desc(),
             {{DNNL_ARG_DIFF_DST, Wrap(g.Output(), dy.typed_data())}, {DNNL_ARG_WEIGHTS, kernel},
              {DNNL_ARG_DIFF_SRC, Wrap(g.Image(), dx->typed_data())}});
@@ -160,17 +176,12 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Re
     const auto p = Get(g);
     const auto result = Wrap(g.Kernel(false), dk->typed_data());
     const auto& blocked = p->kernel_pd.diff_weights_desc();
-    std::vector<char> storage(blocked == result.get_desc() ? 0 : blocked.get_size());
-    const memory computed = storage.empty() ? result : memory(blocked, Engine(), storage.data());
+    Scratch storage(blocked == result.get_desc() ? 0 : blocked.get_size());
+    const memory computed = storage.data ? memory(blocked, Engine(), storage.data) : result;
     Execute(p->kernel_grad, p->kernel_pd.scratchpad_desc(),
             {{DNNL_ARG_SRC, Wrap(g.Image(), x.typed_data())}, {DNNL_ARG_DIFF_DST, Wrap(g.Output(), dy.typed_data())},
              {DNNL_ARG_DIFF_WEIGHTS, computed}});
-    if (!storage.empty()) {
-      memory out = result;
-      dnnl::stream stream(Engine());
-      dnnl::reorder(computed, out).execute(stream, const_cast<memory&>(computed), out);
-      stream.wait();
-    }
+    if (storage.data) Reorder(computed, result);
   });
 }
 
