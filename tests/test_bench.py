@@ -233,7 +233,7 @@ def test_without_onednn_its_rules_give_way_to_the_next(monkeypatch):
     few = signature((64, 14, 14, 6), (5, 5, 6, 16), jnp.float32, backend="cpu")
     assert [policy.choose(s) for s in (grouped, first, few)] == ["onednn", "onednn", "onednn/native/native"]
     monkeypatch.setattr(cpu_onednn, "reason", lambda: "no oneDNN here")
-    assert [policy.choose(s) for s in (grouped, first, few)] == ["split", "taps/im2col/native", "xla/im2col/xla"]
+    assert [policy.choose(s) for s in (grouped, first, few)] == ["split", "taps/im2col/native", "xla/native/native"]
 
 
 def test_traced_shapes_and_flops():

@@ -165,6 +165,8 @@ RULES: tuple[Rule, ...] = (
               "(tools/ab_step.py, vs the im2col/taps input gradients, 2-core Intel Xeon): LeNet-5 modern b256 17.2 "
               "vs 24.6 ms, b64 5.1 vs 5.7; LeNet-5 b256 19.7 vs 26.5, b64 5.9 vs 6.5. Forward by oneDNN: C3 b256 "
               "1.01 vs XLA 2.23; LeNet-5 modern train step b256 12.5 vs 13.7 ms, b64 3.8 vs 4.1"),
+    Rule("xla/native/native", backend="cpu", dtype="float32", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1),
+         note="as the previous rule where oneDNN cannot be built"),
     Rule("xla/im2col/xla", backend="cpu", cin=(2, 15), taps=(25, ANY[1]), stride=(1, 1), batch=(1, 128),
          note="input gradient alone (bench conv --modes input_grad): LeNet C3 b64 im2col 0.86 vs taps 1.05 and "
               "XLA 1.70 (PyTorch 0.62); train step (tools/ab_step.py, vs taps): LeNet-5 b64 6.8 vs 7.3 ms, "
