@@ -241,6 +241,11 @@ def test_traced_shapes_and_flops():
     assert [(c.height, c.cin, c.cout, c.kh) for _, c in convs] == [(32, 1, 6, 5), (14, 6, 16, 5)]
     # LeNet-5 modern: C1 28*28*6*25, C3 10*10*16*150 MACs; dense 400*120 + 120*84 + 84*10
     assert forward_flops("lenet5_modern") == 2 * (28 * 28 * 6 * 25 + 10 * 10 * 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10)
+    # PixelCNN MNIST counts the taps its masks keep, not the zeros its (r+1) x k convs multiply: the first
+    # layer (7x7 mask A, one colour) 24 taps 1 -> 32; per block 1x1 32 -> 16, 3x3 mask B 5 taps 16 -> 16,
+    # 1x1 16 -> 32; head 1x1 32 -> 64 -> 1
+    per_pixel = 24 * 32 + 5 * (32 * 16 + 5 * 16 * 16 + 16 * 32) + 32 * 64 + 64
+    assert forward_flops("pixelcnn_mnist") == 2 * 28 * 28 * per_pixel
     shapes = conv_shapes.shape_sets(["pixelcnn_mnist"])
     masked = [s for s, _ in shapes if s.mask]
     assert {(s.kh, s.mask) for s in masked} == {(7, "A"), (3, "B")}

@@ -17,7 +17,7 @@ import scipy.special
 from jaxconv import sampling
 from jaxconv.bench import results
 from jaxconv.bench import sample as bench_sample
-from jaxconv.bench.models import jaxpr_flops
+from jaxconv.bench.models import AS_CONV_OPS, jaxpr_flops
 from jaxconv.models import PRESETS, build_model, heads
 from jaxconv.models.pixelcnn import GatedPixelCNNConfig, PixelCNNConfig, build
 
@@ -256,17 +256,21 @@ def test_compiled_sampler_updates_its_buffers_in_place(name, shape):
 ], ids=["gated-mnist", "pixelcnn-mnist", "gated-mixture", "gated-softmax"])
 def test_cached_flops_are_the_forward_pass_flops(config, image, ratio):
     """One colour group: the cached sampler computes each layer at each position once, a forward pass's FLOPs
-    exactly. RGB softmax: the horizontal stack and head three times, the vertical stack once."""
+    exactly, and the first layer's centre tap, which mask A zeroes whole (the model's FLOPs leave it out,
+    the sampler multiplies it). RGB softmax: the horizontal stack and head three times, the vertical stack once."""
     model = build_model(config)
     params = random_params(model, image)
     shape = (2, *image)
     cached = bench_sample.cached_flops(model, params, shape)
-    forward = jaxpr_flops(jax.make_jaxpr(lambda p, x: model.apply({"params": p}, x))(params, jnp.zeros(shape)).jaxpr)
+    counted = build_model(config, policy=AS_CONV_OPS)  # every conv a conv op, whichever implementation runs it
+    forward = jaxpr_flops(jax.make_jaxpr(lambda p, x: counted.apply({"params": p}, x))(params, jnp.zeros(shape)))
     forward /= shape[0]
+    first_features = getattr(config, "features", 2 * getattr(config, "hidden", 0))
+    centre_tap = 2 * image[0] * image[1] * image[2] * first_features
     if ratio is None:
         assert forward < cached < 3 * forward
     else:
-        assert cached == pytest.approx(ratio * forward, rel=1e-12)
+        assert cached == pytest.approx(ratio * forward + centre_tap, rel=1e-12)
 
 
 def test_bench_row_reports_flops_and_forward_passes():
@@ -276,7 +280,8 @@ def test_bench_row_reports_flops_and_forward_passes():
     results._check(results._clean(row), results.SAMPLE_ROW, "$", errors)
     assert not errors, errors
     assert row["agree"] is True
-    assert row["flops_per_image"] == pytest.approx(row["forward"]["flops_per_image"], rel=1e-12)
+    centre_tap = 2 * 6 * 6 * 6  # 6x6x1 images, 6 features: the first layer's tap mask A zeroes; the sampler multiplies it
+    assert row["flops_per_image"] == pytest.approx(row["forward"]["flops_per_image"] + centre_tap, rel=1e-12)
     cached = row["cached"]
     assert cached["flops_per_s"] == pytest.approx(row["flops_per_image"] * cached["images_per_s"])
     assert cached["frac_peak"] == pytest.approx(cached["flops_per_s"] / 1e11)

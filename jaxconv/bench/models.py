@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jcore
 
 from jaxconv.models import PRESETS, build_model, pixelcnn
 from jaxconv.models.conv_policy import ConvPolicy, Signature, signature
@@ -35,15 +36,49 @@ def preset_image(name: str, config: Any = None) -> tuple[int, int, int]:
     return (28, 28, 1) if channels == 1 else (32, 32, channels)
 
 
+def _sub_jaxprs(eqn) -> Iterator[Any]:
+    for value in eqn.params.values():
+        for sub in value if isinstance(value, (list, tuple)) else (value,):
+            if hasattr(sub, "eqns"):
+                yield sub
+            elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+                yield sub.jaxpr
+
+
 def _eqns(jaxpr) -> Iterator[Any]:
     for eqn in jaxpr.eqns:
         yield eqn
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (list, tuple)) else (value,):
-                if hasattr(sub, "eqns"):
-                    yield from _eqns(sub)
-                elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-                    yield from _eqns(sub.jaxpr)
+        for sub in _sub_jaxprs(eqn):
+            yield from _eqns(sub)
+
+
+def _masked_kernels(jaxpr, consts: dict) -> dict:
+    """Each value of a jaxpr (sub-jaxprs included) that is a product with a 4-D constant -> that constant
+    (a masked conv's kernel -> its mask), followed through dtype casts and into sub-jaxprs that take their
+    eqn's inputs as theirs (custom_vjp, pjit)."""
+    masks = {}
+
+    def walk(j):
+        for eqn in j.eqns:
+            if eqn.primitive.name == "mul":
+                for operand in eqn.invars:
+                    value = operand.val if isinstance(operand, jcore.Literal) else consts.get(operand)
+                    if value is not None and np.ndim(value) == 4:
+                        masks[eqn.outvars[0]] = np.asarray(value)
+            elif eqn.primitive.name == "convert_element_type" and _var_in(eqn.invars[0], masks):
+                masks[eqn.outvars[0]] = masks[eqn.invars[0]]
+            for sub in _sub_jaxprs(eqn):
+                if len(sub.invars) == len(eqn.invars):
+                    masks.update((inner, masks[outer]) for inner, outer in zip(sub.invars, eqn.invars)
+                                 if _var_in(outer, masks))
+                walk(sub)
+
+    walk(jaxpr)
+    return masks
+
+
+def _var_in(value, masks: dict) -> bool:
+    return isinstance(value, jcore.Var) and value in masks
 
 
 # The models' convs as conv ops in the trace, whichever implementation a rule would pick.
@@ -54,7 +89,7 @@ def _jaxpr(model, image: tuple[int, int, int], batch: int = 1):
     x = jnp.zeros((1, *image), jnp.float32)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
     spec = jax.ShapeDtypeStruct((batch, *image), jnp.float32)
-    return jax.make_jaxpr(lambda p, v: model.apply(p, v))(params, spec).jaxpr
+    return jax.make_jaxpr(lambda p, v: model.apply(p, v))(params, spec)
 
 
 def _conv_of(eqn) -> tuple[str, Signature] | None:
@@ -74,18 +109,28 @@ def _conv_of(eqn) -> tuple[str, Signature] | None:
 def traced_convs(name: str, config: Any = None) -> list[tuple[str, Signature]]:
     """Every convolution of the preset's forward pass, in order: (module path, its layer signature)."""
     config = PRESETS[name] if config is None else config
-    jaxpr = _jaxpr(build_model(config, policy=AS_CONV_OPS), preset_image(name, config))
+    jaxpr = _jaxpr(build_model(config, policy=AS_CONV_OPS), preset_image(name, config)).jaxpr
     return [c for e in _eqns(jaxpr) if e.primitive.name == "conv_general_dilated" and (c := _conv_of(e))]
 
 
 def jaxpr_flops(jaxpr) -> float:
-    """2 * multiply-adds of the convolutions and matmuls of a jaxpr (sub-jaxprs included)."""
+    """2 * multiply-adds of the convolutions and matmuls of a jaxpr (sub-jaxprs included).
+
+    Given a ``ClosedJaxpr`` (``jax.make_jaxpr``'s result), a conv whose kernel is the product with a constant
+    mask counts only the taps the mask keeps (a tap counts whole if any of its channels is kept): the masked
+    convs of ``jaxconv.models.masked`` run r zero taps per layer, which are not the model's FLOPs.
+    """
+    consts = dict(zip(jaxpr.jaxpr.constvars, jaxpr.consts)) if isinstance(jaxpr, jcore.ClosedJaxpr) else {}
+    body = jaxpr.jaxpr if isinstance(jaxpr, jcore.ClosedJaxpr) else jaxpr
+    masks = _masked_kernels(body, consts)
     total = 0.0
-    for eqn in _eqns(jaxpr):
+    for eqn in _eqns(body):
         if eqn.primitive.name == "conv_general_dilated":
             rhs = eqn.invars[1].aval.shape
             rs = eqn.params["dimension_numbers"].rhs_spec
-            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * rhs[rs[1]] * rhs[rs[2]] * rhs[rs[3]]
+            mask = masks.get(eqn.invars[1]) if isinstance(eqn.invars[1], jcore.Var) else None
+            taps = rhs[rs[2]] * rhs[rs[3]] if mask is None else int(np.any(mask != 0, axis=(2, 3)).sum())
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * rhs[rs[1]] * taps
         elif eqn.primitive.name == "dot_general":
             (lc, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape

@@ -15,10 +15,12 @@ logistic mixture, whose network is causal per pixel and whose R->G->B dependency
 At the centre tap, output group g sees input groups < g (mask "A") or <= g (mask "B"); with one
 colour, mask A sees nothing at the centre and mask B sees all of it.
 
-Both forms of the kxk masked convolution compute only the taps a mask lets through: an r x k
-kernel over the rows above (the input shifted down) plus a 1 x (r+1) kernel over the centre row up to
-the centre tap, which carries the channel mask (a dense kxk conv of the masked kernel spends about
-half its multiply-adds on zeros; docs/benchmarks.md, "Masked convs"). They differ in what they store:
+Both forms of the kxk masked convolution are one (r+1) x k conv over the rows up to the centre row:
+the r rows above whole, the centre row up to the centre tap, which carries the channel mask, and its
+r taps right of the centre zero. That spends r of (r+1) * k multiply-adds on zeros (1 of 6 for 3x3,
+3 of 28 for 7x7) where a dense kxk conv of the masked kernel spends about half, and one conv costs
+less than the exact two (r x k over the rows above, 1 x (r+1) over the centre row) and their sum
+(docs/benchmarks.md, "Masked convs"). They differ in what they store:
 - "masked": one kxk kernel, as the paper and PyTorch implementations do (the bench's twins count the
   same parameters); its masked-out taps never receive a gradient;
 - "cropped": only the two live kernels. ``masked_to_cropped`` converts parameters from the first to
@@ -98,31 +100,20 @@ class MaskedConv2D(nn.Module):
         r, p = k // 2, self.dilation * (k // 2)
         x = x.astype(self.dtype)
         cin = x.shape[-1]
-        mask = raster_mask(k, cin, self.features, self.colours, self.mask_type, self.out_tiles)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        mask = raster_mask(k, cin, self.features, self.colours, self.mask_type, self.out_tiles)[:r + 1]
+        bias = self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
         if self.form == "masked":
-            kernel = self.param("kernel", KERNEL_INIT, (k, k, cin, self.features))
-            row, above = kernel[r:r + 1, :r + 1], kernel[:r]
+            kernel = self.param("kernel", KERNEL_INIT, (k, k, cin, self.features))[:r + 1]
         else:
             row = self.param("kernel_row", KERNEL_INIT, (1, r + 1, cin, self.features))
-            above = self.param("kernel_above", KERNEL_INIT, (r, k, cin, self.features)) if r > 0 else None
-        row = (row * mask[r:r + 1, :r + 1]).astype(self.dtype)
-        above = None if r == 0 else above.astype(self.dtype)
-        if padded:
-            h, w = x.shape[1] - 2 * p, x.shape[2] - 2 * p
-            # Centre row: output column j reads input columns j - p .. j (the padded columns j .. j + p).
-            y = conv_valid(x[:, p:p + h, :w + p], row, d, self.policy)
+            kernel = jnp.pad(row, ((0, 0), (0, r), (0, 0), (0, 0)))
             if r > 0:
-                # Rows above: dropping the last rows of the padded input shifts it down by d.
-                y = y + conv_valid(x[:, :h + d * (r - 1)], above, d, self.policy)
-            return y + bias.astype(self.dtype)
-        # The convs pad, so no padded copy of x is made (PixelCNN's train step took 3-6% longer with one):
-        # the centre row p columns on the left; the rows above p rows on top and -d at the bottom (the
-        # last d input rows are below every output row's taps).
-        y = conv(x, row, 1, ((0, 0), (p, 0)), d, policy=self.policy)
-        if r > 0:
-            y = y + conv(x, above, 1, ((p, -d), (p, p)), d, policy=self.policy)
-        return y + bias.astype(self.dtype)
+                kernel = jnp.concatenate([self.param("kernel_above", KERNEL_INIT, (r, k, cin, self.features)), kernel])
+        kernel = (kernel * mask).astype(self.dtype)
+        if padded:  # output row i reads padded rows i .. i + p; the last p rows are below every output row
+            return conv_valid(x[:, :x.shape[1] - p], kernel, d, self.policy) + bias
+        # The conv pads, so no padded copy of x is made (PixelCNN's train step took 3-6% longer with one).
+        return conv(x, kernel, 1, ((p, 0), (p, p)), d, policy=self.policy) + bias
 
 
 def masked_to_cropped(params: dict) -> dict:
