@@ -209,6 +209,10 @@ def test_choice_rules_and_autotune_table(tmp_path):
     choices = ["onednn", "xla/xla/native", "xla/xla/taps", "onednn", "onednn/native/native",
                "onednn/native/native", "xla/xla/native", "onednn"]
     assert [policy.choose(s) for s in (grouped, one_by_one, to_one, first, few, few_big_batch, wide, strided)] == choices
+    # 128 channels or more: oneDNN whatever the kernel size, but not dilated (its dilated kernel gradient is slow)
+    very_wide = signature((16, 32, 32, 256), (1, 1, 256, 1024), jnp.float32, backend="cpu")
+    very_wide_dilated = signature((16, 32, 32, 128), (2, 3, 128, 128), jnp.float32, dilation=2, backend="cpu")
+    assert [policy.choose(s) for s in (very_wide, very_wide_dilated)] == ["onednn", "xla/xla/native"]
     in_bf16 = [dataclasses.replace(s, dtype="bfloat16") for s in (one_by_one, first, few, few_big_batch)]
     # native and onednn: float32 only; a grouped conv in bfloat16 by groups
     assert [policy.choose(s) for s in in_bf16] == ["xla", "taps/im2col/xla", "xla/im2col/xla", "xla/taps/xla"]
