@@ -213,6 +213,10 @@ def test_choice_rules_and_autotune_table(tmp_path):
     very_wide = signature((16, 32, 32, 256), (1, 1, 256, 1024), jnp.float32, backend="cpu")
     very_wide_dilated = signature((16, 32, 32, 128), (2, 3, 128, 128), jnp.float32, dilation=2, backend="cpu")
     assert [policy.choose(s) for s in (very_wide, very_wide_dilated)] == ["onednn", "xla/xla/native"]
+    # PixelCNN MNIST's head 1x1 32->64 and its masked 2x3 16->16
+    head = signature((64, 28, 28, 32), (1, 1, 32, 64), jnp.float32, backend="cpu")
+    masked = signature((64, 28, 28, 16), (2, 3, 16, 16), jnp.float32, padding=((1, 0), (1, 1)), backend="cpu")
+    assert [policy.choose(s) for s in (head, masked)] == ["onednn", "onednn/onednn/native"]
     in_bf16 = [dataclasses.replace(s, dtype="bfloat16") for s in (one_by_one, first, few, few_big_batch)]
     # native and onednn: float32 only; a grouped conv in bfloat16 by groups
     assert [policy.choose(s) for s in in_bf16] == ["xla", "taps/im2col/xla", "xla/im2col/xla", "xla/taps/xla"]
@@ -235,9 +239,11 @@ def test_without_onednn_its_rules_give_way_to_the_next(monkeypatch):
     grouped = signature((8, 27, 27, 96), (5, 5, 48, 256), jnp.float32, groups=2, backend="cpu")
     first = signature((64, 32, 32, 1), (5, 5, 1, 6), jnp.float32, backend="cpu")
     few = signature((64, 14, 14, 6), (5, 5, 6, 16), jnp.float32, backend="cpu")
-    assert [policy.choose(s) for s in (grouped, first, few)] == ["onednn", "onednn", "onednn/native/native"]
+    masked = signature((64, 28, 28, 16), (2, 3, 16, 16), jnp.float32, padding=((1, 0), (1, 1)), backend="cpu")
+    layers = (grouped, first, few, masked)
+    assert [policy.choose(s) for s in layers] == ["onednn", "onednn", "onednn/native/native", "onednn/onednn/native"]
     monkeypatch.setattr(cpu_onednn, "reason", lambda: "no oneDNN here")
-    assert [policy.choose(s) for s in (grouped, first, few)] == ["split", "taps/im2col/native", "xla/native/native"]
+    assert [policy.choose(s) for s in layers] == ["split", "taps/im2col/native", "xla/native/native", "xla/xla/native"]
 
 
 def test_traced_shapes_and_flops():

@@ -146,6 +146,16 @@ RULES: tuple[Rule, ...] = (
               "step b16 1895.3 vs 2626.7 ms (tools/ab_step.py with a table naming them, in turns); at 64 channels "
               "Gated PixelCNN MNIST's 1x1 layers on oneDNN took 348.4 vs 330.4 ms. Not dilated: oneDNN's kernel "
               "gradient of Gated PixelCNN MNIST's 2x3/d2 32->64 took 25.8 vs native 7.0"),
+    Rule("onednn", backend="cpu", dtype="float32", cin=(32, 63), cout=(64, ANY[1]), taps=(1, 1),
+         note="1x1 layers widening to >= 64 channels (the PixelCNN heads' 32->64), whose forward pass XLA runs "
+              "as a slow conv: PixelCNN MNIST b64 forward 1.40 vs 5.75, input gradient 1.36 vs 1.11, kernel "
+              "gradient 1.52 vs native 1.60; train step b64 (tools/ab_step.py, tables, in turns, with the next "
+              "rule) 63.9 vs 68.2 ms; Gated PixelCNN MNIST b64 277.4 vs 280.5, Gated PixelCNN CIFAR b16 542.6 vs "
+              "543.7 (its 60->120)"),
+    Rule("onednn/onednn/native", backend="cpu", dtype="float32", cin=(16, 63), cout=(16, 63), taps=(6, ANY[1]),
+         stride=(1, 1), dilation=(1, 1),
+         note="PixelCNN MNIST's masked 2x3 16->16 b64: forward 0.93 vs XLA 1.67, input gradient 1.14 vs 1.48, "
+              "kernel gradient native 0.86 vs oneDNN 0.99; train step b64 68.2 vs 71.6 ms"),
     Rule("onednn", backend="cpu", dtype="float32", cin=(1, 3), cout=(6, ANY[1]), taps=(25, ANY[1]),
          note="first layers with full kernels (no input gradient): LeNet C1 1->6 5x5 b256 forward 0.82 vs "
               "taps 1.47, kernel gradient 1.10 vs native 2.24; AlexNet conv1 3->96 11x11/4 b8 kernel gradient "
