@@ -109,8 +109,8 @@ def _add_bench_parser(commands) -> None:
                        "without --sets only these shapes run")
     bench.add_argument("--sets", type=_names, help="conv: shape sets, comma-separated, or 'none' "
                        "(lenet, alexnet224, alexnet32, pixelcnn_mnist, pixelcnn_cifar, pixelcnn_paper; default all)")
-    bench.add_argument("--impls", type=_names, help="conv: only these variants (xla, split, masked, cropped, im2col, "
-                       "taps, fft, torch)")
+    bench.add_argument("--impls", type=_names, help="conv: only these variants (xla, masked, cropped, split, im2col, "
+                       "taps, fft, native, onednn, torch)")
     bench.add_argument("--impl", dest="user_kernels", action="append", default=[], metavar="MODULE:FUNCTION",
                        help="conv: your own conv kernel in the sweep, checked against the reference before it is "
                        "timed: a module name or a .py file, then a function fn(x, kernel, strides, padding, "

@@ -249,6 +249,10 @@ def test_without_onednn_its_rules_give_way_to_the_next(monkeypatch):
 def test_traced_shapes_and_flops():
     convs = traced_convs("lenet5_modern")
     assert [(c.height, c.cin, c.cout, c.kh) for _, c in convs] == [(32, 1, 6, 5), (14, 6, 16, 5)]
+    assert [path for path, _ in convs] == ["LeNet5/C1", "LeNet5/C3"]  # the module path, through the conv's custom_vjp
+    alexnet32 = conv_shapes.shape_sets(["alexnet32"])  # the preset's own layers, traced
+    assert [(s.sources, s.height, s.input_grad) for s, _ in alexnet32] == [
+        ((f"alexnet32:conv{n}",), h, n > 1) for n, h in ((1, 32), (2, 15), (3, 7), (4, 7), (5, 7))]
     # LeNet-5 modern: C1 28*28*6*25, C3 10*10*16*150 MACs; dense 400*120 + 120*84 + 84*10
     assert forward_flops("lenet5_modern") == 2 * (28 * 28 * 6 * 25 + 10 * 10 * 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10)
     # PixelCNN MNIST counts the taps its masks keep, not the zeros its (r+1) x k convs multiply: the first
@@ -431,3 +435,11 @@ def test_sample_bench_redraws_a_mixture_as_the_cached_sampler_draws_it():
     temperature 1: a component, then a value of it), so it agrees on a logistic-mixture preset."""
     rows = bench_sample.run(quick=True, presets=["gated_pixelcnn_cifar"], log=lambda line: None)["rows"]
     assert [(r["preset"].split()[0], r["agree"]) for r in rows] == [("gated_pixelcnn_cifar", True)]
+
+
+def test_bench_help_names_every_variant_and_shape_set():
+    run = run_cli("bench", "--help", timeout=120)
+    assert run.returncode == 0 and run.stderr == "", run.stderr[-2000:]
+    words = set(run.stdout.replace(",", " ").replace("(", " ").replace(")", " ").replace(";", " ").split())
+    assert set(conv_runners.BUILTIN_IMPLS) <= words, set(conv_runners.BUILTIN_IMPLS) - words
+    assert set(conv_shapes.SETS) <= words, set(conv_shapes.SETS) - words

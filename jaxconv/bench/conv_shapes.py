@@ -6,8 +6,8 @@ that use it, its mask, and whether training computes its input gradient.
 
 Shapes (``shape_sets``): the layers of jaxconv's presets, found by tracing them
 (``jaxconv.bench.models``; LeNet-5 faithful and modern, PixelCNN and Gated PixelCNN, MNIST, CIFAR and
-ImageNet32 sizes, 1x1 layers included), the kxk masked layers of PixelCNN (compared in their masked and
-cropped forms), AlexNet's layers as data (``ALEXNET_224``, ``ALEXNET_32``), and user shapes
+ImageNet32 sizes, 1x1 layers included; AlexNet-32), the kxk masked layers of PixelCNN (compared in their
+masked and cropped forms), the paper AlexNet's layers as data (``ALEXNET_224``), and user shapes
 (``--shape N,H,W,Cin,Cout,K,stride,dil[,groups]``, padded by dil*(K-1)//2 each side). Identical
 shapes are measured once and list every layer that uses them.
 
@@ -101,18 +101,11 @@ def _alexnet(prefix: str, layers) -> list[ConvShape]:
 ALEXNET_224 = _alexnet("alexnet224", [
     ("conv1", 227, 3, 96, 11, 4, 0, 1), ("conv2", 27, 96, 256, 5, 1, 2, 2), ("conv3", 13, 256, 384, 3, 1, 1, 1),
     ("conv4", 13, 384, 384, 3, 1, 1, 2), ("conv5", 13, 384, 256, 3, 1, 1, 2)])
-# Ours, representative of a 32x32-input AlexNet (CIFAR-size): the paper's widths and groups, 5x5 then 3x3
-# stride-1 "same" convs on 32, 16 and 8 pixel maps (2x2 pooling between). Update when
-# jaxconv.models.alexnet lands (its presets will then be traced like the others).
-ALEXNET_32 = _alexnet("alexnet32", [
-    ("conv1", 32, 3, 96, 5, 1, 2, 1), ("conv2", 16, 96, 256, 5, 1, 2, 2), ("conv3", 8, 256, 384, 3, 1, 1, 1),
-    ("conv4", 8, 384, 384, 3, 1, 1, 2), ("conv5", 8, 384, 256, 3, 1, 1, 2)])
-
 # Shape sets: presets traced, or data; batch sizes (CPU, accelerator).
 SETS: dict[str, dict] = {
     "lenet": {"presets": ("lenet5", "lenet5_modern"), "batches": ((64, 256), (256, 1024))},
     "alexnet224": {"shapes": ALEXNET_224, "batches": ((8,), (128,))},
-    "alexnet32": {"shapes": ALEXNET_32, "batches": ((32,), (256,))},
+    "alexnet32": {"presets": ("alexnet32",), "batches": ((32,), (256,))},
     "pixelcnn_mnist": {"presets": ("pixelcnn_mnist", "gated_pixelcnn_mnist"), "batches": ((64,), (64, 256))},
     "pixelcnn_cifar": {"presets": ("gated_pixelcnn_cifar",), "batches": ((16,), (64,))},
     "pixelcnn_paper": {"presets": ("pixelcnn_cifar", "gated_pixelcnn_imagenet32"), "batches": ((2,), (64,))},

@@ -46,10 +46,18 @@ def _sub_jaxprs(eqn) -> Iterator[Any]:
 
 
 def _eqns(jaxpr) -> Iterator[Any]:
-    for eqn in jaxpr.eqns:
+    for eqn, _ in _named_eqns(jaxpr):
         yield eqn
+
+
+def _named_eqns(jaxpr, outer: str = "") -> Iterator[tuple[Any, str]]:
+    """Each eqn with its module path: a sub-jaxpr's names continue its eqn's (a conv inside a custom_vjp has none
+    of its own)."""
+    for eqn in jaxpr.eqns:
+        name = "/".join(part for part in (outer, str(eqn.source_info.name_stack)) if part)
+        yield eqn, name
         for sub in _sub_jaxprs(eqn):
-            yield from _eqns(sub)
+            yield from _named_eqns(sub, name)
 
 
 def _masked_kernels(jaxpr, consts: dict) -> dict:
@@ -92,7 +100,7 @@ def _jaxpr(model, image: tuple[int, int, int], batch: int = 1):
     return jax.make_jaxpr(lambda p, v: model.apply(p, v))(params, spec)
 
 
-def _conv_of(eqn) -> tuple[str, Signature] | None:
+def _conv_of(eqn, path: str) -> tuple[str, Signature] | None:
     p = eqn.params
     lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
     dn = p["dimension_numbers"]
@@ -101,7 +109,7 @@ def _conv_of(eqn) -> tuple[str, Signature] | None:
     ls, rs = dn.lhs_spec, dn.rhs_spec
     x_nhwc = (lhs[ls[0]], lhs[ls[2]], lhs[ls[3]], lhs[ls[1]])
     kernel_hwio = (rhs[rs[2]], rhs[rs[3]], rhs[rs[1]], rhs[rs[0]])
-    return str(eqn.source_info.name_stack), signature(
+    return path, signature(
         x_nhwc, kernel_hwio, eqn.invars[0].aval.dtype, tuple(p["window_strides"]),
         tuple(tuple(q) for q in p["padding"]), tuple(p["rhs_dilation"]), p["feature_group_count"])
 
@@ -110,7 +118,7 @@ def traced_convs(name: str, config: Any = None) -> list[tuple[str, Signature]]:
     """Every convolution of the preset's forward pass, in order: (module path, its layer signature)."""
     config = PRESETS[name] if config is None else config
     jaxpr = _jaxpr(build_model(config, policy=AS_CONV_OPS), preset_image(name, config)).jaxpr
-    return [c for e in _eqns(jaxpr) if e.primitive.name == "conv_general_dilated" and (c := _conv_of(e))]
+    return [c for e, path in _named_eqns(jaxpr) if e.primitive.name == "conv_general_dilated" and (c := _conv_of(e, path))]
 
 
 def jaxpr_flops(jaxpr) -> float:
