@@ -20,7 +20,7 @@ from jaxconv.bench import conv as conv_bench
 from jaxconv.bench import conv_runners, conv_shapes
 from jaxconv.bench import report, results
 from jaxconv.bench import sample as bench_sample
-from jaxconv.bench.models import forward_flops, random_params, traced_convs
+from jaxconv.bench.models import forward_flops, jaxpr_flops, random_params, traced_convs
 from jaxconv.errors import ConfigError
 from jaxconv.config import ConvConfig
 from jaxconv.models import build_model, conv as conv_lib, conv_impls, preset
@@ -33,8 +33,8 @@ from jaxconv.models.lenet import LeNetConfig
 # kernel gradient's full and partial tiles; "one-channel-padded": one input channel, whose native kernel
 # gradient takes a row's taps as the tile's channels where all are inside the padded image; "one-channel-wide":
 # a kernel wider than the image, no column where all of a row's taps are inside; "negative-bottom" and
-# "one-channel-negative": a masked conv's rows above (``MaskedConv2D``), whose padding crops the last d input
-# rows. Small kernels: each
+# "one-channel-negative": the padding of Gated PixelCNN's first vertical conv (``VerticalConv``, shifted), which
+# crops the input's last row. Small kernels: each
 # implementation's code is the same for any size, and they compile fast.
 CASES = [
     ((2, 13, 13, 3), (3, 3, 3, 8), 2, ((0, 0), (0, 0)), 1, 1),
@@ -216,7 +216,9 @@ def test_choice_rules_and_autotune_table(tmp_path):
     # PixelCNN MNIST's head 1x1 32->64 and its masked 2x3 16->16
     head = signature((64, 28, 28, 32), (1, 1, 32, 64), jnp.float32, backend="cpu")
     masked = signature((64, 28, 28, 16), (2, 3, 16, 16), jnp.float32, padding=((1, 0), (1, 1)), backend="cpu")
-    assert [policy.choose(s) for s in (head, masked)] == ["onednn", "onednn/onednn/native"]
+    grouped_small = signature((64, 28, 28, 32), (3, 3, 16, 32), jnp.float32, padding=((1, 1), (1, 1)), groups=2,
+                              backend="cpu")  # the native kernel gradient has no groups: split's
+    assert [policy.choose(s) for s in (head, masked, grouped_small)] == ["onednn", "onednn/onednn/native", "split"]
     in_bf16 = [dataclasses.replace(s, dtype="bfloat16") for s in (one_by_one, first, few, few_big_batch)]
     # native and onednn: float32 only; a grouped conv in bfloat16 by groups
     assert [policy.choose(s) for s in in_bf16] == ["xla", "taps/im2col/xla", "xla/im2col/xla", "xla/taps/xla"]
@@ -260,6 +262,13 @@ def test_traced_shapes_and_flops():
     # 1x1 16 -> 32; head 1x1 32 -> 64 -> 1
     per_pixel = 24 * 32 + 5 * (32 * 16 + 5 * 16 * 16 + 16 * 32) + 32 * 64 + 64
     assert forward_flops("pixelcnn_mnist") == 2 * 28 * 28 * per_pixel
+    # One jitted conv called twice shares its sub-jaxpr: each call is counted by its own kernel
+    conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID",
+                                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    one_tap = np.zeros((2, 2, 1, 1), np.float32)
+    one_tap[0, 0] = 1.0
+    twice = jax.make_jaxpr(lambda x, k: conv(x, k) + conv(x, k * one_tap))(jnp.ones((1, 9, 9, 1)), jnp.ones((2, 2, 1, 1)))
+    assert jaxpr_flops(twice) == 2 * 64 * 4 + 2 * 64 * 1
     shapes = conv_shapes.shape_sets(["pixelcnn_mnist"])
     masked = [s for s, _ in shapes if s.mask]
     assert {(s.kh, s.mask) for s in masked} == {(7, "A"), (3, "B")}

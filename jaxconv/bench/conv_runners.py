@@ -8,7 +8,8 @@ PyTorch's single-pass modes, ``aten.convolution_backward`` (the kernel autograd 
 - JAX, NHWC: ``xla`` (``lax.conv_general_dilated``), ``im2col``, ``taps``, ``fft`` (float32, kernels
   of 25 taps or more), ``native`` (float32, one group) from ``jaxconv.models.conv_impls``, on a masked
   shape the dense kxk conv of the masked kernel; masked shapes also: ``masked`` and ``cropped``, the
-  ``MaskedConv2D`` layer in either form (its bias is zero; both convolve only the live taps);
+  ``MaskedConv2D`` layer in either form (its bias is zero; both run one (r+1) x k conv, the rows up to
+  the centre);
 - JAX, NCHW: ``xla`` with NCHW/OIHW dimension numbers;
 - PyTorch (optional, ``pip install "jaxconv[bench]"``): ``torch.nn.functional.conv2d``, NCHW
   (contiguous) and NHWC (``channels_last``); oneDNN on CPU, cuDNN on GPU (``cudnn.benchmark`` on);

@@ -2,9 +2,9 @@
 
 ``traced_convs(preset)`` traces a preset's forward pass (``jax.make_jaxpr`` on abstract parameters,
 so even the 122M-parameter preset costs nothing) and returns every ``conv_general_dilated`` in it with
-its module path, as a ``jaxconv.models.conv_policy.Signature``: the exact layer shapes the model runs, padding included (the masked layers pad
-explicitly and convolve VALID). ``forward_flops(preset)`` sums 2 * MACs over its convolutions and
-matmuls (elementwise work is not counted): the model FLOPs of MFU are 3x that per training image.
+its module path, as a ``jaxconv.models.conv_policy.Signature``: the exact layer shapes the model runs,
+padding included. ``forward_flops(preset)`` sums 2 * MACs over its convolutions (the taps their masks
+keep) and matmuls (elementwise work is not counted): the model FLOPs of MFU are 3x that per training image.
 """
 
 from __future__ import annotations
@@ -36,13 +36,19 @@ def preset_image(name: str, config: Any = None) -> tuple[int, int, int]:
     return (28, 28, 1) if channels == 1 else (32, 32, channels)
 
 
-def _sub_jaxprs(eqn) -> Iterator[Any]:
+def _closed_sub_jaxprs(eqn) -> Iterator[tuple[Any, dict]]:
+    """An eqn's sub-jaxprs, each with its own constants (a ``ClosedJaxpr``'s)."""
     for value in eqn.params.values():
         for sub in value if isinstance(value, (list, tuple)) else (value,):
             if hasattr(sub, "eqns"):
-                yield sub
+                yield sub, {}
             elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-                yield sub.jaxpr
+                yield sub.jaxpr, dict(zip(sub.jaxpr.constvars, getattr(sub, "consts", ())))
+
+
+def _sub_jaxprs(eqn) -> Iterator[Any]:
+    for sub, _ in _closed_sub_jaxprs(eqn):
+        yield sub
 
 
 def _eqns(jaxpr) -> Iterator[Any]:
@@ -58,31 +64,6 @@ def _named_eqns(jaxpr, outer: str = "") -> Iterator[tuple[Any, str]]:
         yield eqn, name
         for sub in _sub_jaxprs(eqn):
             yield from _named_eqns(sub, name)
-
-
-def _masked_kernels(jaxpr, consts: dict) -> dict:
-    """Each value of a jaxpr (sub-jaxprs included) that is a product with a 4-D constant -> that constant
-    (a masked conv's kernel -> its mask), followed through dtype casts and into sub-jaxprs that take their
-    eqn's inputs as theirs (custom_vjp, pjit)."""
-    masks = {}
-
-    def walk(j):
-        for eqn in j.eqns:
-            if eqn.primitive.name == "mul":
-                for operand in eqn.invars:
-                    value = operand.val if isinstance(operand, jcore.Literal) else consts.get(operand)
-                    if value is not None and np.ndim(value) == 4:
-                        masks[eqn.outvars[0]] = np.asarray(value)
-            elif eqn.primitive.name == "convert_element_type" and _var_in(eqn.invars[0], masks):
-                masks[eqn.outvars[0]] = masks[eqn.invars[0]]
-            for sub in _sub_jaxprs(eqn):
-                if len(sub.invars) == len(eqn.invars):
-                    masks.update((inner, masks[outer]) for inner, outer in zip(sub.invars, eqn.invars)
-                                 if _var_in(outer, masks))
-                walk(sub)
-
-    walk(jaxpr)
-    return masks
 
 
 def _var_in(value, masks: dict) -> bool:
@@ -128,21 +109,40 @@ def jaxpr_flops(jaxpr) -> float:
     mask counts only the taps the mask keeps (a tap counts whole if any of its channels is kept): the masked
     convs of ``jaxconv.models.masked`` run r zero taps per layer, which are not the model's FLOPs.
     """
-    consts = dict(zip(jaxpr.jaxpr.constvars, jaxpr.consts)) if isinstance(jaxpr, jcore.ClosedJaxpr) else {}
-    body = jaxpr.jaxpr if isinstance(jaxpr, jcore.ClosedJaxpr) else jaxpr
-    masks = _masked_kernels(body, consts)
-    total = 0.0
-    for eqn in _eqns(body):
-        if eqn.primitive.name == "conv_general_dilated":
+    if isinstance(jaxpr, jcore.ClosedJaxpr):
+        return _flops(jaxpr.jaxpr, dict(zip(jaxpr.jaxpr.constvars, jaxpr.consts)), {})
+    return _flops(jaxpr, {}, {})
+
+
+def _flops(jaxpr, consts: dict, masks: dict) -> float:
+    """``jaxpr_flops`` of one jaxpr; ``masks``: its values known to be products with a constant mask (a call's
+    inputs, from its caller's), extended here through products with ``consts``, literals and dtype casts."""
+    masks, total = dict(masks), 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "mul":
+            for operand in eqn.invars:
+                value = operand.val if isinstance(operand, jcore.Literal) else consts.get(operand)
+                if value is not None and np.ndim(value) == 4:
+                    masks[eqn.outvars[0]] = np.asarray(value)
+        elif name == "convert_element_type" and _var_in(eqn.invars[0], masks):
+            masks[eqn.outvars[0]] = masks[eqn.invars[0]]
+        elif name == "conv_general_dilated":
             rhs = eqn.invars[1].aval.shape
             rs = eqn.params["dimension_numbers"].rhs_spec
-            mask = masks.get(eqn.invars[1]) if isinstance(eqn.invars[1], jcore.Var) else None
+            mask = masks.get(eqn.invars[1]) if _var_in(eqn.invars[1], masks) else None
             taps = rhs[rs[2]] * rhs[rs[3]] if mask is None else int(np.any(mask != 0, axis=(2, 3)).sum())
             total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * rhs[rs[1]] * taps
-        elif eqn.primitive.name == "dot_general":
+        elif name == "dot_general":
             (lc, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
             total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lc)
+        for sub, sub_consts in _closed_sub_jaxprs(eqn):
+            # A call whose inputs are its eqn's (custom_vjp, pjit) carries the caller's masks in; each call its
+            # own (one traced function called twice shares its sub-jaxpr).
+            inner = {i: masks[o] for i, o in zip(sub.invars, eqn.invars) if _var_in(o, masks)} \
+                if len(sub.invars) == len(eqn.invars) else {}
+            total += _flops(sub, {**consts, **sub_consts}, inner)
     return total
 
 

@@ -8,7 +8,7 @@ environment. Its choice for one layer (``choose``), first match wins:
    ``conv.table``): the measured winner for this exact layer signature on this backend;
 3. ``rules`` (``RULES``, or none with config ``conv.rules=none``, to compare with XLA everywhere), in
    order: a rule names an implementation for a backend, a dtype and ranges of Cin, Cout, T, stride,
-   output pixels, feature groups and batch size;
+   output pixels, feature groups, batch size and dilation;
 4. ``xla``.
 An implementation that cannot run a layer (``fft`` in bfloat16) falls back to ``xla``; a rule naming
 ``onednn`` where oneDNN cannot be built here is skipped (the next matching rule applies).
@@ -153,7 +153,7 @@ RULES: tuple[Rule, ...] = (
               "rule) 63.9 vs 68.2 ms; Gated PixelCNN MNIST b64 277.4 vs 280.5, Gated PixelCNN CIFAR b16 542.6 vs "
               "543.7 (its 60->120)"),
     Rule("onednn/onednn/native", backend="cpu", dtype="float32", cin=(16, 63), cout=(16, 63), taps=(6, ANY[1]),
-         stride=(1, 1), dilation=(1, 1),
+         stride=(1, 1), dilation=(1, 1), groups=(1, 1),
          note="PixelCNN MNIST's masked 2x3 16->16 b64: forward 0.93 vs XLA 1.67, input gradient 1.14 vs 1.48, "
               "kernel gradient native 0.86 vs oneDNN 0.99; train step b64 68.2 vs 71.6 ms"),
     Rule("onednn", backend="cpu", dtype="float32", cin=(1, 3), cout=(6, ANY[1]), taps=(25, ANY[1]),
