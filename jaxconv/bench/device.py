@@ -112,9 +112,9 @@ def _onednn_conv_rate(rng, batch: int, timing: dict) -> tuple[float, dict]:
     f = jax.jit(functools.partial(conv_impls.conv_onednn, strides=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1),
                                   groups=1))
     t = time_calls(lambda: f(x, kernel), **timing)
-    flops = 2.0 * batch * 14 * 14 * 256 * 256 * 9
-    return flops / t["median_s"], {"op": "onednn 3x3 conv", "dtype": "float32", "shape": [batch, 14, 14, 256, 256, 3],
-                                   "median_s": t["median_s"], "flops_per_s": flops / t["median_s"]}
+    rate = 2.0 * batch * 14 * 14 * 256 * 256 * 9 / t["median_s"]
+    return rate, {"op": "onednn 3x3 conv", "dtype": "float32", "shape": [batch, 14, 14, 256, 256, 3],
+                  "median_s": t["median_s"], "flops_per_s": rate}
 
 
 def measure_peaks(quick: bool = False, repeats: int = 5) -> dict:

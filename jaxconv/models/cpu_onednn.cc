@@ -107,6 +107,17 @@ memory Reorder(const memory& from, memory to) {
   return to;
 }
 
+// A handler's kernel in the layout its primitive wants: XLA's HWIO buffer itself, or a reordered copy in
+// storage this owns.
+struct KernelIn {
+  KernelIn(const Geometry& g, const memory::desc& wanted, const float* data)
+      : storage(wanted == g.Kernel(false) ? 0 : wanted.get_size()),
+        value(storage.data ? Reorder(Wrap(g.Kernel(false), data), memory(wanted, Engine(), storage.data))
+                           : Wrap(g.Kernel(false), data)) {}
+  Scratch storage;
+  memory value;
+};
+
 void Execute(const dnnl::primitive& primitive, const memory::desc& scratchpad,
              std::unordered_map<int, memory> args) {
   Scratch scratch(scratchpad.get_size());
@@ -144,12 +155,9 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::Result
   return Guarded([&] {
     const auto g = Make(x.dimensions(), k.dimensions(), y->dimensions(), GEOMETRY_VALUES);
     const auto p = Get(g);
-    const auto& blocked = p->forward_pd.weights_desc();
-    Scratch storage(blocked == g.Kernel(false) ? 0 : blocked.get_size());
-    const auto given = Wrap(g.Kernel(false), k.typed_data());
-    const auto kernel = storage.data ? Reorder(given, memory(blocked, Engine(), storage.data)) : given;
+    const KernelIn kernel(g, p->forward_pd.weights_desc(), k.typed_data());
     Execute(p->forward, p->forward_pd.scratchpad_desc(),
-            {{DNNL_ARG_SRC, Wrap(g.Image(), x.typed_data())}, {DNNL_ARG_WEIGHTS, kernel},
+            {{DNNL_ARG_SRC, Wrap(g.Image(), x.typed_data())}, {DNNL_ARG_WEIGHTS, kernel.value},
              {DNNL_ARG_DST, Wrap(g.Output(), y->typed_data())}});
   });
 }
@@ -159,12 +167,9 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k, ffi::Res
   return Guarded([&] {
     const auto g = Make(dx->dimensions(), k.dimensions(), dy.dimensions(), GEOMETRY_VALUES);
     const auto p = Get(g);
-    const auto& blocked = p->input_pd.weights_desc();
-    Scratch storage(blocked == g.Kernel(false) ? 0 : blocked.get_size());
-    const auto given = Wrap(g.Kernel(false), k.typed_data());
-    const auto kernel = storage.data ? Reorder(given, memory(blocked, Engine(), storage.data)) : given;
+    const KernelIn kernel(g, p->input_pd.weights_desc(), k.typed_data());
     Execute(p->input_grad, p->input_pd.scratchpad_desc(),
-            {{DNNL_ARG_DIFF_DST, Wrap(g.Output(), dy.typed_data())}, {DNNL_ARG_WEIGHTS, kernel},
+            {{DNNL_ARG_DIFF_DST, Wrap(g.Output(), dy.typed_data())}, {DNNL_ARG_WEIGHTS, kernel.value},
              {DNNL_ARG_DIFF_SRC, Wrap(g.Image(), dx->typed_data())}});
   });
 }
