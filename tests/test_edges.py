@@ -98,8 +98,9 @@ def test_train_joins_every_thread_it_started(tmp_path):
 
 
 def test_a_finished_run_exits_0_every_time(tmp_path):
-    # JAXCONV_CLEAN_EXIT_RUNS=N sets the count; CI=true runs 6 (the other CLI tests check every exit too)
-    runs = int(os.environ.get("JAXCONV_CLEAN_EXIT_RUNS") or (6 if os.environ.get("CI") == "true" else 20))
+    # JAXCONV_CLEAN_EXIT_RUNS=N sets the count; CI=true runs one pair: the cause is pinned by the test
+    # above, and every other CLI test asserts its processes' exit codes too
+    runs = int(os.environ.get("JAXCONV_CLEAN_EXIT_RUNS") or (2 if os.environ.get("CI") == "true" else 20))
     for k in range(0, runs, 2):  # two at a time: the failure is a race at exit, and pairs race more
         procs = [start_cli("train", "lenet_modern_mnist", *E_CLI, "--set", "train.steps=2",
                            "--workdir", str(tmp_path / f"run{k + i}")) for i in range(min(2, runs - k))]
