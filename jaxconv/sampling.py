@@ -301,11 +301,23 @@ def _cached_pixelcnn(model, known_rows, progress, method, params, key, values, l
 # layer's input is multiplied once by all its taps (one matmul, N = (r+1) * 2F), and each tap's product
 # is added into a "pending" buffer at the output row (position) it feeds: d*s rows (columns) further
 # for tap r - s. The output row (position) is then the current tap's product plus its pending sum. A
-# layer's vertical pending rows live in a ring of d*r + 1 rows; the horizontal ones in a row of W + d*r
-# columns, which starts as the row's link + class bias + horizontal bias.
+# layer's vertical pending rows live in a ring of d*r + 1 rows. The horizontal ones are one buffer for
+# the row and all layers, [W + P, L, B, 2F] (P = the largest d*r), which starts as each layer's row bias
+# (link + class bias + horizontal bias); tap r's product is written as that bias plus it (no read of
+# the buffer), and a position reads its column's slots once for all layers: a loop step's ops, not its
+# FLOPs, are most of what a position costs.
 #
 # Layouts put the index a step moves along first (rows [rows, B, W, .], row positions [W, B, .]), so a
 # step reads and writes contiguous blocks with dynamic_slice / dynamic_update_slice.
+
+
+def _shift_columns(v: jax.Array, s: int) -> jax.Array:
+    """v [B, W, F] read s columns to the right: column x holds v's column x + s, zero past either edge. Each
+    tap pads its own slice (one pad per consumer, which XLA fuses into the concatenation that reads it)."""
+    w = v.shape[1]
+    if abs(s) >= w:  # a dilated tap wholly past the image's edge
+        return jnp.zeros_like(v)
+    return jnp.pad(v[:, max(s, 0):w + min(s, 0)], ((0, 0), (max(-s, 0), max(s, 0)), (0, 0)))
 
 
 def _gate(x: jax.Array) -> jax.Array:
@@ -363,6 +375,7 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
     b, h, w, channels = values.shape
     r, k, f = config.kernel // 2, config.kernel, config.features
     dilations = layer_dilations(config)
+    reach = max(dilations) * r  # the furthest column a horizontal tap writes past its own
     wts = _gated_weights(model, params)
     conds = [0.0 if lw["classes"] is None else lw["classes"][labels] for lw in wts["layers"]]  # [B, 2F]
     scale = lambda v: scale_values(config, v, dtype)
@@ -374,14 +387,14 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
     rings = tuple(jnp.broadcast_to(lw["v_bias"], (d * r + 1, b, w, 2 * f)) for lw, d in zip(wts["layers"], dilations))
 
     def vertical(i, x_rows, rings):
-        """Row i's vertical stack -> (updated rings, per layer the horizontal row bias [W, B, 2F])."""
+        """Row i's vertical stack -> (updated rings, the row's horizontal pending buffer as it starts)."""
         window = jax.lax.dynamic_slice_in_dim(x_rows, i, r + 1, axis=0)  # image rows i-r-1 .. i-1
         cols = jnp.concatenate([window[a, :, t:t + w] for a in range(r + 1) for t in range(k)], axis=-1)
         v = _dot(cols, wts["v_first"]) + wts["v_first_bias"]  # [B, W, F]
         new_rings, row_biases = [], []
         for lw, ring, d, cond in zip(wts["layers"], rings, dilations, conds):
-            v = jnp.pad(materialize(v), ((0, 0), (d * r, d * r), (0, 0)))
-            cols = jnp.concatenate([v[:, t * d:t * d + w] for t in range(k)], axis=-1)  # [B, W, k*F]
+            v = materialize(v)
+            cols = jnp.concatenate([_shift_columns(v, (t - r) * d) for t in range(k)], axis=-1)  # [B, W, k*F]
             z = _dot(cols, lw["v"])  # [B, W, (r+1)*2F]
             # Row i + d*r's first contribution (tap 0) sets its slot (bias + it), the nearer rows' add to
             # theirs; row i's slot is read after the writes: every read of the old ring feeds a write, so
@@ -395,40 +408,46 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
             cond_v = cond if isinstance(cond, float) else cond[:, None]
             v = _gate(pre + cond_v)
             link_w, link_b = lw["link"]
-            row_bias = _dot(pre, link_w) + link_b + cond_v + lw["h_bias"]  # [B, W, 2F]
-            row_biases.append(row_bias.transpose(1, 0, 2))
+            row_biases.append(_dot(pre, link_w) + link_b + cond_v + lw["h_bias"])  # [B, W, 2F]
             new_rings.append(ring)
-        return tuple(new_rings), row_biases
+        biases = jnp.stack(row_biases).transpose(2, 0, 1, 3)  # [W, L, B, 2F]
+        return tuple(new_rings), jnp.pad(biases, ((0, reach), (0, 0), (0, 0), (0, 0)))
 
     def head(skip):
         (w1, b1), (w2, b2) = wts["head"]
         return (_dot(jax.nn.relu(_dot(jax.nn.relu(skip), w1) + b1), w2) + b2).astype(jnp.float32)
 
-    def horizontal(j, x_row, pending, write: bool):
+    def horizontal(j, x_row, biases, pending, write: bool):
         """Position j's raw output [B, P] from the row's inputs x_row [W+r, B, C] (scaled, r zero columns
-        on the left) and pending buffers; ``write``: also add this position's taps into the later ones."""
+        on the left), its biases (the pending buffer as the row began) and pending buffer; ``write``: also
+        add this position's taps into the pending buffer for the later ones."""
         window = jax.lax.dynamic_slice_in_dim(x_row, j, r + 1, axis=0)  # columns j-r .. j
         hs = _dot(window.transpose(1, 0, 2).reshape(b, -1), wts["h_first"]) + wts["h_first_bias"]  # [B, F]
-        skip, new_pending = 0.0, []
-        for lw, buf, d in zip(wts["layers"], pending, dilations):
+        skip = 0.0
+        for l, (lw, d) in enumerate(zip(wts["layers"], dilations)):
             z = _dot(hs, lw["h"])  # [B, (r+1)*2F]
-            if write:  # the writes before the read of column j (in place, as the vertical rings)
-                for s in range(1, r + 1):
-                    ahead = jax.lax.dynamic_index_in_dim(buf, j + d * s, 0, False) + z[:, 2 * f * s:2 * f * (s + 1)]
-                    buf = jax.lax.dynamic_update_index_in_dim(buf, ahead, j + d * s, 0)
-            pre = _read(buf, j) + z[:, :2 * f]
+            if write:
+                for s in range(r, 0, -1):  # the first product into a column is its first write
+                    into = biases if s == r else pending
+                    slot = jax.lax.dynamic_slice(into, (j + d * s, l, 0, 0), (1, 1, b, 2 * f))
+                    pending = jax.lax.dynamic_update_slice(pending, slot + z[:, 2 * f * s:2 * f * (s + 1)],
+                                                           (j + d * s, l, 0, 0))
+            if l == 0:
+                # Column j's slots, once for all layers, read after the first layer's writes: every later
+                # write depends on this read, so XLA writes the buffer in place (a read it could not order
+                # before a write would cost a copy of the buffer at every position).
+                at_j = _read(pending, j)  # [L, B, 2F]
             res_w, res_b = lw["residual"]
-            out = _dot(_gate(pre), res_w) + res_b
+            out = _dot(_gate(at_j[l] + z[:, :2 * f]), res_w) + res_b
             hs, skip = hs + out, skip + out
-            new_pending.append(buf)
-        return head(skip), tuple(new_pending)
+        return head(skip), pending
 
-    def columns(i, out_rows, row_biases):
-        """Samples row i, position by position -> its values [B, W, C]."""
+    def columns(i, out_rows, biases):
+        """Samples row i, position by position -> its values [B, W, C]. ``biases``: the row's horizontal pending
+        buffer as it starts."""
         noise = _row_noise(config, method, key, i, b, w, channels)  # [W, C, B, N]
         given = jax.lax.dynamic_index_in_dim(out_rows, i, 0, False).transpose(1, 0, 2)  # [W, B, C] (initial values)
         x_row = jnp.pad(scale(given), ((r, 0), (0, 0), (0, 0)))
-        pending = tuple(jnp.pad(rb, ((0, d * r), (0, 0), (0, 0))) for rb, d in zip(row_biases, dilations))
 
         def position(j, carry):
             row, x_row, pending = carry
@@ -440,22 +459,23 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
                 # Otherwise channel c's groups see the channels drawn before it: recompute, and add into
                 # the later positions only with the whole pixel's (last channel's) values.
                 if raw is None or config.colours > 1:
-                    raw, new_pending = horizontal(j, x_row, pending, write=c == channels - 1 or config.colours == 1)
+                    raw, new_pending = horizontal(j, x_row, biases, pending,
+                                                  write=c == channels - 1 or config.colours == 1)
                 drawn = _draw_noise(config, method, raw, scale(pixel), c, noise_j[c], temperature)
                 pixel = pixel.at[:, c].set(drawn)
                 x_row = jax.lax.dynamic_update_index_in_dim(x_row, scale(pixel), j + r, 0)
             row = jax.lax.dynamic_update_index_in_dim(row, pixel, j, 0)
             return row, x_row, new_pending
 
-        row, _, _ = jax.lax.fori_loop(0, w, position, (given, x_row, pending))
+        row, _, _ = jax.lax.fori_loop(0, w, position, (given, x_row, biases))
         return row.transpose(1, 0, 2)
 
     def step(i, carry):
         x_rows, out_rows, rings = carry
-        rings, row_biases = vertical(i, x_rows, rings)
+        rings, biases = vertical(i, x_rows, rings)
         # Given rows only feed the vertical stack of the rows below: skip their horizontal stack.
         row = jax.lax.cond(i < known_rows, lambda: jax.lax.dynamic_index_in_dim(out_rows, i, 0, False),
-                           lambda: columns(i, out_rows, row_biases))
+                           lambda: columns(i, out_rows, biases))
         out_rows = jax.lax.dynamic_update_index_in_dim(out_rows, row, i, 0)
         x_rows = jax.lax.dynamic_update_slice(x_rows, scale(row)[None], (i + r + 1, 0, r, 0))
         _report(progress, i, h)
