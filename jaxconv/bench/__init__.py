@@ -89,7 +89,8 @@ def run(options: Options, log: Callable[[str], None] = print) -> list[Path]:
     log(f"device {name} ({env['device_kind']}, {env['device_count']} devices); results -> {out}")
     peaks = device.measure_peaks(quick=options.quick)
     mm = peaks["matmul_flops_per_s"]
-    log(f"peaks: matmul {mm['float32'] / 1e9:.1f} GFLOP/s float32, {mm['bfloat16'] / 1e9:.1f} GFLOP/s bfloat16, "
+    log(f"peaks: {mm['float32'] / 1e9:.1f} GFLOP/s float32, {mm['bfloat16'] / 1e9:.1f} GFLOP/s bfloat16 "
+        f"(XLA's matmul, or oneDNN's conv where faster), "
         f"copy {peaks['memory_bytes_per_s'] / 1e9:.1f} GB/s")
     written = []
     for bench in names:

@@ -5,7 +5,7 @@ names the results directory: ``cpu-<model>-<cores>c`` on CPU (``cpu-amd-epyc-2c`
 a GPU (``h100``, ``a100``; ``-x8`` when several are used), ``tpu-v5e`` on a TPU.
 
 ``measure_peaks()`` measures, at the start of every run:
-- matmul peak: the best FLOP/s of jitted square matmuls (2 n^3 FLOPs each) over a few sizes, in
+- compute peak (``matmul_flops_per_s``, a name kept for the results' schema): the best FLOP/s of jitted square matmuls (2 n^3 FLOPs each) over a few sizes, in
   float32 (default precision: TF32 where the backend uses it for float32, as it does for the convs
   measured against it) and bfloat16 (on CPUs without bf16 units XLA emulates it; it is still the
   bfloat16 peak the convs can be compared with). On a CPU with oneDNN built, the float32 peak is the
@@ -118,7 +118,7 @@ def _onednn_conv_rate(rng, batch: int, timing: dict) -> tuple[float, dict]:
 
 
 def measure_peaks(quick: bool = False, repeats: int = 5) -> dict:
-    """Matmul FLOP/s per dtype and copy bandwidth (bytes/s), measured now on the default device."""
+    """Peak FLOP/s per dtype and copy bandwidth (bytes/s), measured now on the default device."""
     rng = np.random.default_rng(0)
     matmul, details = {}, []
     timing = dict(repeats=3 if quick else repeats, min_time=0.01 if quick else 0.2, budget=2.0 if quick else 20.0)
@@ -156,5 +156,5 @@ def measure_peaks(quick: bool = False, repeats: int = 5) -> dict:
 
 
 def roofline(peaks: dict, dtype: str, intensity: float) -> float:
-    """The attainable FLOP/s at ``intensity`` FLOPs/byte: min(matmul peak, intensity * bandwidth)."""
+    """The attainable FLOP/s at ``intensity`` FLOPs/byte: min(compute peak, intensity * bandwidth)."""
     return min(peaks["matmul_flops_per_s"][dtype], intensity * peaks["memory_bytes_per_s"])

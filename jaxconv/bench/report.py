@@ -48,8 +48,8 @@ def _header(doc: dict, title: str) -> list[str]:
              + f"; {env.get('device_kind')} x{env.get('device_count')}, {env.get('cpu_model')} "
                f"({env.get('cpu_cores')} cores).",
              "",
-             f"Measured peaks: matmul {_g(mm['float32'] / 1e9)} GFLOP/s float32, {_g(mm['bfloat16'] / 1e9)} GFLOP/s "
-             f"bfloat16; memory bandwidth {_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s.", ""]
+             f"Measured peaks: {_g(mm['float32'] / 1e9)} GFLOP/s float32, {_g(mm['bfloat16'] / 1e9)} GFLOP/s "
+             f"bfloat16 (XLA's matmul, or oneDNN's conv where faster); memory bandwidth {_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s.", ""]
     if doc.get("quick"):
         lines += ["**--quick run: tiny sizes, the numbers mean nothing.**", ""]
     if doc.get("targets"):
@@ -213,7 +213,7 @@ def conv_plots(doc: dict, out_dir: Path) -> list[Path]:
 def sample_markdown(doc: dict) -> str:
     lines = _header(doc, "Sampling")
     lines += ["| preset | image | batch | naive img/s (extrapolated from) | cached img/s | speed-up | agree | "
-              "cached compile s | cached MFLOP/image | cached GFLOP/s (of matmul peak) | forward pass img/s | "
+              "cached compile s | cached MFLOP/image | cached GFLOP/s (of the peak) | forward pass img/s | "
               "cached cost, forward passes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         n, c, f = r["naive"], r["cached"], r.get("forward")  # flops and forward: absent in older results

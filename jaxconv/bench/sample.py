@@ -14,7 +14,7 @@ them: ``jaxconv.bench.models.random_params``). Batch sizes 1, 16, 64, 256 (on CP
   it; of a conditional, its costlier branch). XLA's own ``cost_analysis()`` of the compiled sampler counts a
   loop's body once whatever its trip count, so it is not used. Elementwise work (gates, the heads'
   log-probabilities, the Gumbel noise) is not counted, as in training MFU. ``flops_per_s`` = FLOPs per
-  image * images/s; ``frac_peak`` = that / the run's measured float32 matmul peak.
+  image * images/s; ``frac_peak`` = that / the run's measured float32 peak (``jaxconv.bench.device``).
 - forward: one whole-image forward pass (jitted ``model.apply``) at the same batch; images/s = batch /
   median time. The cached sample and the forward pass are timed alternately
   (``jaxconv.timing.time_alternately``: a shared machine's load changes within seconds);
@@ -29,7 +29,7 @@ them: ``jaxconv.bench.models.random_params``). Batch sizes 1, 16, 64, 256 (on CP
   it must return the cached sample unchanged.
 
 Targets (reported, on CPU): cached >= 100x naive at batch 64 for the 28x28 presets; for
-gated_pixelcnn_mnist at batch 64, cached FLOP/s >= 50% of the matmul peak and a cached image costing
+gated_pixelcnn_mnist at batch 64, cached FLOP/s >= 50% of the float32 peak and a cached image costing
 <= 1.2 forward passes; gated_pixelcnn_cifar's cached images/s >= 10x from batch 1 to batch 64.
 """
 
@@ -205,7 +205,7 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                           policy=policy)
             rows.append(row)
             cached = row["cached"]
-            frac = "" if cached["frac_peak"] is None else f" ({cached['frac_peak']:.0%} of the matmul peak)"
+            frac = "" if cached["frac_peak"] is None else f" ({cached['frac_peak']:.0%} of the float32 peak)"
             log(f"{name} batch {batch}: cached {cached['images_per_s']:.3g} img/s, naive "
                 f"{row['naive']['images_per_s']:.3g} img/s (extrapolated from {row['naive']['variables_timed']} "
                 f"variables), speed-up {row['speedup']:.1f}x, agree {row['agree']}; cached "
@@ -226,7 +226,7 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                    f">= {TARGET_SPEEDUP:g}", lambda v: v >= TARGET_SPEEDUP)
         row = at("gated_pixelcnn_mnist", 64)
         frac = row and row["cached"]["frac_peak"]
-        target("gated_pixelcnn_mnist: cached FLOP/s, % of the float32 matmul peak, batch 64 (CPU)",
+        target("gated_pixelcnn_mnist: cached FLOP/s, % of the float32 peak, batch 64 (CPU)",
                None if frac is None else 100 * frac, f">= {100 * TARGET_FRAC_PEAK:g}",
                lambda v: v >= 100 * TARGET_FRAC_PEAK)
         target("gated_pixelcnn_mnist: cached cost in whole-image forward passes per image, batch 64 (CPU)",
@@ -241,7 +241,7 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
              "compile_s: first call minus a steady-state call", "parameters: random initialisation",
              "cached FLOPs: the convs and matmuls the cached sampler runs per image, counted from its traced program "
              "with the loops' trip counts (elementwise work, e.g. the heads' log-probabilities, not counted); "
-             "% of peak: against the run's measured float32 matmul peak",
+             "% of peak: against the run's measured float32 peak",
              "forward passes: time per cached image / time per image of one whole-image forward pass at the same "
              "batch, the two timed alternately (median of the repeats' ratios)"]
     if quick:

@@ -13,7 +13,7 @@ uint8 images of the preset's size otherwise.
 Devices: on CPU, fake XLA devices sharing the host's cores (``jaxconv bench`` sets
 ``--xla_force_host_platform_device_count`` when JAX has not started yet), so images/s across device
 counts shows the cost of data parallelism, not a speed-up; on accelerators, real devices.
-MFU = images/s * model FLOPs per image (3x the forward convs and matmuls) / the measured matmul peak
+MFU = images/s * model FLOPs per image (3x the forward convs and matmuls) / the measured peak
 of the dtype (times the device count on accelerators).
 
 PyTorch (optional): the twins of ``jaxconv.bench.twins`` (LeNet-5 faithful and modern, AlexNet-32,
