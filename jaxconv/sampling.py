@@ -302,10 +302,10 @@ def _cached_pixelcnn(model, known_rows, progress, method, params, key, values, l
 # is added into a "pending" buffer at the output row (position) it feeds: d*s rows (columns) further
 # for tap r - s. The output row (position) is then the current tap's product plus its pending sum. A
 # layer's vertical pending rows live in a ring of d*r + 1 rows. The horizontal ones are one buffer for
-# the row and all layers, [W + P, L, B, 2F] (P = the largest d*r), which starts as each layer's row bias
-# (link + class bias + horizontal bias); tap r's product is written as that bias plus it (no read of
-# the buffer), and a position reads its column's slots once for all layers: a loop step's ops, not its
-# FLOPs, are most of what a position costs.
+# the row and all layers, [W + reach, L, B, 2F] (reach = the largest d*r), which starts as each layer's
+# row bias (link + class bias + horizontal bias); a position reads its column's slots once for all
+# layers, and XLA fuses each slot's read, add and write into one op: a loop step's ops, not its FLOPs,
+# are most of what a position costs.
 #
 # Layouts put the index a step moves along first (rows [rows, B, W, .], row positions [W, B, .]), so a
 # step reads and writes contiguous blocks with dynamic_slice / dynamic_update_slice.
@@ -417,19 +417,17 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
         (w1, b1), (w2, b2) = wts["head"]
         return (_dot(jax.nn.relu(_dot(jax.nn.relu(skip), w1) + b1), w2) + b2).astype(jnp.float32)
 
-    def horizontal(j, x_row, biases, pending, write: bool):
+    def horizontal(j, x_row, pending, write: bool):
         """Position j's raw output [B, P] from the row's inputs x_row [W+r, B, C] (scaled, r zero columns
-        on the left), its biases (the pending buffer as the row began) and pending buffer; ``write``: also
-        add this position's taps into the pending buffer for the later ones."""
+        on the left) and pending buffer; ``write``: also add this position's taps into it for the later ones."""
         window = jax.lax.dynamic_slice_in_dim(x_row, j, r + 1, axis=0)  # columns j-r .. j
         hs = _dot(window.transpose(1, 0, 2).reshape(b, -1), wts["h_first"]) + wts["h_first_bias"]  # [B, F]
         skip = 0.0
         for l, (lw, d) in enumerate(zip(wts["layers"], dilations)):
             z = _dot(hs, lw["h"])  # [B, (r+1)*2F]
             if write:
-                for s in range(r, 0, -1):  # the first product into a column is its first write
-                    into = biases if s == r else pending
-                    slot = jax.lax.dynamic_slice(into, (j + d * s, l, 0, 0), (1, 1, b, 2 * f))
+                for s in range(1, r + 1):
+                    slot = jax.lax.dynamic_slice(pending, (j + d * s, l, 0, 0), (1, 1, b, 2 * f))
                     pending = jax.lax.dynamic_update_slice(pending, slot + z[:, 2 * f * s:2 * f * (s + 1)],
                                                            (j + d * s, l, 0, 0))
             if l == 0:
@@ -442,9 +440,9 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
             hs, skip = hs + out, skip + out
         return head(skip), pending
 
-    def columns(i, out_rows, biases):
-        """Samples row i, position by position -> its values [B, W, C]. ``biases``: the row's horizontal pending
-        buffer as it starts."""
+    def columns(i, out_rows, pending):
+        """Samples row i, position by position -> its values [B, W, C]; ``pending``: the row's horizontal
+        pending buffer as it starts."""
         noise = _row_noise(config, method, key, i, b, w, channels)  # [W, C, B, N]
         given = jax.lax.dynamic_index_in_dim(out_rows, i, 0, False).transpose(1, 0, 2)  # [W, B, C] (initial values)
         x_row = jnp.pad(scale(given), ((r, 0), (0, 0), (0, 0)))
@@ -459,23 +457,22 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
                 # Otherwise channel c's groups see the channels drawn before it: recompute, and add into
                 # the later positions only with the whole pixel's (last channel's) values.
                 if raw is None or config.colours > 1:
-                    raw, new_pending = horizontal(j, x_row, biases, pending,
-                                                  write=c == channels - 1 or config.colours == 1)
+                    raw, new_pending = horizontal(j, x_row, pending, write=c == channels - 1 or config.colours == 1)
                 drawn = _draw_noise(config, method, raw, scale(pixel), c, noise_j[c], temperature)
                 pixel = pixel.at[:, c].set(drawn)
                 x_row = jax.lax.dynamic_update_index_in_dim(x_row, scale(pixel), j + r, 0)
             row = jax.lax.dynamic_update_index_in_dim(row, pixel, j, 0)
             return row, x_row, new_pending
 
-        row, _, _ = jax.lax.fori_loop(0, w, position, (given, x_row, biases))
+        row, _, _ = jax.lax.fori_loop(0, w, position, (given, x_row, pending))
         return row.transpose(1, 0, 2)
 
     def step(i, carry):
         x_rows, out_rows, rings = carry
-        rings, biases = vertical(i, x_rows, rings)
+        rings, pending = vertical(i, x_rows, rings)
         # Given rows only feed the vertical stack of the rows below: skip their horizontal stack.
         row = jax.lax.cond(i < known_rows, lambda: jax.lax.dynamic_index_in_dim(out_rows, i, 0, False),
-                           lambda: columns(i, out_rows, biases))
+                           lambda: columns(i, out_rows, pending))
         out_rows = jax.lax.dynamic_update_index_in_dim(out_rows, row, i, 0)
         x_rows = jax.lax.dynamic_update_slice(x_rows, scale(row)[None], (i + r + 1, 0, r, 0))
         _report(progress, i, h)

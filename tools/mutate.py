@@ -40,6 +40,7 @@ PIXELCNN = "tests/test_pixelcnn.py"
 DATA = "tests/test_data.py"
 CAUSAL = [PIXELCNN, "-k", "raster_mask or causality or dense_conv_of_the_masked_kernel"]
 SAMPLERS = [PIXELCNN, "-k", "samplers_agree"]
+GATED_LOGITS = ["tests/test_sampler_speed.py", "-k", "each_variable"]
 EVAL = [PROPS, "-k", "eval_is"]
 
 
@@ -112,6 +113,15 @@ MUTANTS = [
       "out = _jitted(run, model, params, key, values, labels)(model, known_rows, progress, method, params, key,\n"
       "                                                           values, labels, jnp.float32(1.0))",
       [PROPS, "-k", "cached_sampler"]),
+    m("gated-pending-tap-a-column-short", "jaxconv/sampling.py",
+      "slot + z[:, 2 * f * s:2 * f * (s + 1)],\n                                                           (j + d * s, l,",
+      "slot + z[:, 2 * f * s:2 * f * (s + 1)],\n                                                           (j + d * s - 1, l,",
+      GATED_LOGITS),
+    m("gated-pending-read-of-layer-0-for-all", "jaxconv/sampling.py",
+      "_gate(at_j[l] + z[:, :2 * f])", "_gate(at_j[0] + z[:, :2 * f])", GATED_LOGITS),
+    m("gated-pending-tap-overwrites", "jaxconv/sampling.py",
+      "pending = jax.lax.dynamic_update_slice(pending, slot + z[", "pending = jax.lax.dynamic_update_slice(pending, 0 * slot + z[",
+      GATED_LOGITS),
     # --- heads (jaxconv/models/heads.py) ----------------------------------------------------------
     m("temperature-multiplies", "jaxconv/models/heads.py",
       "values_log_prob(config, params) / temperature + noise", "values_log_prob(config, params) * temperature + noise",
