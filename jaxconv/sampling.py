@@ -396,10 +396,11 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
             v = materialize(v)
             cols = jnp.concatenate([_shift_columns(v, (t - r) * d) for t in range(k)], axis=-1)  # [B, W, k*F]
             z = _dot(cols, lw["v"])  # [B, W, (r+1)*2F]
-            # Row i + d*r's first contribution (tap 0) sets its slot (bias + it), the nearer rows' add to
-            # theirs; row i's slot is read after the writes: every read of the old ring feeds a write, so
-            # XLA updates it in place (a read it cannot order before a write costs a copy of the ring).
-            for s in range(r, 0, -1):
+            # The nearer rows' slots are added to, then row i + d*r's first contribution (tap 0) sets its
+            # slot (bias + it), and row i's slot is read after the writes: every read of the old ring feeds
+            # its own write, so XLA updates the ring in place (a read it cannot order before a write costs
+            # a copy of the ring; with the set first, XLA fused the next slot's read into it, before it).
+            for s in range(1, r + 1):
                 q = (i + d * s) % (d * r + 1)
                 ahead = (lw["v_bias"] if s == r else jax.lax.dynamic_index_in_dim(ring, q, 0, False)) + \
                     z[..., 2 * f * s:2 * f * (s + 1)]

@@ -254,8 +254,8 @@ def test_bfloat16_model_samples():
 
 
 def loop_copies(hlo_text: str) -> set[str]:
-    """Shapes of the copies in the innermost while-loop bodies (the per-position steps: they run H*W times; a
-    copy per row or in the entry is cheap)."""
+    """Shapes of the copies in the while-loop bodies with no while loop of their own: the per-position steps
+    (H*W runs), and the gated sampler's per-row step, whose position loop is in a conditional's branch."""
     bodies = set(re.findall(r"body=%([\w.\-]+)", hlo_text))
     lines: dict[str, list[str]] = {}
     computation = None
@@ -271,17 +271,22 @@ def loop_copies(hlo_text: str) -> set[str]:
     return copies
 
 
-@pytest.mark.parametrize("name, shape", [("gated_pixelcnn_mnist", (8, 12, 12, 1)),
-                                         ("gated_pixelcnn_cifar", (4, 10, 10, 3)),
-                                         ("pixelcnn_mnist", (256, 6, 6, 1))])
-def test_compiled_sampler_updates_its_buffers_in_place(name, shape):
+@pytest.mark.parametrize("config, shape", [
+    (PRESETS["gated_pixelcnn_mnist"], (8, 12, 12, 1)),
+    (PRESETS["gated_pixelcnn_cifar"], (4, 10, 10, 3)),
+    # 5x5 (two pending taps per conv, as gated_pixelcnn_imagenet32's), RGB softmax (three passes per pixel)
+    (GatedPixelCNNConfig(channels=3, head="softmax", kernel=5, dilations=(1, 2), features=12, num_layers=3,
+                         output_features=12), (4, 10, 10, 3)),
+    (PRESETS["pixelcnn_mnist"], (256, 6, 6, 1))], ids=["gated-mnist", "gated-cifar", "gated-k5-rgb", "pixelcnn-mnist"])
+def test_compiled_sampler_updates_its_buffers_in_place(config, shape):
     """No copy bigger than one pixel's values [B, C] in the per-position loop: XLA copies a loop-carried buffer
     when a read of it cannot be ordered before an in-place write. The first version of the gated sampler
-    copied its five pending rows at every position; the pixelcnn sampler through the model's former
+    copied its five pending rows at every position, and its 5x5 vertical rings at every row; the pixelcnn
+    sampler through the model's former
     ``PixelCNN.position`` method (its conv windows through ``materialize``'s conditional) copied every block
     cache at every position from batch 256 on, 20x slower.
     No scatter, and no argmax reduction (pairs of value and index, slow on CPU)."""
-    model = build_model(PRESETS[name])
+    model = build_model(config)
     text = sampling.cached_compiled(model, random_params(model, shape[1:]), jax.random.key(0), shape).as_text()
     size = lambda s: int(np.prod([int(n) for n in s[4:-1].split(",")]))
     assert not {s for s in loop_copies(text) if size(s) > shape[0] * shape[3]}
