@@ -107,7 +107,7 @@ if [[ "$TINY" == 1 ]]; then
     GPU_TESTS=(tests/test_pixelcnn.py::test_raster_mask_centre_groups)
     CPU_TESTS=(tests/test_parallel.py::test_multi_process_runs_initialize_jax_distributed)
     GPU_PLATFORM=cpu
-    CONV=(--sets none --shape 2,8,8,3,4,3,1,1 --no-plots)
+    CONV=(--sets none --shape 2,8,8,3,4,3,1,1 --no-plots --layouts NHWC)  # NCHW too in the real run (the suite times both)
     SAMPLE=(--batch-sizes 2 --no-plots)
     TRAIN_BIG=(--batch-sizes 2 --no-plots)
     TRAIN_ALEX=(--no-plots)
@@ -120,7 +120,7 @@ else
                tests/test_bench.py::test_agreement_check_catches_a_wrong_implementation)
     CPU_TESTS=(tests/test_parallel.py)
     GPU_PLATFORM=cuda
-    CONV=(--sets pixelcnn_paper)
+    CONV=(--sets pixelcnn_paper --layouts NHWC,NCHW)
     SAMPLE=(--batch-sizes 256 --naive-variables 1 --repeats 1)
     TRAIN_BIG=(--batch-sizes 128 --repeats 3)
     TRAIN_ALEX=(--repeats 3)
@@ -137,7 +137,7 @@ STEP_LOG="$OUT_DIR/tests_gpu.log" step tests_gpu "${STEP_LIMITS[0]}" \
 STEP_LOG="$OUT_DIR/tests_cpu_parallel.log" step tests_cpu_parallel "${STEP_LIMITS[1]}" \
     "${TEST_ENV[@]}" JAX_PLATFORMS=cpu "${PYTEST[@]}" "${CPU_TESTS[@]}"
 step conv "${STEP_LIMITS[2]}" "$PYTHON" -m jaxconv bench conv "${QUICK[@]}" "${CONV[@]}" --dtypes float32,bfloat16 \
-    --modes forward_backward --impls xla,torch --layouts NHWC,NCHW --out "$OUT_DIR"
+    --modes forward_backward --impls xla,torch --out "$OUT_DIR"
 step sample "${STEP_LIMITS[3]}" "$PYTHON" -m jaxconv bench sample "${QUICK[@]}" --presets gated_pixelcnn_imagenet32 \
     "${SAMPLE[@]}" --out "$OUT_DIR"
 step train_imagenet32 "${STEP_LIMITS[4]}" "$PYTHON" -m jaxconv bench train "${QUICK[@]}" \
