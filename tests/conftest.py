@@ -93,10 +93,11 @@ def cli():
     return run_cli
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_smoke(tmp_path_factory):
     """A finished LeNet-5 modern smoke run on one device (checkpoints 10 and 20, metrics, config.json),
-    trained in this process once per test module; cases copy it before they damage it."""
+    trained in this process (an xdist worker) once for all the modules it runs; cases copy it before they
+    damage it."""
     from jaxconv import experiments
     from jaxconv.config import apply_overrides
     from jaxconv.train import loop
