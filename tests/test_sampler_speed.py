@@ -18,7 +18,7 @@ import scipy.special
 from jaxconv import sampling
 from jaxconv.bench import results
 from jaxconv.bench import sample as bench_sample
-from jaxconv.bench.models import AS_CONV_OPS, jaxpr_flops
+from jaxconv.bench.models import forward_flops_of
 from jaxconv.models import PRESETS, build_model, heads
 from jaxconv.models.pixelcnn import GatedPixelCNNConfig, PixelCNNConfig, build
 
@@ -313,9 +313,7 @@ def test_cached_flops_are_the_forward_pass_flops(config, image, ratio):
     params = random_params(model, image)
     shape = (2, *image)
     cached = bench_sample.cached_flops(model, params, shape)
-    counted = build_model(config, policy=AS_CONV_OPS)  # every conv a conv op, whichever implementation runs it
-    forward = jaxpr_flops(jax.make_jaxpr(lambda p, x: counted.apply({"params": p}, x))(params, jnp.zeros(shape)))
-    forward /= shape[0]
+    forward = forward_flops_of(config, image)
     first_features = getattr(config, "features", 2 * getattr(config, "hidden", 0))
     centre_tap = 2 * image[0] * image[1] * image[2] * first_features
     if ratio is None:

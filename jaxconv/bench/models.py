@@ -46,23 +46,13 @@ def _closed_sub_jaxprs(eqn) -> Iterator[tuple[Any, dict]]:
                 yield sub.jaxpr, dict(zip(sub.jaxpr.constvars, getattr(sub, "consts", ())))
 
 
-def _sub_jaxprs(eqn) -> Iterator[Any]:
-    for sub, _ in _closed_sub_jaxprs(eqn):
-        yield sub
-
-
-def _eqns(jaxpr) -> Iterator[Any]:
-    for eqn, _ in _named_eqns(jaxpr):
-        yield eqn
-
-
 def _named_eqns(jaxpr, outer: str = "") -> Iterator[tuple[Any, str]]:
     """Each eqn with its module path: a sub-jaxpr's names continue its eqn's (a conv inside a custom_vjp has none
     of its own)."""
     for eqn in jaxpr.eqns:
         name = "/".join(part for part in (outer, str(eqn.source_info.name_stack)) if part)
         yield eqn, name
-        for sub in _sub_jaxprs(eqn):
+        for sub, _ in _closed_sub_jaxprs(eqn):
             yield from _named_eqns(sub, name)
 
 
@@ -149,7 +139,13 @@ def _flops(jaxpr, consts: dict, masks: dict) -> float:
 def forward_flops(name: str, config: Any = None) -> float:
     """Forward FLOPs per image of a preset (convs and matmuls)."""
     config = PRESETS[name] if config is None else config
-    return jaxpr_flops(_jaxpr(build_model(config, policy=AS_CONV_OPS), preset_image(name, config)))
+    return forward_flops_of(config, preset_image(name, config))
+
+
+def forward_flops_of(config: Any, image: tuple[int, int, int]) -> float:
+    """Forward FLOPs per image of ``config``'s model on ``image`` (H, W, C) inputs, every conv counted as a conv op
+    whichever implementation runs it (an FFI call is not one)."""
+    return jaxpr_flops(_jaxpr(build_model(config, policy=AS_CONV_OPS), image))
 
 
 def param_count(name: str, config: Any = None) -> int:

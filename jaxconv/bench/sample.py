@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv import sampling
-from jaxconv.bench.models import AS_CONV_OPS, jaxpr_flops, param_count, preset_image, random_params
+from jaxconv.bench.models import forward_flops_of, jaxpr_flops, param_count, preset_image, random_params
 from jaxconv.timing import time_alternately, time_calls
 from jaxconv.errors import ConfigError
 from jaxconv.models import PRESETS, build_model, heads, pixelcnn
@@ -102,12 +102,6 @@ def _loop_flops(jaxpr) -> float:
                     if hasattr(inner, "eqns"):
                         total += _loop_flops(inner)
     return total
-
-
-def _forward_flops(config, params, x: jax.Array) -> float:
-    """A forward pass's FLOPs, every conv counted whichever implementation runs it (an FFI call is not a conv op)."""
-    counted = build_model(config, policy=AS_CONV_OPS)
-    return jaxpr_flops(jax.make_jaxpr(lambda p, v: counted.apply({"params": p}, v))(params, x))
 
 
 def cached_flops(model, params, shape: tuple[int, int, int, int]) -> float:
@@ -173,7 +167,7 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
                    "frac_peak": flops * cached_ips / peak if peak else None,
                    "forward_passes": statistics.median(ratios)},
         "forward": {"time_s": forward["median_s"], "images_per_s": batch / forward["median_s"],
-                    "flops_per_image": _forward_flops(config, params, x) / batch,
+                    "flops_per_image": forward_flops_of(config, (h, w, c)),
                     "runs_s": forward["runs_s"]},
         "flops_per_image": flops,
         "speedup": cached_ips / naive_ips, "agree": agree,
