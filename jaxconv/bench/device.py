@@ -5,10 +5,11 @@ names the results directory: ``cpu-<model>-<cores>c`` on CPU (``cpu-amd-epyc-2c`
 a GPU (``h100``, ``a100``; ``-x8`` when several are used), ``tpu-v5e`` on a TPU.
 
 ``measure_peaks()`` measures, at the start of every run:
-- compute peak (``matmul_flops_per_s``, a name kept for the results' schema): the best FLOP/s of jitted square matmuls (2 n^3 FLOPs each) over a few sizes, in
-  float32 (default precision: TF32 where the backend uses it for float32, as it does for the convs
-  measured against it) and bfloat16 (on CPUs without bf16 units XLA emulates it; it is still the
-  bfloat16 peak the convs can be compared with). On a CPU with oneDNN built, the float32 peak is the
+- compute peak (``matmul_flops_per_s``, a name kept for the results' schema): the best FLOP/s of
+  jitted square matmuls (2 n^3 FLOPs each) over a few sizes, in float32 (default precision: TF32
+  where the backend uses it for float32, as it does for the convs measured against it) and bfloat16
+  (on CPUs without bf16 units XLA emulates it; it is still the bfloat16 peak the convs can be
+  compared with). On a CPU with oneDNN built, the float32 peak is the
   better of that and oneDNN's 3x3 conv (256 -> 256 channels, 14x14, batch 64), which jaxconv runs and
   which beats XLA's matmul there (the 2-core Xeon: 309 against 234 GFLOP/s; AlexNet-32 trained at 113%
   of XLA's matmul peak);

@@ -89,7 +89,8 @@ def traced_convs(name: str, config: Any = None) -> list[tuple[str, Signature]]:
     """Every convolution of the preset's forward pass, in order: (module path, its layer signature)."""
     config = PRESETS[name] if config is None else config
     jaxpr = _jaxpr(build_model(config, policy=AS_CONV_OPS), preset_image(name, config)).jaxpr
-    return [c for e, path in _named_eqns(jaxpr) if e.primitive.name == "conv_general_dilated" and (c := _conv_of(e, path))]
+    return [c for e, path in _named_eqns(jaxpr)
+            if e.primitive.name == "conv_general_dilated" and (c := _conv_of(e, path))]
 
 
 def jaxpr_flops(jaxpr) -> float:

@@ -49,7 +49,8 @@ def _header(doc: dict, title: str) -> list[str]:
                f"({env.get('cpu_cores')} cores).",
              "",
              f"Measured peaks: {_g(mm['float32'] / 1e9)} GFLOP/s float32, {_g(mm['bfloat16'] / 1e9)} GFLOP/s "
-             f"bfloat16 (XLA's matmul, or oneDNN's conv where faster); memory bandwidth {_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s.", ""]
+             f"bfloat16 (XLA's matmul, or oneDNN's conv where faster); memory bandwidth "
+             f"{_g(peaks['memory_bytes_per_s'] / 1e9)} GB/s.", ""]
     if doc.get("quick"):
         lines += ["**--quick run: tiny sizes, the numbers mean nothing.**", ""]
     if doc.get("targets"):

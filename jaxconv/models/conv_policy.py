@@ -137,7 +137,8 @@ RULES: tuple[Rule, ...] = (
     # `jaxconv bench conv --modes forward,input_grad,kernel_grad --impls xla,native,onednn,torch` on the 2-core
     # Intel Xeon, 2026-12-01.
     Rule("onednn", backend="cpu", dtype="float32", cin=(64, ANY[1]), cout=(64, ANY[1]), taps=(9, ANY[1]),
-         dilation=(1, 1), note="big-channel layers (AlexNet's): AlexNet-32 conv3 256->384 3x3 b32 16.8/16.0/18.5 vs default "
+         dilation=(1, 1),
+         note="big-channel layers (AlexNet's): AlexNet-32 conv3 256->384 3x3 b32 16.8/16.0/18.5 vs default "
               "15.3/17.8/28.4 (PyTorch 14.7/15.9/20.8); grouped conv2 96->256 5x5 21.6/22.2/21.9 vs split "
               "22.7/26.6/30.5; AlexNet conv5 13x13 b8 5.6/5.6/5.5 vs split 6.5/8.0/6.9; AlexNet-32 train step "
               "b32 (conv.impl=onednn, in turns with the default): 342.6 vs 388.4 ms, 321.6 vs 388.8"),
