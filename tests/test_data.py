@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 import gzip
 
 import flax.linen as nn
@@ -178,6 +179,26 @@ def test_evaluation_counts_every_validation_example_once(eval_config, eval_batch
 # Augmentation
 
 
+@functools.cache
+def _compiled(fn, static):
+    import jax
+
+    return jax.jit(functools.partial(fn, **dict(static)))
+
+
+class _Compiled:
+    """``compiled.NAME``: jaxconv.preprocess's NAME compiled as one program, its keyword arguments static
+    (op by op, each of its small ops was compiled on its own: most of these tests' time on a CPU)."""
+
+    def __getattr__(self, name):
+        from jaxconv import preprocess
+
+        return lambda *args, **static: _compiled(getattr(preprocess, name), tuple(sorted(static.items())))(*args)
+
+
+compiled = _Compiled()
+
+
 def _images(n=64, h=6, w=5, c=3, seed=0):
     return np.random.default_rng(seed).random((n, h, w, c)).astype(np.float32) + 1.0  # > 0: padding is visible
 
@@ -185,10 +206,8 @@ def _images(n=64, h=6, w=5, c=3, seed=0):
 def test_flip_mirrors_about_half_of_the_images():
     import jax
 
-    from jaxconv import preprocess as augment
-
     x = _images()
-    y = np.asarray(augment.augment(x, jax.random.key(3), flip=True))
+    y = np.asarray(compiled.augment(x, jax.random.key(3), flip=True))
     flipped = np.array([np.array_equal(b, a[:, ::-1]) for a, b in zip(x, y)])
     kept = np.array([np.array_equal(b, a) for a, b in zip(x, y)])
     assert (flipped ^ kept).all() and 10 < flipped.sum() < 54
@@ -197,10 +216,8 @@ def test_flip_mirrors_about_half_of_the_images():
 def test_crop_shifts_the_content_and_pads_with_zeros():
     import jax
 
-    from jaxconv import preprocess as augment
-
     x, pad = _images(), 2
-    y = np.asarray(augment.augment(x, jax.random.key(4), crop_pad=pad))
+    y = np.asarray(compiled.augment(x, jax.random.key(4), crop_pad=pad))
     assert y.shape == x.shape
     padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     shifts = []
@@ -217,7 +234,6 @@ def test_augmentation_is_a_pure_function_of_the_key_and_off_in_eval():
 
     from jaxconv import experiments, tasks
     from jaxconv.config import apply_overrides
-    from jaxconv import preprocess as augment
 
     config = apply_overrides(experiments.load("lenet_modern_mnist"), [
         "data.augment_crop_pad=1", "data.augment_flip=true", "data.subtract_mean=true", "data.augment_rotate=0",
@@ -231,7 +247,7 @@ def test_augmentation_is_a_pure_function_of_the_key_and_off_in_eval():
     np.testing.assert_allclose(forward({}, batch, key, False), centred, atol=1e-6)  # eval: the mean only
     train = np.asarray(forward({}, batch, key, True))
     np.testing.assert_array_equal(train, forward({}, batch, key, True))  # same key, same augmentation
-    expected = augment.augment(centred.astype(np.float32), jax.random.fold_in(key, tasks.AUGMENT_STREAM),
+    expected = compiled.augment(centred.astype(np.float32), jax.random.fold_in(key, tasks.AUGMENT_STREAM),
                                crop_pad=1, flip=True)
     np.testing.assert_allclose(train, expected, atol=1e-6)
     steps = [np.asarray(forward({}, batch, jax.random.fold_in(key, s), True)) for s in range(3)]
@@ -267,20 +283,19 @@ def test_augmentation_config_is_checked():
 
 
 def test_rotate_scale_is_exact_at_right_angles_and_at_rest():
-    from jaxconv import preprocess
 
     x = _images(n=3, h=6, w=6)
     ones, zeros = np.ones(3), np.zeros(3)
-    np.testing.assert_array_equal(preprocess.rotate_scale(x, zeros, ones), x)  # angle 0, factor 1
+    np.testing.assert_array_equal(compiled.rotate_scale(x, zeros, ones), x)  # angle 0, factor 1
     # counter-clockwise as displayed, about the centre: numpy's rot90 of the (rows, columns) axes
-    np.testing.assert_allclose(preprocess.rotate_scale(x, np.full(3, 90.0), ones), np.rot90(x, 1, axes=(1, 2)),
+    np.testing.assert_allclose(compiled.rotate_scale(x, np.full(3, 90.0), ones), np.rot90(x, 1, axes=(1, 2)),
                                atol=1e-5)
-    np.testing.assert_allclose(preprocess.rotate_scale(x, np.full(3, -90.0), ones), np.rot90(x, -1, axes=(1, 2)),
+    np.testing.assert_allclose(compiled.rotate_scale(x, np.full(3, -90.0), ones), np.rot90(x, -1, axes=(1, 2)),
                                atol=1e-5)
     odd = _images(n=3, h=7, w=5)  # about the centre of a non-square image too
-    np.testing.assert_allclose(preprocess.rotate_scale(odd, np.full(3, 180.0), ones), odd[:, ::-1, ::-1], atol=1e-5)
+    np.testing.assert_allclose(compiled.rotate_scale(odd, np.full(3, 180.0), ones), odd[:, ::-1, ::-1], atol=1e-5)
     # per image: the first turned, the second zoomed out by 2 (corners outside -> 0; centre kept), the third left
-    y = np.asarray(preprocess.rotate_scale(odd, np.array([180.0, 0.0, 0.0]), np.array([1.0, 0.5, 1.0])))
+    y = np.asarray(compiled.rotate_scale(odd, np.array([180.0, 0.0, 0.0]), np.array([1.0, 0.5, 1.0])))
     np.testing.assert_allclose(y[0], odd[0, ::-1, ::-1], atol=1e-5)
     np.testing.assert_allclose(y[1, 3, 2], odd[1, 3, 2], atol=1e-6)
     np.testing.assert_array_equal(y[1, 0, 0], 0)
@@ -294,21 +309,21 @@ def test_random_rotate_scale_is_a_pure_shape_preserving_function_of_the_key():
     from jaxconv import preprocess
 
     x = _images(n=16, h=8, w=8)
-    y = np.asarray(preprocess.random_rotate_scale(x, jax.random.key(0), degrees=15.0, scale=0.1))
+    y = np.asarray(compiled.random_rotate_scale(x, jax.random.key(0), degrees=15.0, scale=0.1))
     assert y.shape == x.shape and y.dtype == x.dtype
-    np.testing.assert_array_equal(y, preprocess.random_rotate_scale(x, jax.random.key(0), degrees=15.0, scale=0.1))
-    assert not np.array_equal(y, preprocess.random_rotate_scale(x, jax.random.key(1), degrees=15.0, scale=0.1))
+    np.testing.assert_array_equal(y, compiled.random_rotate_scale(x, jax.random.key(0), degrees=15.0, scale=0.1))
+    assert not np.array_equal(y, compiled.random_rotate_scale(x, jax.random.key(1), degrees=15.0, scale=0.1))
     assert not any(np.allclose(a, b) for a, b in zip(x, y))  # every image moved
     # a different transform per image: the same image 16 times comes out 16 ways
     same = np.repeat(x[:1], 16, axis=0)
-    z = np.asarray(preprocess.random_rotate_scale(same, jax.random.key(2), degrees=15.0, scale=0.1))
+    z = np.asarray(compiled.random_rotate_scale(same, jax.random.key(2), degrees=15.0, scale=0.1))
     assert len({row.tobytes() for row in z}) == 16
     # zero strength: the images themselves, for either knob off alone too
     for knobs in ({}, {"degrees": 0.0, "scale": 0.0}):
-        np.testing.assert_array_equal(preprocess.random_rotate_scale(x, jax.random.key(0), **knobs), x)
-    np.testing.assert_array_equal(preprocess.augment(x, jax.random.key(0)), x)
-    rotated = np.asarray(preprocess.random_rotate_scale(x, jax.random.key(0), degrees=15.0))
-    zoomed = np.asarray(preprocess.random_rotate_scale(x, jax.random.key(0), scale=0.1))
+        np.testing.assert_array_equal(compiled.random_rotate_scale(x, jax.random.key(0), **knobs), x)
+    np.testing.assert_array_equal(compiled.augment(x, jax.random.key(0)), x)
+    rotated = np.asarray(compiled.random_rotate_scale(x, jax.random.key(0), degrees=15.0))
+    zoomed = np.asarray(compiled.random_rotate_scale(x, jax.random.key(0), scale=0.1))
     assert not np.array_equal(rotated, x) and not np.array_equal(zoomed, x)
     # traced (as in the jitted train step) and in bfloat16: the same shape and dtype
     half = jax.jit(preprocess.random_rotate_scale, static_argnums=(2, 3))(jnp.asarray(x, jnp.bfloat16),
@@ -321,22 +336,20 @@ def test_small_rotations_keep_a_digit_recognisable():
     """A 10-degree turn of a real digit moves little ink: most stays on, none appears far away."""
     import jax
 
-    from jaxconv import preprocess
-
     digits = load_split(DataConfig(source="mnist"), "train").images[:32].astype(np.float32) / 255.0
-    turned = np.asarray(preprocess.rotate_scale(digits, np.full(32, 10.0), np.ones(32)))
+    turned = np.asarray(compiled.rotate_scale(digits, np.full(32, 10.0), np.ones(32)))
     ink = digits.sum(axis=(1, 2, 3))
     np.testing.assert_allclose(turned.sum(axis=(1, 2, 3)), ink, rtol=0.05)  # bilinear keeps the mass, ~
     overlap = (np.minimum(turned, digits).sum(axis=(1, 2, 3)) / ink)
     assert overlap.min() > 0.4, overlap.min()
-    again = np.asarray(preprocess.random_rotate_scale(digits, jax.random.key(0), degrees=10.0, scale=0.1))
+    again = np.asarray(compiled.random_rotate_scale(digits, jax.random.key(0), degrees=10.0, scale=0.1))
     assert np.all(np.abs(again.sum(axis=(1, 2, 3)) / ink - 1) < 0.3)  # zoom changes the ink by (1 +- 0.1)^2
 
 
 def test_distortions_reach_the_model_in_training_only_and_are_checked():
     import jax
 
-    from jaxconv import experiments, preprocess, tasks
+    from jaxconv import experiments, tasks
     from jaxconv.config import apply_overrides
     from jaxconv.errors import ConfigError
     from jaxconv.models import build_model
@@ -348,13 +361,13 @@ def test_distortions_reach_the_model_in_training_only_and_are_checked():
     batch, key = {"images": images}, jax.random.key(0)
     unit = images / 255.0
     np.testing.assert_allclose(forward({}, batch, key, False), unit, atol=1e-6)  # evaluation: none
-    expected = preprocess.augment(unit.astype(np.float32), jax.random.fold_in(key, tasks.AUGMENT_STREAM),
+    expected = compiled.augment(unit.astype(np.float32), jax.random.fold_in(key, tasks.AUGMENT_STREAM),
                                   crop_pad=1, rotate=10.0, scale=0.1, elastic=20.0)
     np.testing.assert_allclose(forward({}, batch, key, True), expected, atol=1e-6)
     # turning a distortion on leaves the crop's randomness as it was: the same shifts of the distorted images
-    crop_only = preprocess.augment(unit.astype(np.float32), jax.random.key(1), crop_pad=1)
+    crop_only = compiled.augment(unit.astype(np.float32), jax.random.key(1), crop_pad=1)
     for knob in ({"rotate": 1e-9}, {"elastic": 1e-9}):
-        distorted = preprocess.augment(unit.astype(np.float32), jax.random.key(1), crop_pad=1, **knob)
+        distorted = compiled.augment(unit.astype(np.float32), jax.random.key(1), crop_pad=1, **knob)
         np.testing.assert_allclose(distorted, crop_only, atol=1e-5)
 
     load = lambda *o: apply_overrides(experiments.load("lenet_modern_mnist"), list(o))  # noqa: E731
@@ -380,15 +393,15 @@ def test_random_elastic_is_a_pure_shape_preserving_function_of_the_key():
     from jaxconv import preprocess
 
     x = _images(n=8, h=12, w=10)
-    y = np.asarray(preprocess.random_elastic(x, jax.random.key(0), alpha=34.0))
+    y = np.asarray(compiled.random_elastic(x, jax.random.key(0), alpha=34.0))
     assert y.shape == x.shape and y.dtype == x.dtype
-    np.testing.assert_array_equal(y, preprocess.random_elastic(x, jax.random.key(0), alpha=34.0))
-    assert not np.array_equal(y, preprocess.random_elastic(x, jax.random.key(1), alpha=34.0))
+    np.testing.assert_array_equal(y, compiled.random_elastic(x, jax.random.key(0), alpha=34.0))
+    assert not np.array_equal(y, compiled.random_elastic(x, jax.random.key(1), alpha=34.0))
     assert not any(np.allclose(a, b) for a, b in zip(x, y))
-    np.testing.assert_array_equal(preprocess.random_elastic(x, jax.random.key(0), alpha=0.0), x)  # off
-    np.testing.assert_array_equal(preprocess.augment(x, jax.random.key(0), elastic=0.0), x)
+    np.testing.assert_array_equal(compiled.random_elastic(x, jax.random.key(0), alpha=0.0), x)  # off
+    np.testing.assert_array_equal(compiled.augment(x, jax.random.key(0), elastic=0.0), x)
     # a tiny strength moves every pixel by a tiny amount: the image, nearly
-    np.testing.assert_allclose(preprocess.random_elastic(x, jax.random.key(0), alpha=1e-3), x, atol=1e-3)
+    np.testing.assert_allclose(compiled.random_elastic(x, jax.random.key(0), alpha=1e-3), x, atol=1e-3)
     half = jax.jit(preprocess.random_elastic, static_argnums=2)(jnp.asarray(x, jnp.bfloat16), jax.random.key(0), 34.0)
     assert half.shape == x.shape and half.dtype == jnp.bfloat16
 
@@ -399,12 +412,10 @@ def test_the_elastic_field_is_smooth_and_small():
     import jax
     import jax.numpy as jnp
 
-    from jaxconv import preprocess
-
     ones = jnp.ones((1, 40, 40, 2))
-    np.testing.assert_allclose(preprocess.gaussian_blur(ones, 4.0)[0, 14:26, 14:26], 1.0, rtol=1e-3)  # 3.5 sigma
+    np.testing.assert_allclose(compiled.gaussian_blur(ones, sigma=4.0)[0, 14:26, 14:26], 1.0, rtol=1e-3)  # 3.5 sigma
     noise = jax.random.uniform(jax.random.key(0), (64, 28, 28, 2), minval=-1.0, maxval=1.0)
-    smooth = np.asarray(preprocess.gaussian_blur(noise, 4.0))[:, 8:20, 8:20]
+    smooth = np.asarray(compiled.gaussian_blur(noise, sigma=4.0))[:, 8:20, 8:20]
     assert 0.03 < smooth.std() < 0.05  # uniform noise's std 0.577 / (2 sqrt(pi) sigma) = 0.041
     neighbours = np.corrcoef(smooth[:, :-1].ravel(), smooth[:, 1:].ravel())[0, 1]
     assert neighbours > 0.95, neighbours  # adjacent pixels move together (white noise: 0)
