@@ -4,12 +4,21 @@ import os
 
 # LLVM's optimisation level 0 unless XLA_FLAGS sets one: the tests check behaviour, not speed, and most
 # of their time is XLA compiling many small programs (tests/test_pooling.py + test_sampler_speed.py: 76 s
-# instead of 106; level 1 saves nothing). XLA's older fusion emitters (--xla_cpu_use_fusion_emitters=false)
-# compile faster still (tests/test_pixelcnn.py 32 s instead of 42) but run 3x slower: the suite took longer.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# instead of 106; level 1 saves nothing).
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# In pytest's own processes only, XLA's older fusion emitters: the new ones set up an MLIR context per
+# program, and the tests here compile thousands of small ones (tests/test_sampler_speed.py, test_pixelcnn,
+# test_properties and test_xla_cpu_convs in one process: 153 s of CPU instead of 219). The programs they
+# emit run up to 3x slower, so the training runs the tests start as subprocesses keep the new emitters
+# (with both, the suite took longer). XLA reads XLA_FLAGS once, when JAX starts its first backend.
+_SUBPROCESS_XLA_FLAGS = os.environ["XLA_FLAGS"]
+os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
+__import__("jax").devices()
+os.environ["XLA_FLAGS"] = _SUBPROCESS_XLA_FLAGS
 # One compilation cache for the session: the many short subprocess runs (kill/resume, SIGTERM,
 # CLI errors) then compile each program once instead of once per process.
 # The process that makes these directories (pytest's controller; xdist workers inherit them) removes them.
