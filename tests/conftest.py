@@ -5,8 +5,7 @@ import os
 # LLVM's optimisation level 0 unless XLA_FLAGS sets one: the tests check behaviour, not speed, and most
 # of their time is XLA compiling many small programs (tests/test_pooling.py + test_sampler_speed.py: 76 s
 # instead of 106; level 1 saves nothing).
-if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -14,7 +13,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # program, and the tests here compile thousands of small ones (tests/test_sampler_speed.py, test_pixelcnn,
 # test_properties and test_xla_cpu_convs in one process: 153 s of CPU instead of 219). The programs they
 # emit run up to 3x slower, so the training runs the tests start as subprocesses keep the new emitters
-# (with both, the suite took longer). XLA reads XLA_FLAGS once, when JAX starts its first backend.
+# (with the old ones everywhere, the suite took longer); the two kinds of process never load each other's
+# programs from the compilation cache (its keys include the compile options). XLA reads XLA_FLAGS once,
+# when JAX starts its first backend.
 _SUBPROCESS_XLA_FLAGS = os.environ["XLA_FLAGS"]
 os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
 __import__("jax").devices()
