@@ -248,7 +248,7 @@ def test_augmentation_is_a_pure_function_of_the_key_and_off_in_eval():
     train = np.asarray(forward({}, batch, key, True))
     np.testing.assert_array_equal(train, forward({}, batch, key, True))  # same key, same augmentation
     expected = compiled.augment(centred.astype(np.float32), jax.random.fold_in(key, tasks.AUGMENT_STREAM),
-                               crop_pad=1, flip=True)
+                                crop_pad=1, flip=True)
     np.testing.assert_allclose(train, expected, atol=1e-6)
     steps = [np.asarray(forward({}, batch, jax.random.fold_in(key, s), True)) for s in range(3)]
     assert not np.array_equal(steps[0], steps[1]) and not np.array_equal(steps[1], steps[2])
@@ -283,7 +283,6 @@ def test_augmentation_config_is_checked():
 
 
 def test_rotate_scale_is_exact_at_right_angles_and_at_rest():
-
     x = _images(n=3, h=6, w=6)
     ones, zeros = np.ones(3), np.zeros(3)
     np.testing.assert_array_equal(compiled.rotate_scale(x, zeros, ones), x)  # angle 0, factor 1
@@ -362,7 +361,7 @@ def test_distortions_reach_the_model_in_training_only_and_are_checked():
     unit = images / 255.0
     np.testing.assert_allclose(forward({}, batch, key, False), unit, atol=1e-6)  # evaluation: none
     expected = compiled.augment(unit.astype(np.float32), jax.random.fold_in(key, tasks.AUGMENT_STREAM),
-                                  crop_pad=1, rotate=10.0, scale=0.1, elastic=20.0)
+                                crop_pad=1, rotate=10.0, scale=0.1, elastic=20.0)
     np.testing.assert_allclose(forward({}, batch, key, True), expected, atol=1e-6)
     # turning a distortion on leaves the crop's randomness as it was: the same shifts of the distorted images
     crop_only = compiled.augment(unit.astype(np.float32), jax.random.key(1), crop_pad=1)
