@@ -6,6 +6,10 @@ so the machine's drift (up to 2x within minutes on a shared VM) hits all variant
 variant's median step time. An empty variant is the defaults.
 
     python tools/ab_step.py pixelcnn_mnist --batch 64 '' 'conv.impl=xla' 'conv.table=t.json;conv.rules=none'
+
+A variant may also name the library fusions XLA:CPU hands to YNNPACK (the value of the XLA option
+``xla_cpu_experimental_ynn_fusion_type`` that ``conv.xla_cpu=eigen`` sets; lower case, without the
+``LIBRARY_FUSION_TYPE_`` prefix), e.g. ``'ynn=individual_dot,reduce,eltwise'``.
 """
 
 from __future__ import annotations
@@ -31,13 +35,20 @@ def main() -> None:
 
     from jaxconv.bench.train import run_config, train_step_call
     from jaxconv.config import apply_overrides
+    from jaxconv.models import conv_policy
 
     steps, times = [], []
+    default_ynn = conv_policy._EIGEN_CONVS
     for variant in args.variants:
-        overrides = [s for s in variant.split(";") if s]
+        overrides = [s for s in variant.split(";") if s and not s.startswith("ynn=")]
+        ynn = [s[len("ynn="):] for s in variant.split(";") if s.startswith("ynn=")]
+        # The option is a module constant, not a config field: set for this variant's compilation only.
+        conv_policy._EIGEN_CONVS = ((default_ynn[0][0], ",".join(
+            f"LIBRARY_FUSION_TYPE_{t.upper()}" for t in ynn[0].split(","))),) if ynn else default_ynn
         step, _ = train_step_call(apply_overrides(run_config(args.preset, args.batch, 1, "float32", False), overrides))
         for _ in range(3):  # compile and warm up
             jax.block_until_ready(step())
+        conv_policy._EIGEN_CONVS = default_ynn
         steps.append(step)
         times.append([])
     for _ in range(args.rounds):
