@@ -82,6 +82,10 @@ class Task:
         """uint8 images [B, H, W, C] -> the model's input."""
         raise NotImplementedError
 
+    def model_kwargs(self, batch: dict[str, jax.Array]) -> dict[str, Any]:
+        """The model's arguments from ``batch`` besides its input images: none here."""
+        return {}
+
     def forward(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool) -> Any:
         raise NotImplementedError
 
@@ -149,10 +153,13 @@ class Density(Task):
         mcfg = self.config.model
         return heads.scale_values(mcfg, heads.to_values(mcfg, images), jnp.dtype(self.config.train.dtype))
 
+    def model_kwargs(self, batch: dict[str, jax.Array]) -> dict[str, Any]:
+        """The labels of a class-conditional model (None for one without classes)."""
+        return {"labels": batch["labels"] if self.config.model.num_classes else None}
+
     def forward(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool) -> jax.Array:
-        labels = batch["labels"] if self.config.model.num_classes else None
-        return self.model.apply({"params": params}, self.inputs(batch["images"], rng, train), labels=labels,
-                                train=train, rngs={"dropout": rng})  # [B, H, W, P]
+        return self.model.apply({"params": params}, self.inputs(batch["images"], rng, train),
+                                **self.model_kwargs(batch), train=train, rngs={"dropout": rng})  # [B, H, W, P]
 
     def sums(self, raw: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         nats = heads.nll(self.config.model, raw, batch["images"])  # [B]

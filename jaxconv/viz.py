@@ -105,13 +105,15 @@ def features_picture(workdir: Path, out: Path, layers: tuple[str, ...] = (), ind
     task = tasks.task_for(model, config, mean)
 
     @jax.jit  # one program: op by op, each of the model's ops was compiled on its own (seconds on a CPU)
-    def feature_maps(params, image):
-        # What the model sees in evaluation: the task's preprocessing (scaling, mean, central crop).
-        x = task.inputs(image, jax.random.key(0), False)
-        return model.apply({"params": params}, x, train=False, capture_intermediates=True,
-                           mutable=["intermediates"])[1]
+    def feature_maps(params, batch):
+        # What the model sees in evaluation: the task's preprocessing (scaling, mean, central crop), and
+        # a class-conditional model the image's own label.
+        x = task.inputs(batch["images"], jax.random.key(0), False)
+        return model.apply({"params": params}, x, **task.model_kwargs(batch), train=False,
+                           capture_intermediates=True, mutable=["intermediates"])[1]
 
-    captured = feature_maps(jax.device_get(state.params), jnp.asarray(images[index:index + 1]))
+    captured = feature_maps(jax.device_get(state.params), {"images": jnp.asarray(images[index:index + 1]),
+                                                          "labels": jnp.asarray(val.labels[index:index + 1])})
     maps = {name: value["__call__"][0] for name, value in captured["intermediates"].items()
             if isinstance(value, dict) and "__call__" in value and value["__call__"][0].ndim == 4
             and min(value["__call__"][0].shape[1:3]) > 1}  # 1x1 maps (C5) show nothing

@@ -71,6 +71,17 @@ def test_eval_of_a_class_conditional_run(trained):
     assert 0.05 < float(metrics["bits_per_dim"]) < 2.0 and int(metrics["count"]) > 0
 
 
+def test_viz_features_of_a_class_conditional_run(trained, tmp_path):
+    """The feature maps of a validation digit, computed with that digit's own label (a conditional model
+    cannot run without one)."""
+    workdir, _ = trained
+    out = tmp_path / "features.png"
+    done = ok(run_cli("viz", "features", str(workdir), "--index", "3", "--out", str(out)))
+    assert f"wrote {out}" in done.stdout and done.stderr == ""
+    with Image.open(out) as picture:
+        assert picture.size[0] > 100 and picture.size[1] > 100
+
+
 def test_sample_with_a_label_is_conditioned_on_it(trained, cycled):
     """Same seed, so the same noise per image slot: --label 3 gives image 3 of the cycling grid (class 3
     there too) and changes images 0..2 (classes 0..2 there)."""
