@@ -44,17 +44,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # The longest files first, longest first (seconds of test time per file on a 2-core Xeon, `CI=true pytest -q
-# tests --durations=0`, 2026-12-01; files under 10 s follow in collection order). With `--dist loadfile` each
+# tests --durations=0`, 2026-12-02; files under 5 s follow in collection order). With `--dist loadfile` each
 # of the two workers takes whole files in collection order; alphabetically several of the longest came last,
 # and the worker that started one of them ran on alone after the other had finished.
-LONGEST_FILES = ("test_reliability.py", "test_edges.py", "test_sampler_speed.py", "test_bench.py", "test_cli.py",
-                 "test_readme_cli.py", "test_train.py", "test_gpu_script.py", "test_pixelcnn.py",
-                 "test_study_workers.py", "test_conditional.py", "test_autotune.py", "test_pictures.py",
-                 "test_xla_cpu_convs.py", "test_quickstart.py", "test_recipe.py", "test_native_kernel.py",
-                 "test_pooling.py", "test_user_experiments.py", "test_data.py", "test_properties.py",
-                 "test_host_devices.py", "test_restore.py", "test_bad_inputs.py", "test_bad_files.py",
-                 "test_alexnet.py", "test_python_api.py", "test_user_kernels.py", "test_alexnet_experiments.py",
-                 "test_parallel.py", "test_bench_twins.py")
+LONGEST_FILES = ("test_edges.py", "test_reliability.py", "test_cli.py", "test_sampler_speed.py", "test_readme_cli.py",
+                 "test_train.py", "test_bench.py", "test_gpu_script.py", "test_study_workers.py", "test_pixelcnn.py",
+                 "test_native_kernel.py", "test_autotune.py", "test_quickstart.py", "test_conditional.py",
+                 "test_restore.py", "test_pictures.py", "test_properties.py", "test_user_experiments.py",
+                 "test_host_devices.py", "test_recipe.py", "test_bad_inputs.py", "test_xla_cpu_convs.py",
+                 "test_imagenet32.py", "test_python_api.py", "test_user_kernels.py", "test_bad_files.py",
+                 "test_alexnet_experiments.py", "test_data.py", "test_cluster_logs.py", "test_alexnet.py",
+                 "test_bench_twins.py", "test_parallel.py")
 
 
 def pytest_collection_modifyitems(config, items):
