@@ -157,3 +157,37 @@ def test_onednn_convs_run_their_three_handlers_and_keep_a_split_batch_split():
     for a, b in zip(got, value_and_grads("xla")(x, k)):
         np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
+
+
+@pytest.mark.parametrize("impl", ["onednn", "onednn/onednn/native"])
+def test_a_bias_and_relu_after_a_onednn_conv_are_applied_in_its_call(impl):
+    """relu(conv + bias) (PixelCNN's masked convs): one oneDNN call writes it, no separate forward call nor an
+    XLA pass for the ReLU; the value and the three gradients equal XLA's, a split batch stays split, and a
+    Jacobian (vmap) is XLA's."""
+    assert cpu_onednn.reason() == ""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((16, 9, 8, 12)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((2, 3, 12, 10)) / 10, jnp.float32)
+    b = jnp.asarray(rng.standard_normal(10) / 2, jnp.float32)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    split = jax.device_put(x, NamedSharding(mesh, P("data")))
+    f = lambda impl: lambda x, k, b: conv_lib.conv(x, k, 1, ((-1, 1), (2, 0)), 1, impl=impl, bias=b, relu=True)
+
+    def value_and_grads(impl):
+        loss = lambda x, k, b: jnp.sum(jnp.sin(f(impl)(x, k, b)))
+        return jax.jit(lambda x, k, b: (f(impl)(x, k, b), *jax.grad(loss, (0, 1, 2))(x, k, b)))
+
+    with jax.set_mesh(mesh):
+        program = value_and_grads(impl).lower(split, k, b).compile().as_text()
+        got = value_and_grads(impl)(split, k, b)
+    assert program.count(f'custom_call_target="{cpu_onednn.BIAS_RELU}"') == 1
+    assert f'custom_call_target="{cpu_onednn.FORWARD}"' not in program and "maximum" not in program
+    assert "all-gather" not in program
+    assert got[0].sharding.spec[0] == "data" and got[1].sharding.spec[0] == "data"
+    want = value_and_grads("xla")(x, k, b)
+    assert float(jnp.mean(want[0] == 0)) > 0.2  # the ReLU cuts
+    for a, w in zip(got, want):
+        np.testing.assert_allclose(a, w, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+    jacobian = lambda impl: jax.jit(jax.jacrev(lambda x, k, b: f(impl)(x, k, b)[1, 2, 3], (0, 1, 2)))(x, k, b)
+    for a, w in zip(jacobian(impl), jacobian("xla")):
+        np.testing.assert_allclose(a, w, atol=1e-5 * float(jnp.max(jnp.abs(w))))

@@ -9,7 +9,9 @@ variant's median step time. An empty variant is the defaults.
 
 A variant may also name the library fusions XLA:CPU hands to YNNPACK (the value of the XLA option
 ``xla_cpu_experimental_ynn_fusion_type`` that ``conv.xla_cpu=eigen`` sets; lower case, without the
-``LIBRARY_FUSION_TYPE_`` prefix), e.g. ``'ynn=individual_dot,reduce,eltwise'``.
+``LIBRARY_FUSION_TYPE_`` prefix), e.g. ``'ynn=individual_dot,reduce,eltwise'``; and ``'epilogue=xla'``: a
+conv's bias and ReLU added by XLA after the conv even where oneDNN would apply them in its call
+(``jaxconv.models.conv_impls.apply``).
 """
 
 from __future__ import annotations
@@ -35,20 +37,27 @@ def main() -> None:
 
     from jaxconv.bench.train import run_config, train_step_call
     from jaxconv.config import apply_overrides
-    from jaxconv.models import conv_policy
+    from jaxconv.models import conv_impls, conv_policy
+
+    def epilogue_by_xla(impl, x, kernel, strides, padding, dilation, groups, bias=None, relu=False):
+        y = default_apply(impl, x, kernel, strides, padding, dilation, groups)
+        y = y if bias is None else y + bias
+        return jax.nn.relu(y) if relu else y
 
     steps, times = [], []
-    default_ynn = conv_policy._EIGEN_CONVS
+    default_ynn, default_apply = conv_policy._EIGEN_CONVS, conv_impls.apply
     for variant in args.variants:
-        overrides = [s for s in variant.split(";") if s and not s.startswith("ynn=")]
+        overrides = [s for s in variant.split(";") if s and not s.startswith(("ynn=", "epilogue="))]
         ynn = [s[len("ynn="):] for s in variant.split(";") if s.startswith("ynn=")]
+        # Set for this variant's tracing only, like the YNNPACK option below.
+        conv_impls.apply = epilogue_by_xla if "epilogue=xla" in variant.split(";") else default_apply
         # The option is a module constant, not a config field: set for this variant's compilation only.
         conv_policy._EIGEN_CONVS = ((default_ynn[0][0], ",".join(
             f"LIBRARY_FUSION_TYPE_{t.upper()}" for t in ynn[0].split(","))),) if ynn else default_ynn
         step, _ = train_step_call(apply_overrides(run_config(args.preset, args.batch, 1, "float32", False), overrides))
         for _ in range(3):  # compile and warm up
             jax.block_until_ready(step())
-        conv_policy._EIGEN_CONVS = default_ynn
+        conv_policy._EIGEN_CONVS, conv_impls.apply = default_ynn, default_apply
         steps.append(step)
         times.append([])
     for _ in range(args.rounds):

@@ -21,11 +21,12 @@ DEFAULT_POLICY = ConvPolicy()  # the rules, no table, nothing forced
 
 def conv(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int] = 1, padding: Padding | str = "VALID",
          dilation: int | Sequence[int] = 1, groups: int = 1, impl: str | None = None,
-         policy: ConvPolicy = DEFAULT_POLICY) -> jax.Array:
+         policy: ConvPolicy = DEFAULT_POLICY, bias: jax.Array | None = None, relu: bool = False) -> jax.Array:
     """x [B, H, W, Cin], kernel [kh, kw, Cin/groups, Cout] -> [B, Ho, Wo, Cout].
 
     ``padding``: "VALID" or explicit ((top, bottom), (left, right)). ``impl``: this implementation (a
-    name or "forward/input_grad/kernel_grad"); None: ``policy``'s choice for the layer.
+    name or "forward/input_grad/kernel_grad"); None: ``policy``'s choice for the layer. ``bias`` [Cout] is
+    added to the output, which then goes through a ReLU if ``relu`` (``conv_impls.apply`` says where).
     """
     if isinstance(padding, str):
         if padding.upper() != "VALID":
@@ -37,7 +38,7 @@ def conv(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int] = 1, padd
         raise ValueError(f"input channels {x.shape[-1]} / kernel {kernel.shape} do not fit groups={groups}")
     if impl is None:
         impl = policy.choose(signature(x.shape, kernel.shape, x.dtype, strides, padding, dilation, groups))
-    return conv_impls.apply(impl, x, kernel, strides, padding, dilation, groups)
+    return conv_impls.apply(impl, x, kernel, strides, padding, dilation, groups, bias, relu)
 
 
 class Conv(nn.Module):

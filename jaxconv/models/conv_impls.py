@@ -192,9 +192,13 @@ def _cropped(x, padding):
     return x, tuple((max(0, lo), max(0, hi)) for lo, hi in padding)
 
 
+def _onednn_runs(x, kernel) -> bool:
+    return (jax.default_backend() == "cpu" and x.dtype == jnp.float32 and kernel.dtype == jnp.float32
+            and not cpu_onednn.reason())
+
+
 def conv_onednn(x, kernel, strides, padding, dilation, groups):
-    if (jax.default_backend() != "cpu" or x.dtype != jnp.float32 or kernel.dtype != jnp.float32
-            or cpu_onednn.reason()):
+    if not _onednn_runs(x, kernel):
         return conv_xla(x, kernel, strides, padding, dilation, groups)
     x, padding = _cropped(x, padding)
     return cpu_onednn.conv(x, kernel, tuple(strides), padding, tuple(dilation), groups, conv_xla)
@@ -254,8 +258,50 @@ def composite(fwd: str, dx: str, dw: str, strides, padding, dilation, groups, ke
     return f
 
 
-def apply(impl: str, x, kernel, strides, padding, dilation, groups):
-    """``impl`` (a name or a "forward/input_grad/kernel_grad" triple) on one conv.
+# oneDNN's ReLU post-op made PixelCNN MNIST's 1x1 32->64 head slower (2.9-3.1 against 1.6-2.1 ms alone at batch
+# 64) and its 16-channel layers faster (docs/benchmarks.md).
+FUSED_RELU_MAX_CHANNELS = 32
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_bias_relu(dx: str, dw: str, strides, padding, dilation, groups, keep_input: bool):
+    """relu(conv + bias), the output by oneDNN with the bias and ReLU in the same call (padding non-negative),
+    the gradients by ``dx`` and ``dw``. ``keep_input``: as ``composite``'s."""
+    args = (strides, padding, dilation, groups)
+
+    @jax.custom_vjp
+    def f(x, kernel, bias):
+        return cpu_onednn.bias_relu(x, kernel, bias, *args, conv_xla)
+
+    def f_fwd(x, kernel, bias):
+        x = materialize(x) if keep_input else x
+        y = f(x, kernel, bias)
+        return y, (x, kernel, y)
+
+    def f_bwd(res, g):
+        x, kernel, y = res
+        g = jnp.where(y > 0, g, jnp.zeros((), g.dtype))  # y > 0 exactly where the ReLU's input is
+        gx = jax.vjp(lambda v: IMPLEMENTATIONS[dx](v, kernel, *args), x)[1](g)[0]
+        gk = jax.vjp(lambda k: IMPLEMENTATIONS[dw](x, k, *args), kernel)[1](g)[0]
+        return gx, gk, g.sum((0, 1, 2))
+
+    f.defvjp(f_fwd, f_bwd)
+    return f
+
+
+def _bias_relu(y, bias, relu):
+    y = y if bias is None else y + bias
+    return jax.nn.relu(y) if relu else y
+
+
+def apply(impl: str, x, kernel, strides, padding, dilation, groups, bias=None, relu=False):
+    """``impl`` (a name or a "forward/input_grad/kernel_grad" triple) on one conv, plus ``bias`` [Cout] if given,
+    through a ReLU if ``relu``.
+
+    When oneDNN computes the output of at most ``FUSED_RELU_MAX_CHANNELS`` channels and a ReLU follows, the bias
+    and the ReLU are applied as oneDNN writes the output (``onednn_bias_relu``), where XLA:CPU would read and
+    write the whole output again; otherwise XLA adds them after the conv, fused into its consumers where it can
+    (docs/benchmarks.md, "A ReLU in oneDNN's call").
 
     When XLA:CPU computes the kernel gradient (``xla``, ``split``), it reads the input through a transposed
     copy ([Cin, H, W, B]) into which it fuses the input's producers, read in transposed order (Gated
@@ -263,6 +309,10 @@ def apply(impl: str, x, kernel, strides, padding, dilation, groups):
     input is computed once (``composite``'s ``keep_input``)."""
     fwd, dx, dw = parse_impl(impl)
     keep_input = dw in ("xla", "split") and jax.default_backend() == "cpu"
+    if (fwd == "onednn" and relu and bias is not None and kernel.shape[-1] <= FUSED_RELU_MAX_CHANNELS
+            and _onednn_runs(x, kernel)):
+        x, padding = _cropped(x, padding)
+        return onednn_bias_relu(dx, dw, tuple(strides), padding, tuple(dilation), groups, keep_input)(x, kernel, bias)
     if fwd == dx == dw and not keep_input:
-        return IMPLEMENTATIONS[fwd](x, kernel, strides, padding, dilation, groups)
-    return composite(fwd, dx, dw, strides, padding, dilation, groups, keep_input)(x, kernel)
+        return _bias_relu(IMPLEMENTATIONS[fwd](x, kernel, strides, padding, dilation, groups), bias, relu)
+    return _bias_relu(composite(fwd, dx, dw, strides, padding, dilation, groups, keep_input)(x, kernel), bias, relu)

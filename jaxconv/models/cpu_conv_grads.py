@@ -82,8 +82,8 @@ def _input_call(g, kernel, image_shape, padding, dilation):
 def split_by_batch(call, partitioned, args, static, summed: bool):
     """``call(*args, *static)``, each device on its images when the batch (the first argument's first axis)
     is split over a mesh; ``summed``: the parts are added (``psum``), otherwise each device keeps its images'
-    part. For the kernel gradient both arguments are split; for the input gradient the second (the kernel)
-    is whole on every device.
+    part. For the kernel gradient every argument is split by the batch; otherwise only the first (the input
+    gradient's kernel, a forward pass's kernel and bias are whole on every device).
 
     With a mesh in context (``jax.set_mesh``; jaxconv's train step is traced under its mesh): a
     ``shard_map`` over the mesh's axes not already split by hand (none inside ``pmap``). Without one, the
@@ -103,7 +103,7 @@ def split_by_batch(call, partitioned, args, static, summed: bool):
         part = call(*args, *static)
         return jax.lax.psum(part, axes) if summed else part
 
-    in_specs = (P(axes), P(axes) if summed else P())
+    in_specs = (P(axes), *(P(axes) if summed else P() for _ in args[1:]))
     return jax.shard_map(local, in_specs=in_specs, out_specs=P() if summed else P(axes), axis_names=set(axes))(*args)
 
 

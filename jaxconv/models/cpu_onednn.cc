@@ -1,5 +1,5 @@
-// A float32 NHWC/HWIO convolution on the CPU by oneDNN, as three XLA FFI handlers: the output, the input
-// gradient and the kernel gradient.
+// A float32 NHWC/HWIO convolution on the CPU by oneDNN, as XLA FFI handlers: the output (also plus a bias
+// and through a ReLU), the input gradient and the kernel gradient.
 //
 // Why: XLA:CPU runs its convs on Eigen's kernels; oneDNN (what PyTorch runs on the CPU) is 1.2-2x faster
 // on the big-channel layers (AlexNet's), and XLA's own oneDNN thunks are compiled out of the jaxlib
@@ -10,6 +10,9 @@
 // HWIO (with groups: [kh, kw, Cin/G, G, Cout/G], oneDNN's hwigo) to the blocked layout oneDNN picks, and
 // the kernel gradient back. Primitives are built once per geometry and kept; each call brings its own
 // scratchpad, so concurrent calls (two devices of one process) share nothing mutable.
+//
+// The bias and the ReLU are applied as the output is written (a oneDNN post-op): XLA would read and write
+// the output once more (why: jaxconv/models/conv_impls.py, apply).
 
 #include <cstdint>
 #include <cstdlib>
@@ -38,10 +41,17 @@ dnnl::engine& Engine() {
 
 struct Geometry {
   int64_t n, h, w, c, o, kh, kw, ho, wo, sh, sw, pt, pb, pl, pr, dh, dw, groups;
-  auto Key() const { return std::make_tuple(n, h, w, c, o, kh, kw, sh, sw, pt, pb, pl, pr, dh, dw, groups); }
+  bool bias_relu = false;
+  auto Key() const {
+    return std::make_tuple(n, h, w, c, o, kh, kw, sh, sw, pt, pb, pl, pr, dh, dw, groups, bias_relu);
+  }
 
   memory::desc Image() const { return {{n, c, h, w}, memory::data_type::f32, memory::format_tag::nhwc}; }
   memory::desc Output() const { return {{n, o, ho, wo}, memory::data_type::f32, memory::format_tag::nhwc}; }
+  // A zero descriptor is oneDNN's "no bias".
+  memory::desc Bias() const {
+    return bias_relu ? memory::desc({o}, memory::data_type::f32, memory::format_tag::a) : memory::desc();
+  }
   memory::desc Kernel(bool any) const {
     if (groups == 1)
       return {{o, c, kh, kw}, memory::data_type::f32, any ? memory::format_tag::any : memory::format_tag::hwio};
@@ -59,19 +69,29 @@ struct Primitives {
   dnnl::convolution_backward_weights kernel_grad;
 };
 
+dnnl::primitive_attr Attributes(bool relu) {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (relu) {
+    dnnl::post_ops ops;
+    ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    attr.set_post_ops(ops);
+  }
+  return attr;
+}
+
 std::shared_ptr<const Primitives> Build(const Geometry& g) {
   auto& engine = Engine();
   const memory::dims strides{g.sh, g.sw}, dilation{g.dh - 1, g.dw - 1}, low{g.pt, g.pl}, high{g.pb, g.pr};
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   const auto algo = dnnl::algorithm::convolution_direct;
   const auto image = g.Image(), output = g.Output(), kernel = g.Kernel(true);
   dnnl::convolution_forward::primitive_desc forward_pd(engine, dnnl::prop_kind::forward_training, algo, image,
-                                                       kernel, output, strides, dilation, low, high, attr);
+                                                       kernel, g.Bias(), output, strides, dilation, low, high,
+                                                       Attributes(g.bias_relu));
   dnnl::convolution_backward_data::primitive_desc input_pd(engine, algo, image, kernel, output, strides, dilation,
-                                                           low, high, forward_pd, attr);
+                                                           low, high, forward_pd, Attributes(false));
   dnnl::convolution_backward_weights::primitive_desc kernel_pd(engine, algo, image, kernel, output, strides,
-                                                               dilation, low, high, forward_pd, attr);
+                                                               dilation, low, high, forward_pd, Attributes(false));
   return std::make_shared<const Primitives>(Primitives{
       forward_pd, input_pd, kernel_pd, dnnl::convolution_forward(forward_pd),
       dnnl::convolution_backward_data(input_pd), dnnl::convolution_backward_weights(kernel_pd)});
@@ -150,15 +170,31 @@ ffi::Error Guarded(F body) {
   int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t dh, int64_t dw, int64_t groups
 #define GEOMETRY_VALUES sh, sw, pt, pb, pl, pr, dh, dw, groups
 
+// bias: null (none) or [Cout], then a ReLU.
+void RunForward(Geometry g, const float* x, const float* k, const float* bias, float* y) {
+  g.bias_relu = bias != nullptr;
+  const auto p = Get(g);
+  const KernelIn kernel(g, p->forward_pd.weights_desc(), k);
+  std::unordered_map<int, memory> args{
+      {DNNL_ARG_SRC, Wrap(g.Image(), x)}, {DNNL_ARG_WEIGHTS, kernel.value}, {DNNL_ARG_DST, Wrap(g.Output(), y)}};
+  if (bias) args.insert({DNNL_ARG_BIAS, Wrap(g.Bias(), bias)});
+  Execute(p->forward, p->forward_pd.scratchpad_desc(), std::move(args));
+}
+
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::ResultBuffer<ffi::F32> y,
                    GEOMETRY_ATTRS) {
   return Guarded([&] {
-    const auto g = Make(x.dimensions(), k.dimensions(), y->dimensions(), GEOMETRY_VALUES);
-    const auto p = Get(g);
-    const KernelIn kernel(g, p->forward_pd.weights_desc(), k.typed_data());
-    Execute(p->forward, p->forward_pd.scratchpad_desc(),
-            {{DNNL_ARG_SRC, Wrap(g.Image(), x.typed_data())}, {DNNL_ARG_WEIGHTS, kernel.value},
-             {DNNL_ARG_DST, Wrap(g.Output(), y->typed_data())}});
+    RunForward(Make(x.dimensions(), k.dimensions(), y->dimensions(), GEOMETRY_VALUES), x.typed_data(),
+               k.typed_data(), nullptr, y->typed_data());
+  });
+}
+
+// relu(conv(x, k) + b).
+ffi::Error BiasRelu(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> b,
+                    ffi::ResultBuffer<ffi::F32> y, GEOMETRY_ATTRS) {
+  return Guarded([&] {
+    RunForward(Make(x.dimensions(), k.dimensions(), y->dimensions(), GEOMETRY_VALUES), x.typed_data(),
+               k.typed_data(), b.typed_data(), y->typed_data());
   });
 }
 
@@ -193,10 +229,7 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Re
 }  // namespace
 
 #define BIND_GEOMETRY(binding)                                                                              \
-  binding.Arg<ffi::Buffer<ffi::F32>>()                                                                      \
-      .Arg<ffi::Buffer<ffi::F32>>()                                                                         \
-      .Ret<ffi::Buffer<ffi::F32>>()                                                                         \
-      .Attr<int64_t>("sh")                                                                                  \
+  binding.Attr<int64_t>("sh")                                                                               \
       .Attr<int64_t>("sw")                                                                                  \
       .Attr<int64_t>("pt")                                                                                  \
       .Attr<int64_t>("pb")                                                                                  \
@@ -206,6 +239,13 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Re
       .Attr<int64_t>("dw")                                                                                  \
       .Attr<int64_t>("groups")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvOnednnForward, Forward, BIND_GEOMETRY(ffi::Ffi::Bind()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvOnednnInputGrad, InputGrad, BIND_GEOMETRY(ffi::Ffi::Bind()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvOnednnKernelGrad, KernelGrad, BIND_GEOMETRY(ffi::Ffi::Bind()));
+#define F32 ffi::Buffer<ffi::F32>
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvOnednnForward, Forward,
+                              BIND_GEOMETRY(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvOnednnBiasRelu, BiasRelu,
+                              BIND_GEOMETRY(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvOnednnInputGrad, InputGrad,
+                              BIND_GEOMETRY(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvOnednnKernelGrad, KernelGrad,
+                              BIND_GEOMETRY(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()));

@@ -72,16 +72,18 @@ def raster_mask(k: int, cin: int, cout: int, colours: int, mask_type: MaskType,
     return mask
 
 
-def conv_valid(x: jax.Array, kernel: jax.Array, dilation: int, policy: ConvPolicy) -> jax.Array:
+def conv_valid(x: jax.Array, kernel: jax.Array, dilation: int, policy: ConvPolicy, bias: jax.Array | None = None,
+               relu: bool = False) -> jax.Array:
     """VALID stride-1 convolution by the implementation ``policy`` picks (``jaxconv.models.conv``)."""
-    return conv(x, kernel, 1, "VALID", dilation, policy=policy)
+    return conv(x, kernel, 1, "VALID", dilation, policy=policy, bias=bias, relu=relu)
 
 
 class MaskedConv2D(nn.Module):
     """kxk convolution that sees only earlier variables; "SAME" output size.
 
     ``padded=True``: ``x`` is already padded by p = dilation * (k // 2) on every side (for example a
-    (2p+1) x (2p+1) window around one position), and the output is p smaller on every side.
+    (2p+1) x (2p+1) window around one position), and the output is p smaller on every side. ``relu``: the
+    output goes through a ReLU (inside the conv's call where its implementation can: ``jaxconv.models.conv``).
     """
 
     features: int
@@ -93,6 +95,7 @@ class MaskedConv2D(nn.Module):
     form: Literal["masked", "cropped"] = "masked"
     dtype: Any = jnp.float32
     policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
+    relu: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, padded: bool = False) -> jax.Array:
@@ -111,9 +114,9 @@ class MaskedConv2D(nn.Module):
                 kernel = jnp.concatenate([self.param("kernel_above", KERNEL_INIT, (r, k, cin, self.features)), kernel])
         kernel = (kernel * mask).astype(self.dtype)
         if padded:  # output row i reads padded rows i .. i + p; the last p rows are below every output row
-            return conv_valid(x[:, :x.shape[1] - p], kernel, d, self.policy) + bias
+            return conv_valid(x[:, :x.shape[1] - p], kernel, d, self.policy, bias, self.relu)
         # The conv pads, so no padded copy of x is made (PixelCNN's train step took 3-6% longer with one).
-        return conv(x, kernel, 1, ((p, 0), (p, p)), d, policy=self.policy) + bias
+        return conv(x, kernel, 1, ((p, 0), (p, p)), d, policy=self.policy, bias=bias, relu=self.relu)
 
 
 def masked_to_cropped(params: dict) -> dict:

@@ -167,9 +167,9 @@ class OutputHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = lambda n, name: MaskedConv2D(n, 1, "B", self.colours, form=self.form, dtype=self.dtype,
-                                            policy=self.policy, name=name)
-        x = nn.relu(conv(self.features, "hidden")(nn.relu(x)))
+        conv = lambda n, name, relu=False: MaskedConv2D(n, 1, "B", self.colours, form=self.form, dtype=self.dtype,
+                                                        policy=self.policy, relu=relu, name=name)
+        x = conv(self.features, "hidden", relu=True)(nn.relu(x))
         return conv(self.out_channels, "logits")(x).astype(jnp.float32)
 
 
@@ -185,10 +185,10 @@ class ResidualBlock(nn.Module):
     policy: ConvPolicy = DEFAULT_POLICY  # which conv implementation each layer uses
 
     def setup(self):
-        conv = lambda n, k, d=1: MaskedConv2D(n, k, "B", self.colours, d, form=self.form, dtype=self.dtype,
-                                              policy=self.policy)
-        self.reduce = conv(self.hidden, 1)
-        self.spatial = conv(self.hidden, self.kernel, self.dilation)
+        conv = lambda n, k, d=1, relu=False: MaskedConv2D(n, k, "B", self.colours, d, form=self.form,
+                                                          dtype=self.dtype, policy=self.policy, relu=relu)
+        self.reduce = conv(self.hidden, 1, relu=True)
+        self.spatial = conv(self.hidden, self.kernel, self.dilation, relu=True)
         self.expand = conv(2 * self.hidden, 1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -196,10 +196,10 @@ class ResidualBlock(nn.Module):
 
     def start(self, x: jax.Array) -> jax.Array:
         """The spatial conv's input (computable position by position)."""
-        return nn.relu(self.reduce(nn.relu(x)))
+        return self.reduce(nn.relu(x))
 
     def finish(self, x: jax.Array, spatial_in: jax.Array, padded: bool) -> jax.Array:
-        return x + self.expand(nn.relu(self.spatial(spatial_in, padded=padded)))
+        return x + self.expand(self.spatial(spatial_in, padded=padded))
 
 
 class PixelCNN(nn.Module):
