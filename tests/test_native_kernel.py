@@ -4,6 +4,7 @@ split, that a Jacobian (vmap) gets XLA's, and that a machine without a compiler,
 still trains (XLA's convs, one warning each)."""
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -158,7 +159,6 @@ def test_onednn_convs_run_their_three_handlers_and_keep_a_split_batch_split():
         np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
-
 @pytest.mark.parametrize("impl", ["onednn", "onednn/onednn/native"])
 def test_a_bias_and_relu_after_a_onednn_conv_are_applied_in_its_call(impl):
     """relu(conv + bias) (PixelCNN's masked convs): one oneDNN call writes it, no separate forward call nor an
@@ -191,3 +191,12 @@ def test_a_bias_and_relu_after_a_onednn_conv_are_applied_in_its_call(impl):
     jacobian = lambda impl: jax.jit(jax.jacrev(lambda x, k, b: f(impl)(x, k, b)[1, 2, 3], (0, 1, 2)))(x, k, b)
     for a, w in zip(jacobian(impl), jacobian("xla")):
         np.testing.assert_allclose(a, w, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
+def test_pixelcnn_trains_through_the_cli_with_its_relus_in_onednn(tmp_path):
+    """At 16 hidden channels the rules give PixelCNN's masked 2x3 layers to oneDNN, their ReLUs in its call
+    (the test above checks that call against XLA's maths): the CLI trains it below the uniform baseline."""
+    run = run_cli("train", "pixelcnn_mnist", "--smoke", "--set", "model.hidden=16", "--workdir", str(tmp_path / "run"))
+    assert run.returncode == 0 and run.stderr == "", run.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nll_nats"] for r in records if "nll_nats" in r][-1] < 28 * 28 * np.log(2)

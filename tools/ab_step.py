@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5, help="steps of each variant per round")
     args = parser.parse_args()
+    for part in (s for variant in args.variants for s in variant.split(";")):
+        if part.startswith("epilogue=") and part != "epilogue=xla":
+            parser.error(f"{part!r}: the only epilogue variant is 'epilogue=xla'")
     hostmem.keep_freed_memory()  # as jaxconv.cli does, before XLA's threads allocate
 
     import jax  # after the memory setting
