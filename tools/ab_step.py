@@ -43,9 +43,7 @@ def main() -> None:
     from jaxconv.models import conv_impls, conv_policy
 
     def epilogue_by_xla(impl, x, kernel, strides, padding, dilation, groups, bias=None, relu=False):
-        y = default_apply(impl, x, kernel, strides, padding, dilation, groups)
-        y = y if bias is None else y + bias
-        return jax.nn.relu(y) if relu else y
+        return conv_impls._bias_relu(default_apply(impl, x, kernel, strides, padding, dilation, groups), bias, relu)
 
     steps, times = [], []
     default_ynn, default_apply = conv_policy._EIGEN_CONVS, conv_impls.apply
