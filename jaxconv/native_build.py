@@ -10,6 +10,7 @@ on, and a pure-Python wheel keeps ``pip install`` free of a build step.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import os
 import shutil
@@ -61,22 +62,37 @@ def load(source: Path, extra: tuple[str, ...] = ()) -> ctypes.CDLL:
     cached file does not load (damaged). ``extra``: more compiler arguments (a library's include and link
     flags), part of the cache key. OSError (compiler missing or failing) when it cannot be built."""
     path = library_path(source, extra)
-    if path.exists():
-        try:
-            return ctypes.CDLL(str(path))
-        except OSError:
-            pass
-    _build(source, path, extra)
-    return ctypes.CDLL(str(path))
-
-
-def _build(source: Path, path: Path, extra: tuple[str, ...]) -> None:
-    """Compiles into a temporary file beside ``path``, then renames it: processes building at once
-    each write their own file and the last rename wins, a whole library either way."""
+    library = _loaded(path)
+    if library is not None:
+        return library
     compiler = os.environ.get("CXX", "g++")
     if shutil.which(compiler) is None:
         raise OSError(f"no C++ compiler {compiler!r} on PATH (set CXX)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Processes starting together (a run's workers, a test session) build once: the others wait for the
+    # builder, then load its library.
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        library = _loaded(path)
+        if library is None:
+            _build(compiler, source, path, extra)
+            library = ctypes.CDLL(str(path))
+    return library
+
+
+def _loaded(path: Path) -> ctypes.CDLL | None:
+    """The cached library, loaded; None if missing or damaged."""
+    if not path.exists():
+        return None
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError:
+        return None
+
+
+def _build(compiler: str, source: Path, path: Path, extra: tuple[str, ...]) -> None:
+    """Compiles into a temporary file beside ``path``, then renames it: a process loading the library
+    meanwhile sees the old file or the whole new one, never a part."""
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:

@@ -98,6 +98,32 @@ def test_a_damaged_cached_library_is_built_again(tmp_path):
     assert library.read_bytes()[:4] == b"\x7fELF"
 
 
+LOAD = """
+import sys
+from pathlib import Path
+from jaxconv import native_build
+print(native_build.load(Path(sys.argv[1])).answer())
+"""
+
+
+def test_processes_starting_together_build_a_library_once(tmp_path):
+    """Two processes needing the same missing library: one compiles it, the other waits and loads it."""
+    source = tmp_path / "answer.cc"
+    source.write_text('extern "C" int answer() { return 42; }\n')
+    log = tmp_path / "compiler.log"
+    compiler = tmp_path / "slow-g++"
+    compiler.write_text(f'#!/bin/sh\necho "$$" >> {log}\nsleep 2\nexec g++ "$@"\n')
+    compiler.chmod(0o755)
+    env = {**os.environ, "JAXCONV_CACHE_DIR": str(tmp_path / "cache"), "CXX": str(compiler)}
+    runs = [subprocess.Popen([sys.executable, "-c", LOAD, str(source)], cwd=REPO, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0 and out == "42\n" and not err, (run.returncode, out, err)
+    assert len(log.read_text().splitlines()) == 1
+    assert len(list((tmp_path / "cache" / "native").glob("answer-*.so"))) == 1
+
+
 def test_training_without_a_compiler_uses_xlas_convs(tmp_path):
     """LeNet-5 modern's rules use both the native gradients and oneDNN (C1, C3): one warning each."""
     run = run_cli("train", "lenet_modern_mnist", "--smoke", "--workdir", str(tmp_path / "run"), timeout=300,
