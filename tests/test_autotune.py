@@ -7,8 +7,6 @@ import shutil
 from pathlib import Path
 
 import jax.numpy as jnp
-import numpy as np
-import pytest
 
 from jaxconv import autotune
 from jaxconv.models import conv_impls, cpu_conv_grads, cpu_onednn, preset
