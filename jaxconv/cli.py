@@ -333,19 +333,23 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _dry_run(configs: dict[str, Any], workdir: Path) -> int:
     """train --dry-run: the config (and every study variant) checked, its data loaded and checked by the
-    task, and a run already in the workdir checked to be continuable; nothing compiled or written."""
+    task, its batch split over the devices training would create, and a run already in the workdir checked
+    to be continuable; nothing compiled or written."""
     from jaxconv.train import workdir as workdir_lib
-    from jaxconv.train.loop import build_run
+    from jaxconv.train.loop import build_run, devices_text
+    from jaxconv.train.parallel import create_host_devices
 
     for key, config in configs.items():
         path = workdir / key if key else workdir
+        create_host_devices(config.parallel)  # as training does, before the backend starts
         run = build_run(config)  # loads the data and runs the task's checks; jit compiles lazily
         previous = workdir_lib.previous_config(path) if path.is_dir() else None
         if previous is not None:
             workdir_lib.check_restart(previous, config, path)
         shape = "x".join(map(str, run.train_data.images.shape[1:]))
         print(f"{config.name}: config and data are valid ({len(run.train_data):,} train, {len(run.val_data):,} "
-              f"validation images of {shape}); {'resumes' if previous else 'would train'} in {path}")
+              f"validation images of {shape}); {'resumes' if previous else 'would train'} in {path}; "
+              f"devices: {devices_text(run)}")
     print("dry run: nothing written")
     return 0
 

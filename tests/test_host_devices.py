@@ -11,22 +11,33 @@ def test_one_device_unless_told_otherwise():
     assert host_device_count(3) == 3  # an explicit count is used as given
 
 
-def _train(cli, tmp_path, name, *sets, xla_flags=""):
+def _train(cli, tmp_path, name, *sets, xla_flags="", dry_run=False):
     # The suite's XLA_FLAGS without its device count (conftest.py's compile options stay), plus xla_flags.
     env = dict(os.environ, XLA_FLAGS=re.sub(r"--xla_force_host_platform_device_count=\d+", "",
                                             os.environ.get("XLA_FLAGS", "")) + " " + xla_flags)
     args = [arg for item in ("train.steps=2", "train.eval_every=2", "checkpoint.every=2", *sets)
             for arg in ("--set", item)]
-    done = cli("train", "lenet_modern_mnist", "--smoke", "--workdir", str(tmp_path / name), *args, env=env)
-    assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr
-    return done.stdout
+    return cli("train", "lenet_modern_mnist", "--smoke", "--workdir", str(tmp_path / name), *args,
+               *(["--dry-run"] if dry_run else []), env=env)
+
+
+def _done(run):
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    return run.stdout
 
 
 def test_the_cli_creates_the_devices_it_is_asked_for(cli, tmp_path):
-    assert "devices: 1 cpu (64 images each)" in _train(cli, tmp_path, "default")
-    assert "devices: 2 cpu (32 images each)" in _train(
-        cli, tmp_path, "two", "parallel.cpu_devices=2")
+    assert "devices: 2 cpu (32 images each)" in _done(_train(cli, tmp_path, "two", "parallel.cpu_devices=2"))
+    # A dry run creates the devices training would, and says how the batch splits over them.
+    assert "devices: 1 cpu (64 images each)" in _done(_train(cli, tmp_path, "default", dry_run=True))
     # A device count the user gave XLA wins over the config.
-    assert "devices: 4 cpu (16 images each)" in _train(
-        cli, tmp_path, "flags", "parallel.cpu_devices=2", xla_flags="--xla_force_host_platform_device_count=4")
+    assert "devices: 4 cpu (16 images each)" in _done(_train(
+        cli, tmp_path, "flags", "parallel.cpu_devices=2", xla_flags="--xla_force_host_platform_device_count=4",
+        dry_run=True))
+    # A batch that does not divide over them is refused by the dry run as by training: one line, exit 2.
+    for dry_run in (True, False):
+        bad = _train(cli, tmp_path, "three", "parallel.cpu_devices=3", dry_run=dry_run)
+        assert bad.returncode == 2 and bad.stderr == (
+            "jaxconv: error: data.batch_size=64 does not divide over 3 devices; use a multiple of 3\n"), bad.stderr
+    assert not (tmp_path / "default").exists() and not (tmp_path / "three").exists()

@@ -148,8 +148,13 @@ def train(config: Config, workdir: Path, stop: StopRequest | None = None) -> dic
         if lead and run.conv_table:
             workdir_lib.write_conv_table(run.conv_table, workdir)
         result = _train_locked(run, workdir, stop)
-    devices = f"{run.par.num_devices} {jax.default_backend()} ({config.data.batch_size // run.par.num_devices} images each)"
-    return {**result, "devices": devices, "wall_s": time.perf_counter() - began}
+    return {**result, "devices": devices_text(run), "wall_s": time.perf_counter() - began}
+
+
+def devices_text(run: Run) -> str:
+    """How many devices of which backend, and the images each computes per step: "2 cpu (32 images each)"."""
+    each = run.config.data.batch_size // run.par.num_devices
+    return f"{run.par.num_devices} {jax.default_backend()} ({each} images each)"
 
 
 def _train_locked(run: Run, workdir: Path, stop: StopRequest | None) -> dict[str, Any]:
