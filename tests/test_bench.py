@@ -17,7 +17,7 @@ import pytest
 from conftest import run_cli
 from jaxconv import bench
 from jaxconv.bench import conv as conv_bench
-from jaxconv.bench import conv_runners, conv_shapes
+from jaxconv.bench import conv_runners, conv_shapes, device
 from jaxconv.bench import report, results
 from jaxconv.bench import sample as bench_sample
 from jaxconv.bench.models import forward_flops, jaxpr_flops, random_params, traced_convs
@@ -308,6 +308,10 @@ def test_conv_quick_results(quick_results):
     for name in ("conv.md", "conv_roofline.png", "conv_table.json"):
         assert (out / name).exists()
     assert "winners" in json.loads((out / "conv_table.json").read_text())
+    # The CPU's vector extension, which the results depend on, in the file and in its report's header.
+    isa = device.cpu_vector_isa()
+    assert doc["environment"]["cpu_vector_isa"] == isa
+    assert f"cores{', ' + isa if isa else ''})." in (out / "conv.md").read_text().splitlines()[2]
 
 
 def test_sample_and_train_quick_results(quick_results):

@@ -46,6 +46,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_vector_isa() -> str:
+    """The widest x86 vector extension the CPU has ("AVX-512", "AVX2", else ""): machines sold under one
+    model name differ in it (the 2-core EPYC VMs: Zen 3 with AVX2, Zen 4 with AVX-512), and so do the
+    native kernels' tiles and oneDNN's kernels."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return ""
+    words = set(flags.split())
+    return "AVX-512" if "avx512f" in words else "AVX2" if "avx2" in words else ""
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
@@ -86,6 +98,7 @@ def environment(torch: bool = True) -> dict:
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
         "cpu_model": cpu_model(),
+        "cpu_vector_isa": cpu_vector_isa(),
         "cpu_cores": os.cpu_count(),
         "python": sys.version.split()[0],
         "jax": jax.__version__,

@@ -46,7 +46,7 @@ def _header(doc: dict, title: str) -> list[str]:
              f"{doc['created']}, `{doc['command']}`; jax {env.get('jax')}, "
              + (f"PyTorch {torch.get('version')} ({torch.get('threads')} threads)" if torch else "no PyTorch")
              + f"; {env.get('device_kind')} x{env.get('device_count')}, {env.get('cpu_model')} "
-               f"({env.get('cpu_cores')} cores).",
+               f"({env.get('cpu_cores')} cores{', ' + env['cpu_vector_isa'] if env.get('cpu_vector_isa') else ''}).",
              "",
              f"Measured peaks: {_g(mm['float32'] / 1e9)} GFLOP/s float32, {_g(mm['bfloat16'] / 1e9)} GFLOP/s "
              f"bfloat16 (XLA's matmul, or oneDNN's conv where faster); memory bandwidth "
