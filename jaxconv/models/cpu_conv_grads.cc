@@ -34,7 +34,7 @@ struct Geometry {
 // The accumulator tile: kCB input channels x kOB output channels, one vector of kOB floats per input
 // channel, all in registers with one more for g (32 with AVX-512, 16 with AVX2). A 16-float vector
 // without AVX-512 is no pair of AVX2 registers to GCC: it went through the stack, and this gradient ran
-// at 8 GFLOP/s on a Zen 3 EPYC (PixelCNN 3x3 32->64 at 28x28, batch 64: 230 ms against XLA's 25).
+// at 8 GFLOP/s on a Zen 3 EPYC (PixelCNN 3x3 32->64 at 28x28, batch 64: 220-264 ms against XLA's 25).
 #if defined(__AVX512F__)
 constexpr int kOB = 16;
 constexpr int kCB = 16;
