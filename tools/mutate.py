@@ -240,6 +240,14 @@ MUTANTS = [
     m("native-kernel-grad-parts-not-summed", "jaxconv/models/cpu_conv_grads.py",
       "return jax.lax.psum(part, axes) if summed else part", "return part",
       ["tests/test_native_kernel.py", "-k", "batch_split"]),
+    # The kernel gradient's tile differs by ISA (16 x 16 with AVX-512, 12 x 8 with AVX2): these two
+    # touch code that both tiles run.
+    m("native-kernel-grad-tail-channel-dropped", "jaxconv/models/cpu_conv_grads.cc",
+      "tail * sizeof(float));", "(tail - 1) * sizeof(float));",
+      ["tests/test_bench.py", "-k", "implementations_match_xla"]),
+    m("native-kernel-grad-tile-reads-one-channel", "jaxconv/models/cpu_conv_grads.cc",
+      "a[c] += xp[c] * gv;", "a[c] += xp[0] * gv;",
+      ["tests/test_bench.py", "-k", "implementations_match_xla"]),
     m("native-input-grad-columns-mirrored", "jaxconv/models/cpu_conv_grads.cc",
       "(q0 + s.pl - j * s.dw - s.xmin)", "(q0 + s.pl - (s.kw - 1 - j) * s.dw - s.xmin)",
       ["tests/test_bench.py", "-k", "implementations_match_xla"]),
