@@ -81,6 +81,13 @@ def start_cli(*args: str, **kwargs) -> subprocess.Popen:
                             **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **kwargs})
 
 
+def ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """The process exited 0 and stderr holds no traceback or C++ abort."""
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "terminate called" not in done.stderr, done.stderr[-3000:]
+    return done
+
+
 # A CLI process's environment that makes JAX log each program's persistent-cache hit or miss on stderr.
 COMPILER_LOG = {"JAX_DEBUG_LOG_MODULES": "jax._src.compiler"}
 

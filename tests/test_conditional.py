@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import ok, run_cli
 from jaxconv import cli, generate
 
 TRAIN = ["train", "gated_pixelcnn_mnist", "--smoke", "--set", "parallel.num_devices=1", "--set", "train.steps=4",
@@ -22,13 +22,6 @@ NUM, SEED = 4, 1
 # generate.image_grid: 28x28 cells, 1-pixel gutters; 8 columns, or one per class (10) when the classes
 # cycle (no --label); one row for 4 images
 GRID, CLASS_GRID = (8 * 29 + 1, 30), (10 * 29 + 1, 30)
-
-
-def ok(done):
-    """The process exited 0 and stderr holds no traceback or C++ abort."""
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr and "terminate called" not in done.stderr, done.stderr[-3000:]
-    return done
 
 
 def cells(path, size=GRID):

@@ -3,6 +3,7 @@
 import os
 import re
 
+from conftest import ok
 from jaxconv.train.parallel import host_device_count
 
 
@@ -21,20 +22,14 @@ def _train(cli, tmp_path, name, *sets, xla_flags="", dry_run=False):
                *(["--dry-run"] if dry_run else []), env=env)
 
 
-def _done(run):
-    assert run.returncode == 0, run.stderr
-    assert "Traceback" not in run.stderr
-    return run.stdout
-
-
 def test_the_cli_creates_the_devices_it_is_asked_for(cli, tmp_path):
-    assert "devices: 2 cpu (32 images each)" in _done(_train(cli, tmp_path, "two", "parallel.cpu_devices=2"))
+    assert "devices: 2 cpu (32 images each)" in ok(_train(cli, tmp_path, "two", "parallel.cpu_devices=2")).stdout
     # A dry run creates the devices training would, and says how the batch splits over them.
-    assert "devices: 1 cpu (64 images each)" in _done(_train(cli, tmp_path, "default", dry_run=True))
+    assert "devices: 1 cpu (64 images each)" in ok(_train(cli, tmp_path, "default", dry_run=True)).stdout
     # A device count the user gave XLA wins over the config.
-    assert "devices: 4 cpu (16 images each)" in _done(_train(
+    assert "devices: 4 cpu (16 images each)" in ok(_train(
         cli, tmp_path, "flags", "parallel.cpu_devices=2", xla_flags="--xla_force_host_platform_device_count=4",
-        dry_run=True))
+        dry_run=True)).stdout
     # A batch that does not divide over them is refused by the dry run as by training: one line, exit 2.
     for dry_run in (True, False):
         bad = _train(cli, tmp_path, "three", "parallel.cpu_devices=3", dry_run=dry_run)
