@@ -88,13 +88,17 @@ std::shared_ptr<const Primitives> Build(const Geometry& g) {
   dnnl::convolution_forward::primitive_desc forward_pd(engine, dnnl::prop_kind::forward_training, algo, image,
                                                        kernel, g.Bias(), output, strides, dilation, low, high,
                                                        Attributes(g.bias_relu));
-  dnnl::convolution_backward_data::primitive_desc input_pd(engine, algo, image, kernel, output, strides, dilation,
-                                                           low, high, forward_pd, Attributes(false));
-  dnnl::convolution_backward_weights::primitive_desc kernel_pd(engine, algo, image, kernel, output, strides,
-                                                               dilation, low, high, forward_pd, Attributes(false));
-  return std::make_shared<const Primitives>(Primitives{
-      forward_pd, input_pd, kernel_pd, dnnl::convolution_forward(forward_pd),
-      dnnl::convolution_backward_data(input_pd), dnnl::convolution_backward_weights(kernel_pd)});
+  Primitives p{forward_pd, {}, {}, dnnl::convolution_forward(forward_pd), {}, {}};
+  // The bias-and-ReLU call is a forward pass only: its gradients run on the plain geometry's primitives.
+  if (!g.bias_relu) {
+    p.input_pd = dnnl::convolution_backward_data::primitive_desc(engine, algo, image, kernel, output, strides,
+                                                                 dilation, low, high, forward_pd, Attributes(false));
+    p.kernel_pd = dnnl::convolution_backward_weights::primitive_desc(
+        engine, algo, image, kernel, output, strides, dilation, low, high, forward_pd, Attributes(false));
+    p.input_grad = dnnl::convolution_backward_data(p.input_pd);
+    p.kernel_grad = dnnl::convolution_backward_weights(p.kernel_pd);
+  }
+  return std::make_shared<const Primitives>(std::move(p));
 }
 
 std::shared_ptr<const Primitives> Get(const Geometry& g) {
