@@ -37,7 +37,9 @@ def _cpu_features() -> str:
 
 
 def library_path(source: Path, extra: tuple[str, ...] = ()) -> Path:
-    key = "\n".join([source.read_text(), jaxlib.__version__, os.environ.get("CXX", "g++"), *FLAGS, *extra,
+    # The headers beside the source (those it may include) are part of its text.
+    headers = [h.read_text() for h in sorted(source.parent.glob("*.h"))]
+    key = "\n".join([source.read_text(), *headers, jaxlib.__version__, os.environ.get("CXX", "g++"), *FLAGS, *extra,
                      _cpu_features()])
     return cache_root() / "native" / f"{source.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 

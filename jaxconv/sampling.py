@@ -17,7 +17,9 @@ instead, less work per variable, with more float ties (``heads.check_draw``).
   group (bernoulli, logistic mixture) the stacks never see the pixel itself, so a pixel's C variables
   share one pass; with three (softmax RGB) each channel recomputes the horizontal stack. The work per
   image is one whole-image forward pass (C for the horizontal stack of softmax RGB) instead of H*W*C.
-  Each row's random numbers are drawn at once (the same values as per variable).
+  Each row's random numbers are drawn at once (the same values as per variable). In float32 on the CPU a
+  position's horizontal stack and head are one C++ call (``jaxconv.models.cpu_gated_position``) instead of
+  some ten XLA ops per layer, unless the model's conv policy forces another implementation (``conv.impl``).
 
 ``cached_compiled`` returns the compiled program ``sample_cached`` runs (its HLO op names: profiles,
 ``tools/profile_sampler.py``).
@@ -43,6 +45,7 @@ import numpy as np
 from jaxconv.models.heads import (check_draw, draw_variable, sample_variable, scale_values, to_images, to_values,
                                   variable_noise, variable_params)
 from jaxconv.models.masked import centre_mask, live_taps, masked_to_cropped, raster_mask
+from jaxconv.models import cpu_gated_position
 from jaxconv.models.materialize import materialize
 from jaxconv.models.pixelcnn import GatedPixelCNN, PixelCNN, layer_dilations
 
@@ -370,6 +373,14 @@ def _gated_weights(model: GatedPixelCNN, params: Any) -> dict:
     return weights
 
 
+def _native_stack(model: GatedPixelCNN) -> bool:
+    """Whether the horizontal stack runs as one C++ call per position (``cpu_gated_position``): float32 on
+    the CPU where it is built, unless the model's conv policy forces another implementation everywhere
+    (``conv.impl=xla``: XLA's ops, as every conv)."""
+    return (jnp.dtype(model.dtype) == jnp.float32 and jax.default_backend() == "cpu"
+            and model.policy.forced in ("", "native") and not cpu_gated_position.reason())
+
+
 def _cached_gated(model, known_rows, progress, method, params, key, values, labels, temperature):
     config, dtype = model.config, model.dtype
     b, h, w, channels = values.shape
@@ -418,9 +429,15 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
         (w1, b1), (w2, b2) = wts["head"]
         return (_dot(jax.nn.relu(_dot(jax.nn.relu(skip), w1) + b1), w2) + b2).astype(jnp.float32)
 
+    native = _native_stack(model)
+    if native:
+        native_wts = cpu_gated_position.stack_weights(wts["h_first"], wts["h_first_bias"], wts["layers"], wts["head"])
+
     def horizontal(j, x_row, pending, write: bool):
         """Position j's raw output [B, P] from the row's inputs x_row [W+r, B, C] (scaled, r zero columns
         on the left) and pending buffer; ``write``: also add this position's taps into it for the later ones."""
+        if native:
+            return cpu_gated_position.position(j, x_row, pending, native_wts, dilations, write)
         window = jax.lax.dynamic_slice_in_dim(x_row, j, r + 1, axis=0)  # columns j-r .. j
         hs = _dot(window.transpose(1, 0, 2).reshape(b, -1), wts["h_first"]) + wts["h_first_bias"]  # [B, F]
         skip = 0.0

@@ -18,6 +18,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from conftest import COMPILER_LOG, REPO, assert_compiler_log_only, assert_loaded_from_cache, run_cli
+from jaxconv import native_build
 from jaxconv.models import conv as conv_lib, cpu_conv_grads, cpu_onednn
 
 
@@ -70,6 +71,7 @@ def test_under_vmap_the_cpu_kernels_give_xlas_jacobian(impl, seed, x_shape, kern
 
 CHECK = """
 import jax, jax.numpy as jnp, numpy as np
+from jaxconv import native_build
 from jaxconv.models import conv as conv_lib, cpu_conv_grads, cpu_onednn
 x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 8, 8, 17)), jnp.float32)
 k = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 17, 16)), jnp.float32)
@@ -226,3 +228,12 @@ def test_pixelcnn_trains_through_the_cli_with_its_relus_in_onednn(tmp_path):
     assert run.returncode == 0 and run.stderr == "", run.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["nll_nats"] for r in records if "nll_nats" in r][-1] < 28 * 28 * np.log(2)
+
+
+def test_a_changed_header_beside_the_source_builds_a_new_library(tmp_path):
+    source, header = tmp_path / "kernel.cc", tmp_path / "shared.h"
+    source.write_text('#include "shared.h"\n')
+    header.write_text("inline int one() { return 1; }\n")
+    before = native_build.library_path(source)
+    header.write_text("inline int one() { return 2; }\n")
+    assert native_build.library_path(source) != before

@@ -13,17 +13,15 @@
 // through; images are spread over XLA's intra-op threads in fixed chunks, each chunk with its own partial
 // dW, summed at the end in chunk order.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <memory>
-#include <thread>
 #include <vector>
 
+#include "cpu_parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using jaxconv::ParallelFor;
 
 namespace {
 
@@ -173,32 +171,6 @@ void Image(const Geometry& s, const float* x, const float* g, int64_t b, Partial
 // partial dW, and the partials are added in chunk order: the result is the same bit for bit whichever
 // thread takes which chunk (a resumed run repeats the interrupted one exactly).
 constexpr int64_t kChunks = 8;
-
-// Runs work(0), ..., work(count - 1), each once, on the calling thread and the pool's threads, and returns
-// when all are done. A pool task that starts after every item is taken touches nothing but the counters,
-// which it keeps alive through its shared_ptr: so the caller waits only for items in progress, never for a
-// queued task (no deadlock when every pool thread is itself waiting in such a call).
-void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_t)> work) {
-  struct State {
-    std::function<void(int64_t)> work;
-    int64_t count;
-    std::atomic<int64_t> next{0}, done{0};
-
-    void Run() {
-      for (int64_t k; (k = next.fetch_add(1)) < count;) {
-        work(k);
-        done.fetch_add(1, std::memory_order_release);
-      }
-    }
-  };
-  auto state = std::make_shared<State>();
-  state->work = std::move(work);
-  state->count = count;
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state] { state->Run(); });
-  state->Run();
-  while (state->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
-}
 
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
                       ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh,

@@ -1,0 +1,102 @@
+"""The Gated PixelCNN cached sampler's C++ position (jaxconv/models/cpu_gated_position.cc) against the same
+maths in NumPy (float64), and the sampler with it against the sampler with XLA's ops and the naive one."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxconv import sampling
+from jaxconv.models import PRESETS, build_model, cpu_gated_position
+from jaxconv.models.conv_policy import ConvPolicy
+
+pytestmark = pytest.mark.skipif(bool(cpu_gated_position.reason()), reason="needs a C++ compiler")
+
+
+def reference(j, x_row, pending, w, dilations, write):
+    """Position j as jaxconv/sampling.py's XLA path computes it, in float64."""
+    x_row, pending = np.asarray(x_row, np.float64), np.array(pending, np.float64)
+    w = {k: np.asarray(v, np.float64) for k, v in w.items()}
+    b, f2 = x_row.shape[1], pending.shape[3]
+    f, taps = f2 // 2, w["h"].shape[2] // f2
+    hs = x_row[j:j + taps].transpose(1, 0, 2).reshape(b, -1) @ w["h_first"] + w["h_first_bias"]
+    skip = np.zeros_like(hs)
+    for l, d in enumerate(dilations):
+        z = hs @ w["h"][l]
+        if write:
+            for t in range(1, taps):
+                pending[j + d * t, l] += z[:, t * f2:(t + 1) * f2]
+        pre = pending[j, l] + z[:, :f2]
+        gate = np.tanh(pre[:, :f]) / (1 + np.exp(-pre[:, f:]))
+        out = gate @ w["res_w"][l] + w["res_b"][l]
+        hs, skip = hs + out, skip + out
+    hidden = np.maximum(np.maximum(skip, 0) @ w["w1"] + w["b1"], 0)
+    return hidden @ w["w2"] + w["b2"], pending
+
+
+# (batch, F, colours, taps, dilations, hidden, outputs, write): the MNIST preset's sizes; row and column
+# counts off the register tiles (odd batch, F and outputs below a vector); a colour group's read-only
+# call; a batch split over threads unevenly with the furthest dilation reaching the buffer's end.
+CASES = [(64, 32, 1, 2, (1, 2, 1, 4, 1), 64, 1, True),
+         (5, 5, 3, 3, (1, 2), 9, 7, True),
+         (3, 8, 3, 3, (1,), 16, 30, False),
+         (17, 16, 1, 2, (1, 8), 24, 256, True)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}-f{c[1]}-c{c[2]}-taps{c[3]}-{'rw' if c[7] else 'r'}")
+def test_position_matches_the_same_maths_in_numpy(case):
+    b, f, colours, taps, dilations, hidden, outputs, write = case
+    width, layers, reach = 9, len(dilations), max(dilations) * (taps - 1)
+    rng = np.random.default_rng(0)
+    normal = lambda *shape, scale=0.3: (scale * rng.standard_normal(shape)).astype(np.float32)
+    w = {"h_first": normal(taps * colours, f), "h_first_bias": normal(f), "h": normal(layers, f, taps * 2 * f),
+         "res_w": normal(layers, f, f), "res_b": normal(layers, f), "w1": normal(f, hidden), "b1": normal(hidden),
+         "w2": normal(hidden, outputs), "b2": normal(outputs)}
+    x_row = normal(width + taps - 1, b, colours, scale=1.0)
+    # Some slots far into the gates' flat ends, where exp under- and overflows.
+    pending = normal(width + reach, layers, b, 2 * f, scale=1.0)
+    pending[:, :, 0] *= 60
+    for j in (0, 4, width - 1):
+        run = jax.jit(lambda j, x, p: cpu_gated_position.position(j, x, p, w, dilations, write))
+        raw, new_pending = run(j, x_row, pending)
+        want_raw, want_pending = reference(j, x_row, pending, w, dilations, write)
+        assert np.all(np.isfinite(raw))
+        np.testing.assert_allclose(raw, want_raw, rtol=2e-4, atol=2e-4)
+        np.testing.assert_allclose(new_pending, want_pending, rtol=1e-5, atol=1e-5)
+        if not write:
+            np.testing.assert_array_equal(new_pending, pending)
+
+
+def _model(preset, **changes):
+    config = dataclasses.replace(PRESETS[preset], **changes)
+    model = build_model(config)
+    return model, model.clone(policy=ConvPolicy(forced="xla"))
+
+
+@pytest.mark.parametrize("preset, changes, batch", [
+    ("gated_pixelcnn_mnist", dict(features=8, num_layers=3), 3),
+    ("gated_pixelcnn_imagenet32", dict(features=4, num_layers=2, output_features=8), 2),  # colour groups
+    ("gated_pixelcnn_mnist", dict(features=8, num_layers=2, num_classes=3), 2)])
+def test_the_native_stack_samples_what_xla_and_the_naive_sampler_do(preset, changes, batch):
+    model, xla_model = _model(preset, **changes)
+    assert sampling._native_stack(model) and not sampling._native_stack(xla_model)
+    h, w, c = {"gated_pixelcnn_mnist": (28, 28, 1), "gated_pixelcnn_imagenet32": (8, 8, 3)}[preset]
+    shape = (batch, h, w, c)
+    labels = jnp.arange(batch) % model.config.num_classes if model.config.num_classes else None
+    params = model.init(jax.random.key(0), jnp.zeros(shape), labels=labels)["params"]
+    key = jax.random.key(5)
+    native = sampling.sample_cached(model, params, key, shape, labels=labels)
+    xla = sampling.sample_cached(xla_model, params, key, shape, labels=labels)
+    naive = sampling.sample_naive(xla_model, params, key, shape, labels=labels)
+    np.testing.assert_array_equal(native, xla)
+    np.testing.assert_array_equal(native, naive)
+    assert len(np.unique(np.asarray(native))) > 1  # not a constant image
+
+
+def test_bfloat16_and_forced_xla_models_use_xlas_ops():
+    model, xla_model = _model("gated_pixelcnn_mnist", features=8, num_layers=2)
+    assert not sampling._native_stack(xla_model)
+    assert not sampling._native_stack(model.clone(dtype=jnp.bfloat16))
+    assert sampling._native_stack(model.clone(policy=ConvPolicy(forced="native")))
