@@ -1,5 +1,6 @@
 """The command line: train, eval, sample, list and the module entry point (bad input: test_bad_inputs.py)."""
 
+import os
 import sys
 import subprocess
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_cli
+from conftest import REPO, ok, run_cli
 
 SMOKE = ["--smoke", "--set", "parallel.num_devices=1"]
 
@@ -54,6 +55,13 @@ def test_sample_writes_a_png_grid_and_completes_images(tmp_path):
     given = load_split(DataConfig(), "val").images[[0, 250, 500, 750], :20, :, 0] > 127  # spread over the split
     completed = np.stack([grid[1:21, 1 + k * 29:1 + k * 29 + 28] for k in range(4)])
     np.testing.assert_array_equal(completed == 255, given)  # the given top rows are kept (binarised)
+    # Without a C++ compiler a position's stack runs as XLA's ops: one warning, the same images.
+    env = {**os.environ, "JAXCONV_CACHE_DIR": str(tmp_path / "cache"), "CXX": str(tmp_path / "no-such-compiler")}
+    done = ok(run_cli("sample", str(workdir), "--num", "4", "--complete", "20", "--out", str(tmp_path / "xla.png"),
+                      env=env))
+    warned = [line for line in done.stderr.splitlines() if "sampler kernels are unavailable" in line]
+    assert len(warned) == 1, done.stderr
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "xla.png")), grid)
 
 
 def test_viz_deps_draws_the_blind_spot(tmp_path):

@@ -25,7 +25,7 @@ READ = "jaxconv_gated_position_read"
 def reason() -> str:
     """Empty when the handlers are built and registered with XLA; otherwise why they are not."""
     handlers = {WRITE: "JaxconvGatedPositionWrite", READ: "JaxconvGatedPositionRead"}
-    return native_build.register(SOURCE, handlers, "the native Gated PixelCNN sampler stack")
+    return native_build.register(SOURCE, handlers, "the native Gated PixelCNN sampler kernels")
 
 
 def position(j: jax.Array, x_row: jax.Array, pending: jax.Array, weights: dict, dilations: tuple[int, ...],
@@ -36,7 +36,7 @@ def position(j: jax.Array, x_row: jax.Array, pending: jax.Array, weights: dict, 
     ``x_row`` [W + r, B, C]: the row's scaled inputs, r zero columns on the left; ``pending`` [W + reach, L,
     B, 2F]; ``weights`` as ``stack_weights`` gives them. RuntimeError where the handlers cannot be built."""
     if reason():
-        raise RuntimeError(f"the native Gated PixelCNN sampler stack is unavailable: {reason()}")
+        raise RuntimeError(f"the native Gated PixelCNN sampler kernels are unavailable: {reason()}")
     b, p = x_row.shape[1], weights["b2"].shape[0]
     args = (jnp.asarray(j, jnp.int32), x_row, pending, *(weights[k] for k in _ORDER))
     raw_shape = jax.ShapeDtypeStruct((b, p), jnp.float32)
