@@ -42,10 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxconv.models import cpu_gated_position
 from jaxconv.models.heads import (check_draw, draw_variable, sample_variable, scale_values, to_images, to_values,
                                   variable_noise, variable_params)
 from jaxconv.models.masked import centre_mask, live_taps, masked_to_cropped, raster_mask
-from jaxconv.models import cpu_gated_position
 from jaxconv.models.materialize import materialize
 from jaxconv.models.pixelcnn import GatedPixelCNN, PixelCNN, layer_dilations
 
