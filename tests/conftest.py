@@ -1,15 +1,17 @@
-"""Tests run on 8 fake CPU devices (set before JAX is imported anywhere)."""
+"""pytest's processes run on 8 fake CPU devices (set before JAX is imported anywhere); the jaxconv processes
+the tests start run as a user's do, on one CPU device, unless a test asks for more."""
 
 import os
 
 # LLVM's optimisation level 0 unless XLA_FLAGS sets one: the tests check behaviour, not speed, and most
 # of their time is XLA compiling many small programs (tests/test_pooling.py + test_sampler_speed.py: 76 s
 # instead of 106; level 1 saves nothing).
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# In pytest's own processes only, XLA's older fusion emitters: the new ones set up an MLIR context per
+# In pytest's own processes only: 8 devices (a CLI process on them took 5.2-5.4 s of CPU for a warm `train
+# lenet_modern_mnist --smoke --set parallel.num_devices=1`, 4.9 s on one; tests/test_edges.py, test_reliability
+# and test_cli ran 221 -> 200 s), and XLA's older fusion emitters: the new ones set up an MLIR context per
 # program, and the tests here compile thousands of small ones (tests/test_sampler_speed.py, test_pixelcnn,
 # test_properties and test_xla_cpu_convs in one process: 153 s of CPU instead of 219). The programs they
 # emit run up to 3x slower, so the training runs the tests start as subprocesses keep the new emitters
@@ -17,7 +19,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # programs from the compilation cache (its keys include the compile options). XLA reads XLA_FLAGS once,
 # when JAX starts its first backend.
 _SUBPROCESS_XLA_FLAGS = os.environ["XLA_FLAGS"]
-os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
+os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8 --xla_cpu_use_fusion_emitters=false"
 __import__("jax").devices()
 os.environ["XLA_FLAGS"] = _SUBPROCESS_XLA_FLAGS
 # One compilation cache for the session: the many short subprocess runs (kill/resume, SIGTERM,
@@ -70,7 +72,7 @@ def pytest_unconfigure(config):
 
 
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """Runs ``python -m jaxconv ARGS`` in a fresh process (same 8-device environment)."""
+    """Runs ``python -m jaxconv ARGS`` in a fresh process (on one CPU device unless the args or env say more)."""
     return subprocess.run([sys.executable, "-m", "jaxconv", *args], cwd=kwargs.pop("cwd", REPO),
                           capture_output=True, text=True, timeout=timeout, **kwargs)
 

@@ -1,7 +1,6 @@
 """parallel.cpu_devices: a CPU run uses one host device unless told to split each batch over more."""
 
 import os
-import re
 
 from conftest import ok
 from jaxconv.train.parallel import host_device_count
@@ -13,9 +12,7 @@ def test_one_device_unless_told_otherwise():
 
 
 def _train(cli, tmp_path, name, *sets, xla_flags="", dry_run=False):
-    # The suite's XLA_FLAGS without its device count (conftest.py's compile options stay), plus xla_flags.
-    env = dict(os.environ, XLA_FLAGS=re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                                            os.environ.get("XLA_FLAGS", "")) + " " + xla_flags)
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}")  # conftest.py's, plus these
     args = [arg for item in ("train.steps=2", "train.eval_every=2", "checkpoint.every=2", *sets)
             for arg in ("--set", item)]
     return cli("train", "lenet_modern_mnist", "--smoke", "--workdir", str(tmp_path / name), *args,

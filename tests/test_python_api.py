@@ -2,7 +2,6 @@
 README's "Use from Python" block runs as written."""
 
 import math
-import os
 import re
 import subprocess
 import sys
@@ -52,11 +51,8 @@ print("same", all(getattr(jaxconv, name) is value for name, value in expected.it
 
 
 def test_the_readme_python_block_runs_as_written(tmp_path):
-    """The block in a fresh process, in an empty directory, on one CPU device (as a user runs it: without
-    the tests' 8 fake devices)."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "").strip()
-    done = _python(readme_python_block(), cwd=tmp_path, env=env)
+    """The block in a fresh process, in an empty directory, on one CPU device (as a user runs it)."""
+    done = _python(readme_python_block(), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert "logits (8, 10)" in lines

@@ -124,9 +124,7 @@ def free_port() -> int:
 
 def start_processes(args: list[str], num: int, devices_each: int) -> list[subprocess.Popen]:
     port = free_port()  # loopback only; the coordinator (process 0) binds it
-    env = dict(os.environ, XLA_FLAGS=re.sub(r"--xla_force_host_platform_device_count=\d+",
-                                            f"--xla_force_host_platform_device_count={devices_each}",
-                                            os.environ["XLA_FLAGS"]))
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices_each}")
     return [subprocess.Popen([sys.executable, "-m", "jaxconv", *args,
                               "--set", f"parallel.coordinator_address=127.0.0.1:{port}",
                               "--set", f"parallel.num_processes={num}", "--set", f"parallel.process_id={i}"],
