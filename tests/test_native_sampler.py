@@ -100,3 +100,15 @@ def test_bfloat16_and_forced_xla_models_use_xlas_ops():
     assert not sampling._native_stack(xla_model)
     assert not sampling._native_stack(model.clone(dtype=jnp.bfloat16))
     assert sampling._native_stack(model.clone(policy=ConvPolicy(forced="native")))
+
+
+def test_weights_that_do_not_fit_are_refused_not_read_past():
+    f, layers, b = 8, 2, 3
+    ones = lambda *shape: np.ones(shape, np.float32)
+    w = {"h_first": ones(2, f), "h_first_bias": ones(f), "h": ones(layers, f, 4 * f), "res_w": ones(layers, f, f),
+         "res_b": ones(layers, f), "w1": ones(f, 4), "b1": ones(4), "w2": ones(4, 1), "b2": ones(1)}
+    x_row, pending = ones(10, b, 1), ones(10, layers, b, 2 * f)
+    cpu_gated_position.position(0, x_row, pending, w, (1, 1), True)[0].block_until_ready()  # fits
+    for name, shape in (("res_w", (layers, f, f - 1)), ("w2", (3, 1)), ("h_first", (3, f))):
+        with pytest.raises(Exception, match="shapes do not fit"):
+            cpu_gated_position.position(0, x_row, pending, {**w, name: ones(*shape)}, (1, 1), True)[0].block_until_ready()

@@ -32,7 +32,8 @@ constexpr int kV = 16;
 constexpr int kV = 8;
 #endif
 // A tile of kMR rows x kNV vectors of kV columns: kMR * kNV accumulators, kNV loads of the weights and kMR
-// broadcasts per step of the inner dimension, within 16 registers (AVX2).
+// broadcasts per step of the inner dimension; 6 x 2 keeps 12 accumulators, 2 weight vectors and a broadcast
+// in AVX2's 16 registers.
 constexpr int kMR = 6;
 constexpr int kNV = 2;
 
@@ -188,20 +189,26 @@ ffi::Error Run(ffi::ThreadPool& pool, ffi::Buffer<ffi::S32> j_buf, ffi::Buffer<f
                ffi::Buffer<ffi::F32> pending_in, ffi::Buffer<ffi::F32> h_first, ffi::Buffer<ffi::F32> h_first_bias,
                ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> res_w, ffi::Buffer<ffi::F32> res_b,
                ffi::Buffer<ffi::F32> w1, ffi::Buffer<ffi::F32> b1, ffi::Buffer<ffi::F32> w2,
-               ffi::Buffer<ffi::F32> b2, ffi::Span<const int64_t> dilations, float* raw, float* pending,
-               bool write) {
+               ffi::Buffer<ffi::F32> b2, ffi::Span<const int64_t> dilations, ffi::ResultBuffer<ffi::F32>& raw,
+               float* pending, bool write) {
   const auto xd = x_row.dimensions(), pd = pending_in.dimensions(), hd = h.dimensions(), w2d = w2.dimensions(),
              w1d = w1.dimensions();
-  if (xd.size() != 3 || pd.size() != 4 || hd.size() != 3 || w1d.size() != 2 || w2d.size() != 2 ||
-      static_cast<int64_t>(dilations.size()) != pd[1] || hd[0] != pd[1] || pd[3] % 2)
+  if (xd.size() != 3 || pd.size() != 4 || hd.size() != 3 || w1d.size() != 2 || w2d.size() != 2 || pd[3] % 2 ||
+      pd[3] == 0 || hd[2] % pd[3])
     return ffi::Error::InvalidArgument("gated_position: shapes do not fit one another");
   Shapes s{xd[1], 0, xd[2], 0, pd[1], pd[3] / 2, hd[2] / pd[3], w1d[1], w2d[1]};
-  const int64_t r = s.taps - 1;
+  const int64_t r = s.taps - 1, f = s.features, l = s.layers;
   s.width = xd[0] - r;
   s.reach_cols = pd[0] - s.width;
+  // Every weight's size, so that no read can leave its buffer.
+  if (s.taps < 1 || s.width < 1 || pd[2] != s.batch || static_cast<int64_t>(dilations.size()) != l ||
+      hd[0] != l || hd[1] != f || h_first.element_count() != s.taps * s.colours * f ||
+      h_first_bias.element_count() != f || res_w.element_count() != l * f * f || res_b.element_count() != l * f ||
+      w1d[0] != f || b1.element_count() != s.hidden || w2d[0] != s.hidden || b2.element_count() != s.outputs ||
+      raw->element_count() != s.batch * s.outputs)
+    return ffi::Error::InvalidArgument("gated_position: shapes do not fit one another");
   const int64_t j = j_buf.typed_data()[0];
-  if (j < 0 || j >= s.width || pd[2] != s.batch)
-    return ffi::Error::InvalidArgument("gated_position: position or batch out of range");
+  if (j < 0 || j >= s.width) return ffi::Error::InvalidArgument("gated_position: position out of range");
   for (int64_t d : dilations)
     if (d < 1 || d * r > s.reach_cols) return ffi::Error::InvalidArgument("gated_position: dilation past the buffer");
   const Weights w{h_first.typed_data(), h_first_bias.typed_data(), h.typed_data(), res_w.typed_data(),
@@ -210,7 +217,7 @@ ffi::Error Run(ffi::ThreadPool& pool, ffi::Buffer<ffi::S32> j_buf, ffi::Buffer<f
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), s.batch / kMinRows));
   ParallelFor(pool, chunks, [&](int64_t c) {
     const int64_t b0 = s.batch * c / chunks, b1 = s.batch * (c + 1) / chunks;
-    Position(s, w, j, x_row.typed_data(), pending, write, raw, b0, b1);
+    Position(s, w, j, x_row.typed_data(), pending, write, raw->typed_data(), b0, b1);
   });
   return ffi::Error::Success();
 }
@@ -224,7 +231,7 @@ ffi::Error Write(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> j, ffi::Buffer<ffi:
   if (pending_out->typed_data() != pending.typed_data())
     return ffi::Error::InvalidArgument("gated_position: the pending buffer must be aliased to its result");
   return Run(pool, j, x_row, pending, h_first, h_first_bias, h, res_w, res_b, w1, b1, w2, b2, dilations,
-             raw->typed_data(), pending_out->typed_data(), true);
+             raw, pending_out->typed_data(), true);
 }
 
 ffi::Error Read(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> j, ffi::Buffer<ffi::F32> x_row,
@@ -234,7 +241,7 @@ ffi::Error Read(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> j, ffi::Buffer<ffi::
                 ffi::Span<const int64_t> dilations, ffi::ResultBuffer<ffi::F32> raw) {
   // Read only: the pending buffer is not written (const_cast for the shared code path, which skips writes).
   return Run(pool, j, x_row, pending, h_first, h_first_bias, h, res_w, res_b, w1, b1, w2, b2, dilations,
-             raw->typed_data(), const_cast<float*>(pending.typed_data()), false);
+             raw, const_cast<float*>(pending.typed_data()), false);
 }
 
 }  // namespace
