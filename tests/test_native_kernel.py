@@ -71,7 +71,6 @@ def test_under_vmap_the_cpu_kernels_give_xlas_jacobian(impl, seed, x_shape, kern
 
 CHECK = """
 import jax, jax.numpy as jnp, numpy as np
-from jaxconv import native_build
 from jaxconv.models import conv as conv_lib, cpu_conv_grads, cpu_onednn
 x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 8, 8, 17)), jnp.float32)
 k = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 17, 16)), jnp.float32)
