@@ -431,7 +431,7 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
 
     native = _native_stack(model)
     if native:
-        native_wts = cpu_gated_position.stack_weights(wts["h_first"], wts["h_first_bias"], wts["layers"], wts["head"])
+        native_wts = cpu_gated_position.stack_weights(wts)
 
     def horizontal(j, x_row, pending, write: bool):
         """Position j's raw output [B, P] from the row's inputs x_row [W+r, B, C] (scaled, r zero columns

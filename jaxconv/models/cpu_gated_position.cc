@@ -117,7 +117,7 @@ inline Vec Gate(Vec a, Vec b) {
 }
 
 struct Shapes {
-  int64_t batch, width, colours, reach_cols, layers, features, taps, hidden, outputs;
+  int64_t batch, colours, layers, features, taps, hidden, outputs;
 };
 
 struct Weights {
@@ -196,21 +196,19 @@ ffi::Error Run(ffi::ThreadPool& pool, ffi::Buffer<ffi::S32> j_buf, ffi::Buffer<f
   if (xd.size() != 3 || pd.size() != 4 || hd.size() != 3 || w1d.size() != 2 || w2d.size() != 2 || pd[3] % 2 ||
       pd[3] == 0 || hd[2] % pd[3])
     return ffi::Error::InvalidArgument("gated_position: shapes do not fit one another");
-  Shapes s{xd[1], 0, xd[2], 0, pd[1], pd[3] / 2, hd[2] / pd[3], w1d[1], w2d[1]};
-  const int64_t r = s.taps - 1, f = s.features, l = s.layers;
-  s.width = xd[0] - r;
-  s.reach_cols = pd[0] - s.width;
+  const Shapes s{xd[1], xd[2], pd[1], pd[3] / 2, hd[2] / pd[3], w1d[1], w2d[1]};
+  const int64_t r = s.taps - 1, f = s.features, l = s.layers, width = xd[0] - r, reach = pd[0] - width;
   // Every weight's size, so that no read can leave its buffer.
-  if (s.taps < 1 || s.width < 1 || pd[2] != s.batch || static_cast<int64_t>(dilations.size()) != l ||
+  if (s.taps < 1 || width < 1 || pd[2] != s.batch || static_cast<int64_t>(dilations.size()) != l ||
       hd[0] != l || hd[1] != f || h_first.element_count() != s.taps * s.colours * f ||
       h_first_bias.element_count() != f || res_w.element_count() != l * f * f || res_b.element_count() != l * f ||
       w1d[0] != f || b1.element_count() != s.hidden || w2d[0] != s.hidden || b2.element_count() != s.outputs ||
       raw->element_count() != s.batch * s.outputs)
     return ffi::Error::InvalidArgument("gated_position: shapes do not fit one another");
   const int64_t j = j_buf.typed_data()[0];
-  if (j < 0 || j >= s.width) return ffi::Error::InvalidArgument("gated_position: position out of range");
+  if (j < 0 || j >= width) return ffi::Error::InvalidArgument("gated_position: position out of range");
   for (int64_t d : dilations)
-    if (d < 1 || d * r > s.reach_cols) return ffi::Error::InvalidArgument("gated_position: dilation past the buffer");
+    if (d < 1 || d * r > reach) return ffi::Error::InvalidArgument("gated_position: dilation past the buffer");
   const Weights w{h_first.typed_data(), h_first_bias.typed_data(), h.typed_data(), res_w.typed_data(),
                   res_b.typed_data(), w1.typed_data(), b1.typed_data(), w2.typed_data(), b2.typed_data(),
                   dilations.begin()};

@@ -50,12 +50,13 @@ def position(j: jax.Array, x_row: jax.Array, pending: jax.Array, weights: dict, 
 _ORDER = ("h_first", "h_first_bias", "h", "res_w", "res_b", "w1", "b1", "w2", "b2")
 
 
-def stack_weights(h_first, h_first_bias, layers: list[dict], head) -> dict:
+def stack_weights(wts: dict) -> dict:
     """The handlers' weights from the sampler's matrices (``sampling._gated_weights``), float32: the layers'
     horizontal and residual matrices stacked [L, ...]."""
-    (w1, b1), (w2, b2) = head
+    (w1, b1), (w2, b2) = wts["head"]
+    layers = wts["layers"]
     f32 = lambda a: jnp.asarray(a, jnp.float32)
-    return {"h_first": f32(h_first), "h_first_bias": f32(h_first_bias),
+    return {"h_first": f32(wts["h_first"]), "h_first_bias": f32(wts["h_first_bias"]),
             "h": f32(jnp.stack([lw["h"] for lw in layers])),
             "res_w": f32(jnp.stack([lw["residual"][0] for lw in layers])),
             "res_b": f32(jnp.stack([lw["residual"][1] for lw in layers])),
