@@ -374,8 +374,8 @@ def _gated_weights(model: GatedPixelCNN, params: Any) -> dict:
 
 
 def _native_stack(model: GatedPixelCNN) -> bool:
-    """Whether the horizontal stack runs as one C++ call per position (``cpu_gated_position``): float32 on
-    the CPU where it is built, unless the model's conv policy forces another implementation everywhere
+    """Whether the horizontal stack runs as one C++ call per position and each vertical layer's ring update
+    and gate as one per row (``cpu_gated_position``): float32 on the CPU where it is built, unless the model's conv policy forces another implementation everywhere
     (``conv.impl=xla``: XLA's ops, as every conv)."""
     return (jnp.dtype(model.dtype) == jnp.float32 and jax.default_backend() == "cpu"
             and model.policy.forced in ("", "native") and not cpu_gated_position.reason())
@@ -397,28 +397,45 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
     # Rows above the image feed nothing: their rows' slots start as the bias.
     rings = tuple(jnp.broadcast_to(lw["v_bias"], (d * r + 1, b, w, 2 * f)) for lw, d in zip(wts["layers"], dilations))
 
+    native = _native_stack(model)
+    if native:
+        native_wts = cpu_gated_position.stack_weights(wts)
+
+    def column_taps(v, d):
+        """v [B, W, F] at each column tap of a vertical layer of dilation d -> its dot input [B, W, k*F]."""
+        v = materialize(v)
+        return jnp.concatenate([_shift_columns(v, (t - r) * d) for t in range(k)], axis=-1)
+
+    def ring_row(i, z, ring, bias, d):
+        """Row i of a vertical layer after its dot z, with XLA's ops -> (its ring, its output before the gate)."""
+        # The nearer rows' slots are added to, then row i + d*r's first contribution (tap 0) sets its slot
+        # (bias + it), and row i's slot is read after the writes: every read of the old ring feeds its own
+        # write, so XLA updates the ring in place (a read it cannot order before a write costs a copy of the
+        # ring; with the set first, XLA fused the next slot's read into it, before it).
+        for s in range(1, r + 1):
+            q = (i + d * s) % (d * r + 1)
+            ahead = (bias if s == r else jax.lax.dynamic_index_in_dim(ring, q, 0, False)) + \
+                z[..., 2 * f * s:2 * f * (s + 1)]
+            ring = jax.lax.dynamic_update_index_in_dim(ring, ahead, q, 0)
+        return ring, _read(ring, i % (d * r + 1)) + z[..., :2 * f]
+
     def vertical(i, x_rows, rings):
         """Row i's vertical stack -> (updated rings, the row's horizontal pending buffer as it starts)."""
         window = jax.lax.dynamic_slice_in_dim(x_rows, i, r + 1, axis=0)  # image rows i-r-1 .. i-1
         cols = jnp.concatenate([window[a, :, t:t + w] for a in range(r + 1) for t in range(k)], axis=-1)
-        v = _dot(cols, wts["v_first"]) + wts["v_first_bias"]  # [B, W, F]
+        cols = column_taps(_dot(cols, wts["v_first"]) + wts["v_first_bias"], dilations[0])
         new_rings, row_biases = [], []
-        for lw, ring, d, cond in zip(wts["layers"], rings, dilations, conds):
-            v = materialize(v)
-            cols = jnp.concatenate([_shift_columns(v, (t - r) * d) for t in range(k)], axis=-1)  # [B, W, k*F]
+        for l, (lw, ring, d, cond) in enumerate(zip(wts["layers"], rings, dilations, conds)):
             z = _dot(cols, lw["v"])  # [B, W, (r+1)*2F]
-            # The nearer rows' slots are added to, then row i + d*r's first contribution (tap 0) sets its
-            # slot (bias + it), and row i's slot is read after the writes: every read of the old ring feeds
-            # its own write, so XLA updates the ring in place (a read it cannot order before a write costs
-            # a copy of the ring; with the set first, XLA fused the next slot's read into it, before it).
-            for s in range(1, r + 1):
-                q = (i + d * s) % (d * r + 1)
-                ahead = (lw["v_bias"] if s == r else jax.lax.dynamic_index_in_dim(ring, q, 0, False)) + \
-                    z[..., 2 * f * s:2 * f * (s + 1)]
-                ring = jax.lax.dynamic_update_index_in_dim(ring, ahead, q, 0)
-            pre = _read(ring, i % (d * r + 1)) + z[..., :2 * f]
             cond_v = cond if isinstance(cond, float) else cond[:, None]
-            v = _gate(pre + cond_v)
+            next_d = dilations[l + 1] if l + 1 < len(dilations) else None
+            if native:
+                cond_rows = jnp.broadcast_to(jnp.asarray(cond, dtype), (b, 2 * f))
+                ring, pre, cols = cpu_gated_position.vertical_row(i, z, ring, lw["v_bias"], cond_rows, d, next_d)
+            else:
+                ring, pre = ring_row(i, z, ring, lw["v_bias"], d)
+                if next_d is not None:
+                    cols = column_taps(_gate(pre + cond_v), next_d)
             link_w, link_b = lw["link"]
             row_biases.append(_dot(pre, link_w) + link_b + cond_v + lw["h_bias"])  # [B, W, 2F]
             new_rings.append(ring)
@@ -428,10 +445,6 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
     def head(skip):
         (w1, b1), (w2, b2) = wts["head"]
         return (_dot(jax.nn.relu(_dot(jax.nn.relu(skip), w1) + b1), w2) + b2).astype(jnp.float32)
-
-    native = _native_stack(model)
-    if native:
-        native_wts = cpu_gated_position.stack_weights(wts)
 
     def horizontal(j, x_row, pending, write: bool):
         """Position j's raw output [B, P] from the row's inputs x_row [W+r, B, C] (scaled, r zero columns
