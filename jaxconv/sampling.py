@@ -18,7 +18,7 @@ instead, less work per variable, with more float ties (``heads.check_draw``).
   share one pass; with three (softmax RGB) each channel recomputes the horizontal stack. The work per
   image is one whole-image forward pass (C for the horizontal stack of softmax RGB) instead of H*W*C.
   Each row's random numbers are drawn at once (the same values as per variable). In float32 on the CPU a
-  position's horizontal stack and head are one C++ call (``jaxconv.models.cpu_gated_position``) instead of
+  position's horizontal stack and head are one C++ call (``jaxconv.models.cpu_gated_sampler``) instead of
   some ten XLA ops per layer, unless the model's conv policy forces another implementation (``conv.impl``).
 
 ``cached_compiled`` returns the compiled program ``sample_cached`` runs (its HLO op names: profiles,
@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.models import cpu_gated_position
+from jaxconv.models import cpu_gated_sampler
 from jaxconv.models.heads import (check_draw, draw_variable, sample_variable, scale_values, to_images, to_values,
                                   variable_noise, variable_params)
 from jaxconv.models.masked import centre_mask, live_taps, masked_to_cropped, raster_mask
@@ -375,10 +375,10 @@ def _gated_weights(model: GatedPixelCNN, params: Any) -> dict:
 
 def _native_stack(model: GatedPixelCNN) -> bool:
     """Whether the horizontal stack runs as one C++ call per position and each vertical layer's ring update
-    and gate as one per row (``cpu_gated_position``): float32 on the CPU where it is built, unless the model's conv policy forces another implementation everywhere
+    and gate as one per row (``cpu_gated_sampler``): float32 on the CPU where it is built, unless the model's conv policy forces another implementation everywhere
     (``conv.impl=xla``: XLA's ops, as every conv)."""
     return (jnp.dtype(model.dtype) == jnp.float32 and jax.default_backend() == "cpu"
-            and model.policy.forced in ("", "native") and not cpu_gated_position.reason())
+            and model.policy.forced in ("", "native") and not cpu_gated_sampler.reason())
 
 
 def _cached_gated(model, known_rows, progress, method, params, key, values, labels, temperature):
@@ -399,7 +399,7 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
 
     native = _native_stack(model)
     if native:
-        native_wts = cpu_gated_position.stack_weights(wts)
+        native_wts = cpu_gated_sampler.stack_weights(wts)
 
     def column_taps(v, d):
         """v [B, W, F] at each column tap of a vertical layer of dilation d -> its dot input [B, W, k*F]."""
@@ -431,7 +431,7 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
             next_d = dilations[l + 1] if l + 1 < len(dilations) else None
             if native:
                 cond_rows = jnp.broadcast_to(jnp.asarray(cond, dtype), (b, 2 * f))
-                ring, pre, cols = cpu_gated_position.vertical_row(i, z, ring, lw["v_bias"], cond_rows, d, next_d)
+                ring, pre, cols = cpu_gated_sampler.vertical_row(i, z, ring, lw["v_bias"], cond_rows, d, next_d)
             else:
                 ring, pre = ring_row(i, z, ring, lw["v_bias"], d)
                 if next_d is not None:
@@ -450,7 +450,7 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
         """Position j's raw output [B, P] from the row's inputs x_row [W+r, B, C] (scaled, r zero columns
         on the left) and pending buffer; ``write``: also add this position's taps into it for the later ones."""
         if native:
-            return cpu_gated_position.position(j, x_row, pending, native_wts, dilations, write)
+            return cpu_gated_sampler.position(j, x_row, pending, native_wts, dilations, write)
         window = jax.lax.dynamic_slice_in_dim(x_row, j, r + 1, axis=0)  # columns j-r .. j
         hs = _dot(window.transpose(1, 0, 2).reshape(b, -1), wts["h_first"]) + wts["h_first_bias"]  # [B, F]
         skip = 0.0

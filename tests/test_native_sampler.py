@@ -1,4 +1,4 @@
-"""The Gated PixelCNN cached sampler's C++ position and vertical row (jaxconv/models/cpu_gated_position.cc)
+"""The Gated PixelCNN cached sampler's C++ position and vertical row (jaxconv/models/cpu_gated_sampler.cc)
 against the same maths in NumPy (float64), and the sampler with them against the sampler with XLA's ops and
 the naive one."""
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from jaxconv import sampling
-from jaxconv.models import PRESETS, build_model, cpu_gated_position
+from jaxconv.models import PRESETS, build_model, cpu_gated_sampler
 from jaxconv.models.conv_policy import ConvPolicy
 
-pytestmark = pytest.mark.skipif(bool(cpu_gated_position.reason()), reason="needs a C++ compiler")
+pytestmark = pytest.mark.skipif(bool(cpu_gated_sampler.reason()), reason="needs a C++ compiler")
 
 
 def reference(j, x_row, pending, w, dilations, write):
@@ -60,7 +60,7 @@ def test_position_matches_the_same_maths_in_numpy(case):
     pending = normal(width + reach, layers, b, 2 * f, scale=1.0)
     pending[:, :, 0] *= 60
     for j in (0, 4, width - 1):
-        run = jax.jit(lambda j, x, p: cpu_gated_position.position(j, x, p, w, dilations, write))
+        run = jax.jit(lambda j, x, p: cpu_gated_sampler.position(j, x, p, w, dilations, write))
         raw, new_pending = run(j, x_row, pending)
         want_raw, want_pending = reference(j, x_row, pending, w, dilations, write)
         assert np.all(np.isfinite(raw))
@@ -104,7 +104,7 @@ def test_vertical_row_matches_the_same_maths_in_numpy(case):
     slots = d * (taps - 1) + 1
     ring, bias, cond = normal(slots, b, width, 2 * f), normal(2 * f), normal(b, 2 * f)
     cond[0] *= 60  # one image's gates far into their flat ends, where exp under- and overflows
-    run = jax.jit(lambda i, z, ring: cpu_gated_position.vertical_row(i, z, ring, bias, cond, d, next_d))
+    run = jax.jit(lambda i, z, ring: cpu_gated_sampler.vertical_row(i, z, ring, bias, cond, d, next_d))
     for i in (0, 1, 2 * slots + 1):
         z = normal(b, width, taps * 2 * f)
         got = run(i, z, ring)
@@ -154,13 +154,13 @@ def test_weights_that_do_not_fit_are_refused_not_read_past():
     w = {"h_first": ones(2, f), "h_first_bias": ones(f), "h": ones(layers, f, 4 * f), "res_w": ones(layers, f, f),
          "res_b": ones(layers, f), "w1": ones(f, 4), "b1": ones(4), "w2": ones(4, 1), "b2": ones(1)}
     x_row, pending = ones(10, b, 1), ones(10, layers, b, 2 * f)
-    cpu_gated_position.position(0, x_row, pending, w, (1, 1), True)[0].block_until_ready()  # fits
+    cpu_gated_sampler.position(0, x_row, pending, w, (1, 1), True)[0].block_until_ready()  # fits
     for name, shape in (("res_w", (layers, f, f - 1)), ("w2", (3, 1)), ("h_first", (3, f))):
         with pytest.raises(Exception, match="shapes do not fit"):
-            cpu_gated_position.position(0, x_row, pending, {**w, name: ones(*shape)}, (1, 1), True)[0].block_until_ready()
+            cpu_gated_sampler.position(0, x_row, pending, {**w, name: ones(*shape)}, (1, 1), True)[0].block_until_ready()
     z, ring, bias, cond = ones(b, 5, 4 * f), ones(3, b, 5, 2 * f), ones(2 * f), ones(b, 2 * f)
-    cpu_gated_position.vertical_row(0, z, ring, bias, cond, 2, 1)[2].block_until_ready()  # fits
+    cpu_gated_sampler.vertical_row(0, z, ring, bias, cond, 2, 1)[2].block_until_ready()  # fits
     for args in ((z[..., :3 * f], ring, bias, cond, 2, 1), (z, ring[:2], bias, cond, 2, 1),
                  (z, ring, bias[:f], cond, 2, 1), (z, ring, bias, cond[:1], 2, 1), (z, ring, bias, cond, 1, 1)):
         with pytest.raises(Exception, match="shapes do not fit"):
-            cpu_gated_position.vertical_row(0, *args)[2].block_until_ready()
+            cpu_gated_sampler.vertical_row(0, *args)[2].block_until_ready()

@@ -107,7 +107,7 @@ def _loop_flops(jaxpr) -> float:
 def cached_flops(model, params, shape: tuple[int, int, int, int]) -> float:
     """Conv and matmul FLOPs per image of ``sampling.sample_cached`` drawing ``shape`` = (B, H, W, C) images,
     counted in the program it traces with XLA's ops everywhere: the C++ call that computes a Gated PixelCNN
-    position on the CPU (``jaxconv.models.cpu_gated_position``) does the same dots, which a jaxpr does not show."""
+    position on the CPU (``jaxconv.models.cpu_gated_sampler``) does the same dots, which a jaxpr does not show."""
     model = model.clone(policy=dataclasses.replace(model.policy, forced="xla"))
     jaxpr = jax.make_jaxpr(lambda p, k: sampling.sample_cached(model, p, k, shape))(params, jax.random.key(0))
     return _loop_flops(jaxpr.jaxpr) / shape[0]

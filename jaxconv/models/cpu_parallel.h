@@ -1,5 +1,5 @@
 // ParallelFor over XLA's intra-op thread pool, for jaxconv's FFI handlers (cpu_conv_grads.cc,
-// cpu_gated_position.cc). native_build.py keys each library on this header's text too.
+// cpu_gated_sampler.cc). native_build.py keys each library on this header's text too.
 #pragma once
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-"""The Gated PixelCNN cached sampler's inner steps in C++ on the CPU (``cpu_gated_position.cc``, XLA FFI
+"""The Gated PixelCNN cached sampler's inner steps in C++ on the CPU (``cpu_gated_sampler.cc``, XLA FFI
 handlers), float32: a position's horizontal stack and head, one call instead of some ten XLA ops per layer;
 a vertical layer's row after its dot (ring update, gate, the next dot's column taps), one call instead of
 some eight memory-bound ops.

@@ -1,5 +1,5 @@
 // The Gated PixelCNN cached sampler's inner steps on the CPU, float32, as XLA FFI handlers (jaxconv/sampling.py,
-// registered by cpu_gated_position.py): one position of the horizontal stack and output head, and below,
+// registered by cpu_gated_sampler.py): one position of the horizontal stack and output head, and below,
 // one row of a vertical layer after its dot.
 //
 // Why by hand: per position the stack is a chain of small dots ([B, F] x [F, (r+1)*2F] and [B, F] x [F, F]
