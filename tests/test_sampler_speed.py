@@ -19,7 +19,8 @@ from jaxconv import sampling
 from jaxconv.bench import results
 from jaxconv.bench import sample as bench_sample
 from jaxconv.bench.models import forward_flops_of
-from jaxconv.models import PRESETS, build_model, heads
+from jaxconv.models import PRESETS, build_model, cpu_gated_sampler, heads
+from jaxconv.models.conv_policy import ConvPolicy
 from jaxconv.models.pixelcnn import GatedPixelCNNConfig, PixelCNNConfig, build
 
 
@@ -209,11 +210,13 @@ def test_cached_agrees_with_naive_where_buffers_wrap(config, shape, known_rows):
     (GatedPixelCNNConfig(channels=3, head="logistic_mixture", mixtures=2, dilations=(1, 2), features=6,
                          num_layers=3, output_features=6), (2, 4, 6, 3), 1),
 ], ids=["gated-k5-rgb-softmax", "gated-k5-classes-past-edges", "gated-mixture"])
-def test_gated_cached_sampler_computes_each_variable_as_the_forward_pass(monkeypatch, config, shape, known_rows):
+@pytest.mark.parametrize("ops", ["default", "xla"])
+def test_gated_cached_sampler_computes_each_variable_as_the_forward_pass(monkeypatch, config, shape, known_rows, ops):
     """The distribution each variable is drawn from inside the cached sampler equals a whole-image forward
     pass on the sample it returns (to float tolerance). Stronger than the samplers' agreement: a wrong pending
     sum moves the logits a little, which flips a draw only now and then (a review found such a bug that left
-    every sample of one of these cases unchanged)."""
+    every sample of one of these cases unchanged). Both ways of computing the stacks: the default (on the
+    CPU in float32, the C++ calls of ``cpu_gated_sampler`` where they build) and XLA's ops."""
     seen = []
     draw = sampling._draw_noise
 
@@ -226,6 +229,9 @@ def test_gated_cached_sampler_computes_each_variable_as_the_forward_pass(monkeyp
     sampling._jit_with.cache_clear()  # traced anew, with the recording draw
     try:
         model = build(config)
+        if ops == "xla":
+            model = model.clone(policy=ConvPolicy(forced="xla"))
+        assert sampling._native_stack(model) == (ops == "default" and not cpu_gated_sampler.reason())
         labels = jnp.arange(shape[0]) % config.num_classes if config.num_classes else None
         params = random_params(model, shape[1:], labels=None if labels is None else labels[:1])
         given = jax.random.randint(jax.random.key(7), shape, 0, 256).astype(jnp.uint8)

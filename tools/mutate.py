@@ -122,6 +122,10 @@ MUTANTS = [
     m("gated-pending-tap-overwrites", "jaxconv/sampling.py",
       "pending = jax.lax.dynamic_update_slice(pending, slot + z[", "pending = jax.lax.dynamic_update_slice(pending, 0 * slot + z[",
       GATED_LOGITS),
+    m("gated-ring-reads-the-next-rows-slot", "jaxconv/sampling.py",
+      "return ring, _read(ring, i % (d * r + 1))", "return ring, _read(ring, (i + 1) % (d * r + 1))", GATED_LOGITS),
+    m("gated-vertical-column-taps-mirrored", "jaxconv/sampling.py",
+      "_shift_columns(v, (t - r) * d)", "_shift_columns(v, (r - t) * d)", GATED_LOGITS),
     # --- heads (jaxconv/models/heads.py) ----------------------------------------------------------
     m("temperature-multiplies", "jaxconv/models/heads.py",
       "values_log_prob(config, params) / temperature + noise", "values_log_prob(config, params) * temperature + noise",
