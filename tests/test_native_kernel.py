@@ -136,12 +136,14 @@ def test_training_without_a_compiler_uses_xlas_convs(tmp_path):
 
 
 def test_a_second_run_reuses_the_first_runs_compiled_train_step(tmp_path):
-    """The train step holds the native kernel gradient on every device; a later process (a resume, the next
-    run) loads the step from JAX's persistent cache, which the CLI keeps in jaxconv's cache directory."""
+    """The train step holds the native kernel gradient on every device (8 here: the gradient splits its work
+    over the mesh the step is traced under); a later process (a resume, the next run) loads the step from
+    JAX's persistent cache, which the CLI keeps in jaxconv's cache directory."""
     cache = tmp_path / "cache"
     assert cpu_conv_grads.reason() == ""  # built into the session's cache: copied, not built again
     shutil.copytree(Path(os.environ["JAXCONV_CACHE_DIR"]) / "native", cache / "native")
-    env = {**os.environ, **COMPILER_LOG, "JAXCONV_CACHE_DIR": str(cache)}
+    env = {**os.environ, **COMPILER_LOG, "JAXCONV_CACHE_DIR": str(cache),
+           "XLA_FLAGS": os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8"}
     del env["JAX_COMPILATION_CACHE_DIR"]
     first, again = (run_cli("train", "lenet_modern_mnist", "--smoke", "--set", "train.steps=2", "--workdir",
                             str(tmp_path / f"run{k}"), env=env) for k in range(2))
