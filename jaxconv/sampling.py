@@ -19,7 +19,8 @@ instead, less work per variable, with more float ties (``heads.check_draw``).
   image is one whole-image forward pass (C for the horizontal stack of softmax RGB) instead of H*W*C.
   Each row's random numbers are drawn at once (the same values as per variable). In float32 on the CPU a
   position's horizontal stack and head are one C++ call (``jaxconv.models.cpu_gated_sampler``) instead of
-  some ten XLA ops per layer, unless the model's conv policy forces another implementation (``conv.impl``).
+  some ten XLA ops per layer, and a vertical layer's row after its dot one more instead of some eight, unless
+  the model's conv policy forces another implementation (``conv.impl``).
 
 ``cached_compiled`` returns the compiled program ``sample_cached`` runs (its HLO op names: profiles,
 ``tools/profile_sampler.py``).
@@ -375,8 +376,8 @@ def _gated_weights(model: GatedPixelCNN, params: Any) -> dict:
 
 def _native_stack(model: GatedPixelCNN) -> bool:
     """Whether the horizontal stack runs as one C++ call per position and each vertical layer's ring update
-    and gate as one per row (``cpu_gated_sampler``): float32 on the CPU where it is built, unless the model's conv policy forces another implementation everywhere
-    (``conv.impl=xla``: XLA's ops, as every conv)."""
+    and gate as one per row (``cpu_gated_sampler``): float32 on the CPU where it is built, unless the model's
+    conv policy forces another implementation everywhere (``conv.impl=xla``: XLA's ops, as every conv)."""
     return (jnp.dtype(model.dtype) == jnp.float32 and jax.default_backend() == "cpu"
             and model.policy.forced in ("", "native") and not cpu_gated_sampler.reason())
 

@@ -157,7 +157,8 @@ def test_weights_that_do_not_fit_are_refused_not_read_past():
     cpu_gated_sampler.position(0, x_row, pending, w, (1, 1), True)[0].block_until_ready()  # fits
     for name, shape in (("res_w", (layers, f, f - 1)), ("w2", (3, 1)), ("h_first", (3, f))):
         with pytest.raises(Exception, match="shapes do not fit"):
-            cpu_gated_sampler.position(0, x_row, pending, {**w, name: ones(*shape)}, (1, 1), True)[0].block_until_ready()
+            misfit = {**w, name: ones(*shape)}
+            cpu_gated_sampler.position(0, x_row, pending, misfit, (1, 1), True)[0].block_until_ready()
     z, ring, bias, cond = ones(b, 5, 4 * f), ones(3, b, 5, 2 * f), ones(2 * f), ones(b, 2 * f)
     cpu_gated_sampler.vertical_row(0, z, ring, bias, cond, 2, 1)[2].block_until_ready()  # fits
     for args in ((z[..., :3 * f], ring, bias, cond, 2, 1), (z, ring[:2], bias, cond, 2, 1),

@@ -4,7 +4,7 @@ a vertical layer's row after its dot (ring update, gate, the next dot's column t
 some eight memory-bound ops.
 
 Built on first use (``jaxconv.native_build``). Where it cannot be built, ``reason()`` says why and the
-sampler computes the stack with XLA's ops (one warning per process).
+sampler computes the stacks with XLA's ops (one warning per process).
 """
 
 from __future__ import annotations
