@@ -401,6 +401,7 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
     native = _native_stack(model)
     if native:
         native_wts = cpu_gated_sampler.stack_weights(wts)
+        cond_rows = [jnp.broadcast_to(jnp.asarray(cond, dtype), (b, 2 * f)) for cond in conds]  # [B, 2F] each
 
     def column_taps(v, d):
         """v [B, W, F] at each column tap of a vertical layer of dilation d -> its dot input [B, W, k*F]."""
@@ -431,8 +432,7 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
             cond_v = cond if isinstance(cond, float) else cond[:, None]
             next_d = dilations[l + 1] if l + 1 < len(dilations) else None
             if native:
-                cond_rows = jnp.broadcast_to(jnp.asarray(cond, dtype), (b, 2 * f))
-                ring, pre, cols = cpu_gated_sampler.vertical_row(i, z, ring, lw["v_bias"], cond_rows, d, next_d)
+                ring, pre, cols = cpu_gated_sampler.vertical_row(i, z, ring, lw["v_bias"], cond_rows[l], d, next_d)
             else:
                 ring, pre = ring_row(i, z, ring, lw["v_bias"], d)
                 if next_d is not None:

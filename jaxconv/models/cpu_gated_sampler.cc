@@ -117,6 +117,14 @@ inline Vec Gate(Vec a, Vec b) {
   return t / ((Splat(1.f) + e) * (Splat(1.f) + Exp(-b)));
 }
 
+// out[e] = tanh(u[e] + v[e]) * sigmoid(u[f + e] + v[f + e]) for e < f: a layer's gated output from its
+// pre-gate sum in two parts (the slot so far and this step's part).
+inline void GateRow(const float* u, const float* v, float* out, int64_t f) {
+  int64_t e = 0;
+  for (; e + kV <= f; e += kV) Store(out + e, Gate(Load(u + e) + Load(v + e), Load(u + f + e) + Load(v + f + e)));
+  for (; e < f; ++e) out[e] = std::tanh(u[e] + v[e]) / (1.f + std::exp(-(u[f + e] + v[f + e])));
+}
+
 struct Shapes {
   int64_t batch, colours, layers, features, taps, hidden, outputs;
 };
@@ -153,15 +161,7 @@ void Position(const Shapes& s, const Weights& w, int64_t j, const float* x_row, 
           float* slot = pending + (j + d * t) * slot_col + (l * s.batch + b0 + b) * f2;
           for (int64_t e = 0; e < f2; ++e) slot[e] += zb[t * f2 + e];
         }
-      const float* at_j = pending + j * slot_col + (l * s.batch + b0 + b) * f2;
-      float* gb = gate.data() + b * f;
-      int64_t e = 0;
-      for (; e + kV <= f; e += kV)
-        Store(gb + e, Gate(Load(at_j + e) + Load(zb + e), Load(at_j + f + e) + Load(zb + f + e)));
-      for (; e < f; ++e) {
-        const float a = at_j[e] + zb[e], g = at_j[f + e] + zb[f + e];
-        gb[e] = std::tanh(a) / (1.f + std::exp(-g));
-      }
+      GateRow(pending + j * slot_col + (l * s.batch + b0 + b) * f2, zb, gate.data() + b * f, f);
     }
     Matmul(gate.data(), w.res_w + l * f * f, out.data(), m, f, f);
     const float* bias = w.res_b + l * f;
@@ -276,11 +276,7 @@ void VerticalRows(const Vertical& v, int64_t i, const float* z, float* ring, con
       const float* now = ring + (i % v.slots) * slot_size + px;
       float* p = pre + px;
       for (int64_t e = 0; e < f2; ++e) p[e] = now[e] + zx[e];
-      float* gx = g.data() + x * f;
-      int64_t e = 0;
-      for (; e + kV <= f; e += kV)
-        Store(gx + e, Gate(Load(p + e) + Load(cb + e), Load(p + f + e) + Load(cb + f + e)));
-      for (; e < f; ++e) gx[e] = std::tanh(p[e] + cb[e]) / (1.f + std::exp(-(p[f + e] + cb[f + e])));
+      GateRow(p, cb, g.data() + x * f, f);
     }
     for (int64_t x = 0; x < w; ++x)
       for (int64_t t = 0; t < v.col_taps; ++t) {
