@@ -402,6 +402,10 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
     if native:
         native_wts = cpu_gated_sampler.stack_weights(wts)
         cond_rows = [jnp.broadcast_to(jnp.asarray(cond, dtype), (b, 2 * f)) for cond in conds]  # [B, 2F] each
+        row_biases = [lw["link"][1] + lw["h_bias"] for lw in wts["layers"]]
+    # The horizontal stack's pending buffer, carried from row to row: the C++ vertical rows set its slots in
+    # place as each row starts (XLA's path builds it anew per row).
+    pending = jnp.zeros((w + reach, len(dilations), b, 2 * f), dtype)
 
     def column_taps(v, d):
         """v [B, W, F] at each column tap of a vertical layer of dilation d -> its dot input [B, W, k*F]."""
@@ -421,27 +425,29 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
             ring = jax.lax.dynamic_update_index_in_dim(ring, ahead, q, 0)
         return ring, _read(ring, i % (d * r + 1)) + z[..., :2 * f]
 
-    def vertical(i, x_rows, rings):
+    def vertical(i, x_rows, rings, pending):
         """Row i's vertical stack -> (updated rings, the row's horizontal pending buffer as it starts)."""
         window = jax.lax.dynamic_slice_in_dim(x_rows, i, r + 1, axis=0)  # image rows i-r-1 .. i-1
         cols = jnp.concatenate([window[a, :, t:t + w] for a in range(r + 1) for t in range(k)], axis=-1)
         cols = column_taps(_dot(cols, wts["v_first"]) + wts["v_first_bias"], dilations[0])
-        new_rings, row_biases = [], []
+        new_rings, slots = [], []
         for l, (lw, ring, d, cond) in enumerate(zip(wts["layers"], rings, dilations, conds)):
             z = _dot(cols, lw["v"])  # [B, W, (r+1)*2F]
             cond_v = cond if isinstance(cond, float) else cond[:, None]
             next_d = dilations[l + 1] if l + 1 < len(dilations) else None
             if native:
-                ring, pre, cols = cpu_gated_sampler.vertical_row(i, z, ring, lw["v_bias"], cond_rows[l], d, next_d)
+                ring, pending, cols = cpu_gated_sampler.vertical_row(
+                    i, z, ring, lw["v_bias"], cond_rows[l], lw["link"][0], row_biases[l], pending, l, d, next_d)
             else:
                 ring, pre = ring_row(i, z, ring, lw["v_bias"], d)
                 if next_d is not None:
                     cols = column_taps(_gate(pre + cond_v), next_d)
-            link_w, link_b = lw["link"]
-            row_biases.append(_dot(pre, link_w) + link_b + cond_v + lw["h_bias"])  # [B, W, 2F]
+                link_w, link_b = lw["link"]
+                slots.append(_dot(pre, link_w) + link_b + cond_v + lw["h_bias"])  # [B, W, 2F]
             new_rings.append(ring)
-        biases = jnp.stack(row_biases).transpose(2, 0, 1, 3)  # [W, L, B, 2F]
-        return tuple(new_rings), jnp.pad(biases, ((0, reach), (0, 0), (0, 0), (0, 0)))
+        if not native:
+            pending = jnp.pad(jnp.stack(slots).transpose(2, 0, 1, 3), ((0, reach), (0, 0), (0, 0), (0, 0)))
+        return tuple(new_rings), pending
 
     def head(skip):
         (w1, b1), (w2, b2) = wts["head"]
@@ -473,8 +479,8 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
         return head(skip), pending
 
     def columns(i, out_rows, pending):
-        """Samples row i, position by position -> its values [B, W, C]; ``pending``: the row's horizontal
-        pending buffer as it starts."""
+        """Samples row i, position by position -> (its values [B, W, C], the pending buffer); ``pending``: the
+        row's horizontal pending buffer as it starts."""
         noise = _row_noise(config, method, key, i, b, w, channels)  # [W, C, B, N]
         given = jax.lax.dynamic_index_in_dim(out_rows, i, 0, False).transpose(1, 0, 2)  # [W, B, C] (initial values)
         x_row = jnp.pad(scale(given), ((r, 0), (0, 0), (0, 0)))
@@ -496,19 +502,23 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
             row = jax.lax.dynamic_update_index_in_dim(row, pixel, j, 0)
             return row, x_row, new_pending
 
-        row, _, _ = jax.lax.fori_loop(0, w, position, (given, x_row, pending))
-        return row.transpose(1, 0, 2)
+        row, _, pending = jax.lax.fori_loop(0, w, position, (given, x_row, pending))
+        return row.transpose(1, 0, 2), pending
 
-    def step(i, carry):
-        x_rows, out_rows, rings = carry
-        rings, pending = vertical(i, x_rows, rings)
-        # Given rows only feed the vertical stack of the rows below: skip their horizontal stack.
-        row = jax.lax.cond(i < known_rows, lambda: jax.lax.dynamic_index_in_dim(out_rows, i, 0, False),
-                           lambda: columns(i, out_rows, pending))
-        out_rows = jax.lax.dynamic_update_index_in_dim(out_rows, row, i, 0)
-        x_rows = jax.lax.dynamic_update_slice(x_rows, scale(row)[None], (i + r + 1, 0, r, 0))
+    def step(i, carry, given: bool):
+        x_rows, out_rows, rings, pending = carry
+        rings, pending = vertical(i, x_rows, rings, pending)
+        if not given:
+            row, pending = columns(i, out_rows, pending)
+            out_rows = jax.lax.dynamic_update_index_in_dim(out_rows, row, i, 0)
+            x_rows = jax.lax.dynamic_update_slice(x_rows, scale(row)[None], (i + r + 1, 0, r, 0))
         _report(progress, i, h)
-        return x_rows, out_rows, rings
+        return x_rows, out_rows, rings, pending
 
-    _, out_rows, _ = jax.lax.fori_loop(0, h, step, (x_rows, out_rows, rings))
+    # Given rows (already in x_rows) only feed the vertical stack of the rows below: no horizontal stack.
+    # Two loops, not a conditional in one: XLA copies the pending buffer into and out of a conditional.
+    carry = (x_rows, out_rows, rings, pending)
+    if known_rows:
+        carry = jax.lax.fori_loop(0, min(known_rows, h), functools.partial(step, given=True), carry)
+    _, out_rows, _, _ = jax.lax.fori_loop(known_rows, h, functools.partial(step, given=False), carry)
     return out_rows.transpose(1, 0, 2, 3)

@@ -70,15 +70,19 @@ def test_position_matches_the_same_maths_in_numpy(case):
             np.testing.assert_array_equal(new_pending, pending)
 
 
-def vertical_reference(i, z, ring, bias, cond, d, next_d):
-    """Row i of a vertical layer after its dot, as jaxconv/sampling.py's XLA path computes it, in float64."""
+def vertical_reference(i, z, ring, bias, cond, link, row_bias, pending, layer, d, next_d):
+    """Row i of vertical layer ``layer`` after its dot, as jaxconv/sampling.py's XLA path computes it, in
+    float64."""
     z, ring, cond = np.asarray(z, np.float64), np.array(ring, np.float64), np.asarray(cond, np.float64)
+    pending = np.array(pending, np.float64)
     f2, slots = ring.shape[3], ring.shape[0]
     r, f, width = z.shape[2] // f2 - 1, f2 // 2, ring.shape[2]
     for s in range(1, r + 1):
         q = (i + d * s) % slots
         ring[q] = (bias if s == r else ring[q]) + z[..., s * f2:(s + 1) * f2]
     pre = ring[i % slots] + z[..., :f2]
+    pending[:width, layer] = (pre @ link + row_bias + cond[:, None]).transpose(1, 0, 2)
+    pending[width:, layer] = 0
     gated = np.tanh(pre[..., :f] + cond[:, None, :f]) / (1 + np.exp(-pre[..., f:] - cond[:, None, f:]))
     cols = []
     for t in range(2 * r + 1 if next_d else 0):
@@ -87,32 +91,35 @@ def vertical_reference(i, z, ring, bias, cond, d, next_d):
             if 0 <= x + (t - r) * next_d < width:
                 shifted[:, x] = gated[:, x + (t - r) * next_d]
         cols.append(shifted)
-    return ring, pre, np.concatenate(cols, axis=-1) if cols else np.zeros(gated.shape[:2] + (0,))
+    return ring, pending, np.concatenate(cols, axis=-1) if cols else np.zeros(gated.shape[:2] + (0,))
 
 
-# (batch, F, taps r+1, dilation, the next layer's dilation, width): the MNIST preset's sizes; r = 2 (a slot
-# added to before it is read) with F below a vector and an uneven split over threads; the last layer (no
-# next dot); a next dilation whose outer taps lie wholly past the row's edges.
-VERTICAL_CASES = [(64, 32, 2, 2, 4, 28), (17, 5, 3, 2, 1, 9), (3, 8, 2, 1, None, 6), (9, 16, 3, 4, 8, 7)]
+# (batch, F, taps r+1, dilation, the next layer's dilation, width, layer of 3): the MNIST preset's sizes;
+# r = 2 (a slot added to before it is read) with F below a vector and an uneven split over threads; the last
+# layer (no next dot); a next dilation whose outer taps lie wholly past the row's edges.
+VERTICAL_CASES = [(64, 32, 2, 2, 4, 28, 1), (17, 5, 3, 2, 1, 9, 0), (3, 8, 2, 1, None, 6, 2), (9, 16, 3, 4, 8, 7, 2)]
 
 
 @pytest.mark.parametrize("case", VERTICAL_CASES, ids=lambda c: f"b{c[0]}-f{c[1]}-taps{c[2]}-d{c[3]}-next{c[4]}")
 def test_vertical_row_matches_the_same_maths_in_numpy(case):
-    b, f, taps, d, next_d, width = case
+    b, f, taps, d, next_d, width, layer = case
     rng = np.random.default_rng(1)
     normal = lambda *shape, scale=1.0: (scale * rng.standard_normal(shape)).astype(np.float32)
-    slots = d * (taps - 1) + 1
+    slots, reach = d * (taps - 1) + 1, 3
     ring, bias, cond = normal(slots, b, width, 2 * f), normal(2 * f), normal(b, 2 * f)
+    link, row_bias = normal(2 * f, 2 * f, scale=0.3), normal(2 * f)
     cond[0] *= 60  # one image's gates far into their flat ends, where exp under- and overflows
-    run = jax.jit(lambda i, z, ring: cpu_gated_sampler.vertical_row(i, z, ring, bias, cond, d, next_d))
+    run = jax.jit(lambda i, z, ring, pending: cpu_gated_sampler.vertical_row(
+        i, z, ring, bias, cond, link, row_bias, pending, layer, d, next_d))
+    pending = normal(width + reach, 3, b, 2 * f)  # the other layers' slots and the reach columns as left
     for i in (0, 1, 2 * slots + 1):
         z = normal(b, width, taps * 2 * f)
-        got = run(i, z, ring)
-        want = vertical_reference(i, z, ring, bias, cond, d, next_d)
-        for name, g, wnt in zip(("ring", "pre", "cols"), got, want):
+        got = run(i, z, ring, pending)
+        want = vertical_reference(i, z, ring, bias, cond, link, row_bias, pending, layer, d, next_d)
+        for name, g, wnt in zip(("ring", "pending", "cols"), got, want):
             assert g.shape == wnt.shape, name
             np.testing.assert_allclose(g, wnt, rtol=1e-5, atol=1e-5, err_msg=name)
-        ring = np.asarray(got[0])
+        ring, pending = np.asarray(got[0]), np.asarray(got[1])
 
 
 def _model(preset, **changes):
@@ -160,8 +167,12 @@ def test_weights_that_do_not_fit_are_refused_not_read_past():
             misfit = {**w, name: ones(*shape)}
             cpu_gated_sampler.position(0, x_row, pending, misfit, (1, 1), True)[0].block_until_ready()
     z, ring, bias, cond = ones(b, 5, 4 * f), ones(3, b, 5, 2 * f), ones(2 * f), ones(b, 2 * f)
-    cpu_gated_sampler.vertical_row(0, z, ring, bias, cond, 2, 1)[2].block_until_ready()  # fits
-    for args in ((z[..., :3 * f], ring, bias, cond, 2, 1), (z, ring[:2], bias, cond, 2, 1),
-                 (z, ring, bias[:f], cond, 2, 1), (z, ring, bias, cond[:1], 2, 1), (z, ring, bias, cond, 1, 1)):
+    link, pending = ones(2 * f, 2 * f), ones(7, layers, b, 2 * f)
+    fits = dict(z=z, ring=ring, bias=bias, cond=cond, link=link, row_bias=bias, pending=pending, layer=1,
+                dilation=2, next_dilation=1)
+    cpu_gated_sampler.vertical_row(0, **fits)[2].block_until_ready()
+    for name, value in (("z", z[..., :3 * f]), ("ring", ring[:2]), ("bias", bias[:f]), ("cond", cond[:1]),
+                        ("dilation", 1), ("link", link[:f]), ("row_bias", bias[:f]), ("pending", pending[:4]),
+                        ("pending", pending[:, :, :2]), ("layer", 2), ("layer", -1)):
         with pytest.raises(Exception, match="shapes do not fit"):
-            cpu_gated_sampler.vertical_row(0, *args)[2].block_until_ready()
+            cpu_gated_sampler.vertical_row(0, **{**fits, name: value})[2].block_until_ready()

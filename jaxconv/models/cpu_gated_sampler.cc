@@ -64,25 +64,32 @@ inline void Tile(const float* x, int64_t ldx, const float* w, int64_t ldw, float
 }
 
 template <int MR>
-void Rows(const float* x, int64_t ldx, const float* w, int64_t n, float* out, int64_t k) {
+void Rows(const float* x, int64_t ldx, const float* w, int64_t n, float* out, int64_t ldo, int64_t k) {
   int64_t c = 0;
-  for (; c + kNV * kV <= n; c += kNV * kV) Tile<MR, kNV>(x, ldx, w + c, n, out + c, n, k);
-  for (; c + kV <= n; c += kV) Tile<MR, 1>(x, ldx, w + c, n, out + c, n, k);
+  for (; c + kNV * kV <= n; c += kNV * kV) Tile<MR, kNV>(x, ldx, w + c, n, out + c, ldo, k);
+  for (; c + kV <= n; c += kV) Tile<MR, 1>(x, ldx, w + c, n, out + c, ldo, k);
   for (; c < n; ++c)  // the last n % kV columns (a bernoulli head's one logit)
     for (int m = 0; m < MR; ++m) {
       float s = 0.f;
       for (int64_t t = 0; t < k; ++t) s += x[m * ldx + t] * w[t * n + c];
-      out[m * n + c] = s;
+      out[m * ldo + c] = s;
     }
 }
 
-// out [m, n] = x [m, k] . w [k, n], all row-major and dense. Each element sums over k in order, whatever
-// its tile: a row's result does not depend on which other rows share the call.
-void Matmul(const float* x, const float* w, float* out, int64_t m, int64_t k, int64_t n) {
+// out [m, n] = x [m, k] . w [k, n], row-major, x's rows ldx apart and out's ldo apart (w dense). Each
+// element sums over k in order, whatever its tile: a row's result does not depend on which other rows
+// share the call.
+void Matmul(const float* x, int64_t ldx, const float* w, float* out, int64_t ldo, int64_t m, int64_t k,
+            int64_t n) {
   int64_t r = 0;
-  for (; r + kMR <= m; r += kMR) Rows<kMR>(x + r * k, k, w, n, out + r * n, k);
-  for (; r + 2 <= m; r += 2) Rows<2>(x + r * k, k, w, n, out + r * n, k);
-  for (; r < m; ++r) Rows<1>(x + r * k, k, w, n, out + r * n, k);
+  for (; r + kMR <= m; r += kMR) Rows<kMR>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
+  for (; r + 2 <= m; r += 2) Rows<2>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
+  for (; r < m; ++r) Rows<1>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
+}
+
+// The same with dense x [m, k] and out [m, n].
+void Matmul(const float* x, const float* w, float* out, int64_t m, int64_t k, int64_t n) {
+  Matmul(x, k, w, out, n, m, k, n);
 }
 
 // exp(x) for x in about [-87, 88]: x = n ln2 + f with |f| <= ln2 / 2, exp(f) by its Taylor series to
@@ -243,23 +250,27 @@ ffi::Error Read(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> j, ffi::Buffer<ffi::
              raw, const_cast<float*>(pending.typed_data()), false);
 }
 
-// Row i of one vertical layer (dilation d) after its dot, per image b and column x, with S = d*r + 1 ring
+// Row i of vertical layer l (dilation d) after its dot, per image b and column x, with S = d*r + 1 ring
 // slots [S, B, W, 2F] (slot (i + d*s) % S holds row i + d*s's sum so far):
 //   ring[(i + d*s) % S] += z block s for s = 1..r-1, and the slot of row i + d*r (just read by row i - 1)
 //   starts as bias + z block r;  pre = ring[i % S] + z block 0;  g = gate(pre + cond[b]);
+//   pending[x, l, b] = pre x link + row_bias + cond[b]: layer l's slot of the horizontal stack's pending
+//   buffer [W + reach, L, B, 2F] as the row starts (zero in the reach columns past the row, which only
+//   absorb the positions' writes);
 //   cols[b, x, t*F ..] = g[b, x + (t - c)*shift] for t < T = 2c + 1 (zero past the row's edges): the next
 //   layer's dot input (T = 0 for the last layer).
-// XLA ran these as some eight memory-bound ops per layer around the dot (Gated PixelCNN MNIST, batch 64:
-// ~45 of ~220 ms of a sample); here each element is read once and written once.
+// XLA ran these as some eight memory-bound ops per layer around the dot, the link's small dot at about a
+// third of the matmul peak, and a transpose and pad of the five links into the pending buffer (Gated
+// PixelCNN MNIST, batch 64: ~100 of ~230 ms of a sample); here each element is read once and written once.
 struct Vertical {
-  int64_t batch, width, features, taps, slots, dilation, shift, col_taps;
+  int64_t batch, width, features, taps, slots, dilation, shift, col_taps, layer, layers, columns;
 };
 
 void VerticalRows(const Vertical& v, int64_t i, const float* z, float* ring, const float* bias, const float* cond,
-                  float* pre, float* cols, int64_t b0, int64_t b1) {
+                  const float* link, const float* row_bias, float* pending, float* cols, int64_t b0, int64_t b1) {
   const int64_t f = v.features, f2 = 2 * f, r = v.taps - 1, w = v.width, c = (v.col_taps - 1) / 2;
-  const int64_t slot_size = v.batch * w * f2, ct = v.col_taps * f;
-  std::vector<float> g(w * f);
+  const int64_t slot_size = v.batch * w * f2, ct = v.col_taps * f, slot_col = v.layers * v.batch * f2;
+  std::vector<float> pre(w * f2), g(w * f);
   for (int64_t b = b0; b < b1; ++b) {
     const float* cb = cond + b * f2;
     for (int64_t x = 0; x < w; ++x) {
@@ -274,10 +285,16 @@ void VerticalRows(const Vertical& v, int64_t i, const float* z, float* ring, con
           for (int64_t e = 0; e < f2; ++e) slot[e] += zs[e];
       }
       const float* now = ring + (i % v.slots) * slot_size + px;
-      float* p = pre + px;
+      float* p = pre.data() + x * f2;
       for (int64_t e = 0; e < f2; ++e) p[e] = now[e] + zx[e];
       GateRow(p, cb, g.data() + x * f, f);
     }
+    // Column x's slot for image b is pending[x, l, b]: the columns' slots lie slot_col apart.
+    float* slots = pending + (v.layer * v.batch + b) * f2;
+    Matmul(pre.data(), f2, link, slots, slot_col, w, f2, f2);
+    for (int64_t x = 0; x < w; ++x)
+      for (int64_t e = 0; e < f2; ++e) slots[x * slot_col + e] += row_bias[e] + cb[e];
+    for (int64_t x = w; x < v.columns; ++x) std::fill(slots + x * slot_col, slots + x * slot_col + f2, 0.f);
     for (int64_t x = 0; x < w; ++x)
       for (int64_t t = 0; t < v.col_taps; ++t) {
         const int64_t src = x + (t - c) * v.shift;
@@ -292,27 +309,30 @@ void VerticalRows(const Vertical& v, int64_t i, const float* z, float* ring, con
 
 ffi::Error VerticalRow(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> i_buf, ffi::Buffer<ffi::F32> z,
                        ffi::Buffer<ffi::F32> ring_in, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> cond,
-                       int64_t dilation, int64_t shift, ffi::ResultBuffer<ffi::F32> ring,
-                       ffi::ResultBuffer<ffi::F32> pre, ffi::ResultBuffer<ffi::F32> cols) {
-  if (ring->typed_data() != ring_in.typed_data())
-    return ffi::Error::InvalidArgument("gated_vertical: the ring must be aliased to its result");
-  const auto zd = z.dimensions(), rd = ring_in.dimensions(), pd = pre->dimensions(), cd = cols->dimensions();
-  if (zd.size() != 3 || rd.size() != 4 || pd.size() != 3 || cd.size() != 3 || rd[3] % 2 || rd[3] == 0)
+                       ffi::Buffer<ffi::F32> link, ffi::Buffer<ffi::F32> row_bias, ffi::Buffer<ffi::F32> pending_in,
+                       int64_t layer, int64_t dilation, int64_t shift, ffi::ResultBuffer<ffi::F32> ring,
+                       ffi::ResultBuffer<ffi::F32> pending, ffi::ResultBuffer<ffi::F32> cols) {
+  if (ring->typed_data() != ring_in.typed_data() || pending->typed_data() != pending_in.typed_data())
+    return ffi::Error::InvalidArgument("gated_vertical: the ring and pending buffer must be aliased to their results");
+  const auto zd = z.dimensions(), rd = ring_in.dimensions(), qd = pending_in.dimensions(), cd = cols->dimensions();
+  if (zd.size() != 3 || rd.size() != 4 || qd.size() != 4 || cd.size() != 3 || rd[3] % 2 || rd[3] == 0)
     return ffi::Error::InvalidArgument("gated_vertical: shapes do not fit one another");
   const int64_t f2 = rd[3];
-  const Vertical v{rd[1], rd[2], f2 / 2, zd[2] / f2, rd[0], dilation, shift, cd[2] / (f2 / 2)};
+  const Vertical v{rd[1], rd[2], f2 / 2, zd[2] / f2, rd[0], dilation, shift, cd[2] / (f2 / 2), layer, qd[1], qd[0]};
   if (zd[0] != v.batch || zd[1] != v.width || zd[2] != v.taps * f2 || v.taps < 2 ||
-      v.slots != dilation * (v.taps - 1) + 1 || dilation < 1 || shift < 1 || pd[0] != v.batch ||
-      pd[1] != v.width || pd[2] != f2 || cd[0] != v.batch || cd[1] != v.width ||
+      v.slots != dilation * (v.taps - 1) + 1 || dilation < 1 || shift < 1 || qd[0] < v.width || layer < 0 ||
+      layer >= qd[1] || qd[2] != v.batch || qd[3] != f2 || cd[0] != v.batch || cd[1] != v.width ||
       cd[2] != v.col_taps * v.features || (v.col_taps != 0 && v.col_taps % 2 == 0) ||
-      bias.element_count() != f2 || cond.element_count() != v.batch * f2)
+      bias.element_count() != f2 || cond.element_count() != v.batch * f2 || link.element_count() != f2 * f2 ||
+      row_bias.element_count() != f2)
     return ffi::Error::InvalidArgument("gated_vertical: shapes do not fit one another");
   const int64_t i = i_buf.typed_data()[0];
   if (i < 0) return ffi::Error::InvalidArgument("gated_vertical: negative row");
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), v.batch / kMinRows));
   ParallelFor(pool, chunks, [&](int64_t k) {
-    VerticalRows(v, i, z.typed_data(), ring->typed_data(), bias.typed_data(), cond.typed_data(),
-                 pre->typed_data(), cols->typed_data(), v.batch * k / chunks, v.batch * (k + 1) / chunks);
+    VerticalRows(v, i, z.typed_data(), ring->typed_data(), bias.typed_data(), cond.typed_data(), link.typed_data(),
+                 row_bias.typed_data(), pending->typed_data(), cols->typed_data(), v.batch * k / chunks,
+                 v.batch * (k + 1) / chunks);
   });
   return ffi::Error::Success();
 }
@@ -348,6 +368,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvGatedVerticalRow, VerticalRow,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("layer")
                                   .Attr<int64_t>("dilation")
                                   .Attr<int64_t>("shift")
                                   .Ret<ffi::Buffer<ffi::F32>>()
