@@ -432,14 +432,14 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
         cols = column_taps(_dot(cols, wts["v_first"]) + wts["v_first_bias"], dilations[0])
         new_rings, slots = [], []
         for l, (lw, ring, d, cond) in enumerate(zip(wts["layers"], rings, dilations, conds)):
-            z = _dot(cols, lw["v"])  # [B, W, (r+1)*2F]
             cond_v = cond if isinstance(cond, float) else cond[:, None]
             next_d = dilations[l + 1] if l + 1 < len(dilations) else None
             if native:
                 ring, pending, cols = cpu_gated_sampler.vertical_row(
-                    i, z, ring, lw["v_bias"], cond_rows[l], lw["link"][0], row_biases[l], pending, l, d, next_d)
+                    i, cols, lw["v"], ring, lw["v_bias"], cond_rows[l], lw["link"][0], row_biases[l], pending, l, d,
+                    next_d)
             else:
-                ring, pre = ring_row(i, z, ring, lw["v_bias"], d)
+                ring, pre = ring_row(i, _dot(cols, lw["v"]), ring, lw["v_bias"], d)  # its dot: [B, W, (r+1)*2F]
                 if next_d is not None:
                     cols = column_taps(_gate(pre + cond_v), next_d)
                 link_w, link_b = lw["link"]

@@ -70,10 +70,10 @@ def test_position_matches_the_same_maths_in_numpy(case):
             np.testing.assert_array_equal(new_pending, pending)
 
 
-def vertical_reference(i, z, ring, bias, cond, link, row_bias, pending, layer, d, next_d):
-    """Row i of vertical layer ``layer`` after its dot, as jaxconv/sampling.py's XLA path computes it, in
-    float64."""
-    z, ring, cond = np.asarray(z, np.float64), np.array(ring, np.float64), np.asarray(cond, np.float64)
+def vertical_reference(i, x, weights, ring, bias, cond, link, row_bias, pending, layer, d, next_d):
+    """Row i of vertical layer ``layer``, as jaxconv/sampling.py's XLA path computes it, in float64."""
+    z = np.asarray(x, np.float64) @ weights
+    ring, cond = np.array(ring, np.float64), np.asarray(cond, np.float64)
     pending = np.array(pending, np.float64)
     f2, slots = ring.shape[3], ring.shape[0]
     r, f, width = z.shape[2] // f2 - 1, f2 // 2, ring.shape[2]
@@ -108,14 +108,15 @@ def test_vertical_row_matches_the_same_maths_in_numpy(case):
     slots, reach = d * (taps - 1) + 1, 3
     ring, bias, cond = normal(slots, b, width, 2 * f), normal(2 * f), normal(b, 2 * f)
     link, row_bias = normal(2 * f, 2 * f, scale=0.3), normal(2 * f)
+    weights = normal(3 * f, taps * 2 * f, scale=0.3)  # the dot's input: 3 column taps of the layer below
     cond[0] *= 60  # one image's gates far into their flat ends, where exp under- and overflows
-    run = jax.jit(lambda i, z, ring, pending: cpu_gated_sampler.vertical_row(
-        i, z, ring, bias, cond, link, row_bias, pending, layer, d, next_d))
+    run = jax.jit(lambda i, x, ring, pending: cpu_gated_sampler.vertical_row(
+        i, x, weights, ring, bias, cond, link, row_bias, pending, layer, d, next_d))
     pending = normal(width + reach, 3, b, 2 * f)  # the other layers' slots and the reach columns as left
     for i in (0, 1, 2 * slots + 1):
-        z = normal(b, width, taps * 2 * f)
-        got = run(i, z, ring, pending)
-        want = vertical_reference(i, z, ring, bias, cond, link, row_bias, pending, layer, d, next_d)
+        x = normal(b, width, 3 * f)
+        got = run(i, x, ring, pending)
+        want = vertical_reference(i, x, weights, ring, bias, cond, link, row_bias, pending, layer, d, next_d)
         for name, g, wnt in zip(("ring", "pending", "cols"), got, want):
             assert g.shape == wnt.shape, name
             np.testing.assert_allclose(g, wnt, rtol=1e-5, atol=1e-5, err_msg=name)
@@ -166,12 +167,13 @@ def test_weights_that_do_not_fit_are_refused_not_read_past():
         with pytest.raises(Exception, match="shapes do not fit"):
             misfit = {**w, name: ones(*shape)}
             cpu_gated_sampler.position(0, x_row, pending, misfit, (1, 1), True)[0].block_until_ready()
-    z, ring, bias, cond = ones(b, 5, 4 * f), ones(3, b, 5, 2 * f), ones(2 * f), ones(b, 2 * f)
-    link, pending = ones(2 * f, 2 * f), ones(7, layers, b, 2 * f)
-    fits = dict(z=z, ring=ring, bias=bias, cond=cond, link=link, row_bias=bias, pending=pending, layer=1,
-                dilation=2, next_dilation=1)
+    x, weights, ring = ones(b, 5, 3 * f), ones(3 * f, 4 * f), ones(3, b, 5, 2 * f)
+    bias, cond, link, pending = ones(2 * f), ones(b, 2 * f), ones(2 * f, 2 * f), ones(7, layers, b, 2 * f)
+    fits = dict(x=x, weights=weights, ring=ring, bias=bias, cond=cond, link=link, row_bias=bias, pending=pending,
+                layer=1, dilation=2, next_dilation=1)
     cpu_gated_sampler.vertical_row(0, **fits)[2].block_until_ready()
-    for name, value in (("z", z[..., :3 * f]), ("ring", ring[:2]), ("bias", bias[:f]), ("cond", cond[:1]),
+    for name, value in (("x", x[..., :2 * f]), ("x", x[:, :4]), ("weights", weights[:, :3 * f]),
+                        ("weights", weights[:2 * f]), ("ring", ring[:2]), ("bias", bias[:f]), ("cond", cond[:1]),
                         ("dilation", 1), ("link", link[:f]), ("row_bias", bias[:f]), ("pending", pending[:4]),
                         ("pending", pending[:, :, :2]), ("layer", 2), ("layer", -1)):
         with pytest.raises(Exception, match="shapes do not fit"):

@@ -1,6 +1,6 @@
 // The Gated PixelCNN cached sampler's inner steps on the CPU, float32, as XLA FFI handlers (jaxconv/sampling.py,
 // registered by cpu_gated_sampler.py): one position of the horizontal stack and output head, and below,
-// one row of a vertical layer after its dot.
+// one row of a vertical layer.
 //
 // Why by hand: per position the stack is a chain of small dots ([B, F] x [F, (r+1)*2F] and [B, F] x [F, F]
 // per layer), gates and slot updates, run once per pixel in a loop. XLA:CPU runs each of those as its own
@@ -82,7 +82,10 @@ void Rows(const float* x, int64_t ldx, const float* w, int64_t n, float* out, in
 void Matmul(const float* x, int64_t ldx, const float* w, float* out, int64_t ldo, int64_t m, int64_t k,
             int64_t n) {
   int64_t r = 0;
-  for (; r + kMR <= m; r += kMR) Rows<kMR>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
+  // The last 8 rows as two tiles of 4, not 6 and 2: a 2-row tile's 4 accumulators cannot keep both FMA
+  // units busy.
+  for (; r + kMR <= m && m - r != 8; r += kMR) Rows<kMR>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
+  for (; r + 4 <= m; r += 4) Rows<4>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
   for (; r + 2 <= m; r += 2) Rows<2>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
   for (; r < m; ++r) Rows<1>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
 }
@@ -250,8 +253,10 @@ ffi::Error Read(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> j, ffi::Buffer<ffi::
              raw, const_cast<float*>(pending.typed_data()), false);
 }
 
-// Row i of vertical layer l (dilation d) after its dot, per image b and column x, with S = d*r + 1 ring
-// slots [S, B, W, 2F] (slot (i + d*s) % S holds row i + d*s's sum so far):
+// Row i of vertical layer l (dilation d), per image b and column x, from its dot input in [B, W, K] (the
+// previous layer's gated output at each of this layer's column taps): z = in[b] x weights [K, (r+1)*2F]
+// (block s is kernel row r - s), and with S = d*r + 1 ring slots [S, B, W, 2F] (slot (i + d*s) % S holds
+// row i + d*s's sum so far):
 //   ring[(i + d*s) % S] += z block s for s = 1..r-1, and the slot of row i + d*r (just read by row i - 1)
 //   starts as bias + z block r;  pre = ring[i % S] + z block 0;  g = gate(pre + cond[b]);
 //   pending[x, l, b] = pre x link + row_bias + cond[b]: layer l's slot of the horizontal stack's pending
@@ -259,23 +264,26 @@ ffi::Error Read(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> j, ffi::Buffer<ffi::
 //   absorb the positions' writes);
 //   cols[b, x, t*F ..] = g[b, x + (t - c)*shift] for t < T = 2c + 1 (zero past the row's edges): the next
 //   layer's dot input (T = 0 for the last layer).
-// XLA ran these as some eight memory-bound ops per layer around the dot, the link's small dot at about a
-// third of the matmul peak, and a transpose and pad of the five links into the pending buffer (Gated
-// PixelCNN MNIST, batch 64: ~100 of ~230 ms of a sample); here each element is read once and written once.
+// XLA ran these as the dot, some eight memory-bound ops around it, the link's small dot at about a third of
+// the matmul peak, and a transpose and pad of the five links into the pending buffer (Gated PixelCNN MNIST,
+// batch 64: ~180 of ~230 ms of a sample); here one image's row at a time, its dot's result, gates and link
+// in cache, each element of the buffers is read once and written once.
 struct Vertical {
-  int64_t batch, width, features, taps, slots, dilation, shift, col_taps, layer, layers, columns;
+  int64_t batch, width, features, taps, slots, dilation, shift, col_taps, layer, layers, columns, inputs;
 };
 
-void VerticalRows(const Vertical& v, int64_t i, const float* z, float* ring, const float* bias, const float* cond,
-                  const float* link, const float* row_bias, float* pending, float* cols, int64_t b0, int64_t b1) {
+void VerticalRows(const Vertical& v, int64_t i, const float* in, const float* weights, float* ring,
+                  const float* bias, const float* cond, const float* link, const float* row_bias, float* pending,
+                  float* cols, int64_t b0, int64_t b1) {
   const int64_t f = v.features, f2 = 2 * f, r = v.taps - 1, w = v.width, c = (v.col_taps - 1) / 2;
   const int64_t slot_size = v.batch * w * f2, ct = v.col_taps * f, slot_col = v.layers * v.batch * f2;
-  std::vector<float> pre(w * f2), g(w * f);
+  std::vector<float> z(w * v.taps * f2), pre(w * f2), g(w * f);
   for (int64_t b = b0; b < b1; ++b) {
     const float* cb = cond + b * f2;
+    Matmul(in + b * w * v.inputs, weights, z.data(), w, v.inputs, v.taps * f2);
     for (int64_t x = 0; x < w; ++x) {
       const int64_t px = (b * w + x) * f2;
-      const float* zx = z + (b * w + x) * v.taps * f2;
+      const float* zx = z.data() + x * v.taps * f2;
       for (int64_t s = 1; s <= r; ++s) {
         float* slot = ring + ((i + v.dilation * s) % v.slots) * slot_size + px;
         const float* zs = zx + s * f2;
@@ -307,19 +315,23 @@ void VerticalRows(const Vertical& v, int64_t i, const float* z, float* ring, con
   }
 }
 
-ffi::Error VerticalRow(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> i_buf, ffi::Buffer<ffi::F32> z,
-                       ffi::Buffer<ffi::F32> ring_in, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> cond,
-                       ffi::Buffer<ffi::F32> link, ffi::Buffer<ffi::F32> row_bias, ffi::Buffer<ffi::F32> pending_in,
+ffi::Error VerticalRow(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> i_buf, ffi::Buffer<ffi::F32> in,
+                       ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::F32> ring_in, ffi::Buffer<ffi::F32> bias,
+                       ffi::Buffer<ffi::F32> cond, ffi::Buffer<ffi::F32> link, ffi::Buffer<ffi::F32> row_bias,
+                       ffi::Buffer<ffi::F32> pending_in,
                        int64_t layer, int64_t dilation, int64_t shift, ffi::ResultBuffer<ffi::F32> ring,
                        ffi::ResultBuffer<ffi::F32> pending, ffi::ResultBuffer<ffi::F32> cols) {
   if (ring->typed_data() != ring_in.typed_data() || pending->typed_data() != pending_in.typed_data())
     return ffi::Error::InvalidArgument("gated_vertical: the ring and pending buffer must be aliased to their results");
-  const auto zd = z.dimensions(), rd = ring_in.dimensions(), qd = pending_in.dimensions(), cd = cols->dimensions();
-  if (zd.size() != 3 || rd.size() != 4 || qd.size() != 4 || cd.size() != 3 || rd[3] % 2 || rd[3] == 0)
+  const auto xd = in.dimensions(), wd = weights.dimensions(), rd = ring_in.dimensions(), qd = pending_in.dimensions(),
+             cd = cols->dimensions();
+  if (xd.size() != 3 || wd.size() != 2 || rd.size() != 4 || qd.size() != 4 || cd.size() != 3 || rd[3] % 2 ||
+      rd[3] == 0)
     return ffi::Error::InvalidArgument("gated_vertical: shapes do not fit one another");
   const int64_t f2 = rd[3];
-  const Vertical v{rd[1], rd[2], f2 / 2, zd[2] / f2, rd[0], dilation, shift, cd[2] / (f2 / 2), layer, qd[1], qd[0]};
-  if (zd[0] != v.batch || zd[1] != v.width || zd[2] != v.taps * f2 || v.taps < 2 ||
+  const Vertical v{rd[1], rd[2], f2 / 2, wd[1] / f2, rd[0], dilation, shift, cd[2] / (f2 / 2), layer, qd[1], qd[0],
+                   xd[2]};
+  if (xd[0] != v.batch || xd[1] != v.width || wd[0] != v.inputs || wd[1] != v.taps * f2 || v.taps < 2 ||
       v.slots != dilation * (v.taps - 1) + 1 || dilation < 1 || shift < 1 || qd[0] < v.width || layer < 0 ||
       layer >= qd[1] || qd[2] != v.batch || qd[3] != f2 || cd[0] != v.batch || cd[1] != v.width ||
       cd[2] != v.col_taps * v.features || (v.col_taps != 0 && v.col_taps % 2 == 0) ||
@@ -330,9 +342,9 @@ ffi::Error VerticalRow(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> i_buf, ffi::B
   if (i < 0) return ffi::Error::InvalidArgument("gated_vertical: negative row");
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), v.batch / kMinRows));
   ParallelFor(pool, chunks, [&](int64_t k) {
-    VerticalRows(v, i, z.typed_data(), ring->typed_data(), bias.typed_data(), cond.typed_data(), link.typed_data(),
-                 row_bias.typed_data(), pending->typed_data(), cols->typed_data(), v.batch * k / chunks,
-                 v.batch * (k + 1) / chunks);
+    VerticalRows(v, i, in.typed_data(), weights.typed_data(), ring->typed_data(), bias.typed_data(),
+                 cond.typed_data(), link.typed_data(), row_bias.typed_data(), pending->typed_data(),
+                 cols->typed_data(), v.batch * k / chunks, v.batch * (k + 1) / chunks);
   });
   return ffi::Error::Success();
 }
@@ -364,6 +376,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvGatedVerticalRow, VerticalRow,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

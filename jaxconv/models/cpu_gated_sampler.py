@@ -1,8 +1,8 @@
 """The Gated PixelCNN cached sampler's inner steps in C++ on the CPU (``cpu_gated_sampler.cc``, XLA FFI
 handlers), float32: a position's horizontal stack and head, one call instead of some ten XLA ops per layer;
-a vertical layer's row after its dot (ring update, gate, the link into the horizontal stack's pending
-buffer, the next dot's column taps), one call instead of some eight memory-bound ops, a small dot and
-the pending buffer's transpose and pad.
+a vertical layer's row (its dot, ring update, gate, the link into the horizontal stack's pending buffer,
+the next dot's column taps), one call instead of a dot, some eight memory-bound ops, a small dot and the
+pending buffer's transpose and pad.
 
 Built on first use (``jaxconv.native_build``). Where it cannot be built, ``reason()`` says why and the
 sampler computes the stacks with XLA's ops (one warning per process).
@@ -52,23 +52,23 @@ def position(j: jax.Array, x_row: jax.Array, pending: jax.Array, weights: dict, 
     return tuple(jax.ffi.ffi_call(WRITE, out, vmap_method="sequential", input_output_aliases={2: 1})(*args, **attrs))
 
 
-def vertical_row(i: jax.Array, z: jax.Array, ring: jax.Array, bias: jax.Array, cond: jax.Array, link: jax.Array,
-                 row_bias: jax.Array, pending: jax.Array, layer: int, dilation: int,
+def vertical_row(i: jax.Array, x: jax.Array, weights: jax.Array, ring: jax.Array, bias: jax.Array, cond: jax.Array,
+                 link: jax.Array, row_bias: jax.Array, pending: jax.Array, layer: int, dilation: int,
                  next_dilation: int | None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Row ``i`` of vertical layer ``layer`` after its dot ``z`` [B, W, (r+1)*2F] -> (its ring [d*r+1, B, W,
-    2F], updated in place; the horizontal stack's pending buffer [W + reach, L, B, 2F], updated in place with
-    this layer's slots as the row starts: the link [2F, 2F] of the layer's output before its gate, plus
-    ``row_bias`` [2F] and the class bias, zero past the row; the next layer's dot input [B, W, (2r+1)*F], the
-    gated output at each of its column taps, or [B, W, 0] when ``next_dilation`` is None). ``cond`` [B, 2F]:
-    the class bias. RuntimeError where the handlers cannot be built."""
+    """Row ``i`` of vertical layer ``layer`` from its dot's input ``x`` [B, W, K] and ``weights`` [K, (r+1)*2F]
+    -> (its ring [d*r+1, B, W, 2F], updated in place; the horizontal stack's pending buffer [W + reach, L, B,
+    2F], updated in place with this layer's slots as the row starts: the link [2F, 2F] of the layer's output
+    before its gate, plus ``row_bias`` [2F] and the class bias, zero past the row; the next layer's dot input
+    [B, W, (2r+1)*F], the gated output at each of its column taps, or [B, W, 0] when ``next_dilation`` is
+    None). ``cond`` [B, 2F]: the class bias. RuntimeError where the handlers cannot be built."""
     if reason():
         raise RuntimeError(f"the native Gated PixelCNN sampler kernels are unavailable: {reason()}")
     b, w, f2 = ring.shape[1:]
-    taps = 0 if next_dilation is None else 2 * (z.shape[2] // f2) - 1
+    taps = 0 if next_dilation is None else 2 * (weights.shape[1] // f2) - 1
     out = (jax.ShapeDtypeStruct(ring.shape, jnp.float32), jax.ShapeDtypeStruct(pending.shape, jnp.float32),
            jax.ShapeDtypeStruct((b, w, taps * f2 // 2), jnp.float32))
-    call = jax.ffi.ffi_call(VERTICAL, out, vmap_method="sequential", input_output_aliases={2: 0, 7: 1})
-    return tuple(call(jnp.asarray(i, jnp.int32), z, ring, bias, cond, link, row_bias, pending,
+    call = jax.ffi.ffi_call(VERTICAL, out, vmap_method="sequential", input_output_aliases={3: 0, 8: 1})
+    return tuple(call(jnp.asarray(i, jnp.int32), x, weights, ring, bias, cond, link, row_bias, pending,
                       layer=np.int64(layer), dilation=np.int64(dilation), shift=np.int64(next_dilation or 1)))
 
 
