@@ -19,8 +19,9 @@ instead, less work per variable, with more float ties (``heads.check_draw``).
   image is one whole-image forward pass (C for the horizontal stack of softmax RGB) instead of H*W*C.
   Each row's random numbers are drawn at once (the same values as per variable). In float32 on the CPU a
   position's horizontal stack and head are one C++ call (``jaxconv.models.cpu_gated_sampler``) instead of
-  some ten XLA ops per layer, and a vertical layer's row after its dot one more instead of some eight, unless
-  the model's conv policy forces another implementation (``conv.impl``).
+  some ten XLA ops per layer, and a vertical layer's row (its dot, gate and link into the horizontal
+  stack's pending buffer) one more instead of a dot, some eight small ops and a link dot, unless the
+  model's conv policy forces another implementation (``conv.impl``).
 
 ``cached_compiled`` returns the compiled program ``sample_cached`` runs (its HLO op names: profiles,
 ``tools/profile_sampler.py``).
