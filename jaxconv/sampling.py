@@ -506,10 +506,10 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
         row, _, pending = jax.lax.fori_loop(0, w, position, (given, x_row, pending))
         return row.transpose(1, 0, 2), pending
 
-    def step(i, carry, given: bool):
+    def step(i, carry, known: bool):
         x_rows, out_rows, rings, pending = carry
         rings, pending = vertical(i, x_rows, rings, pending)
-        if not given:
+        if not known:
             row, pending = columns(i, out_rows, pending)
             out_rows = jax.lax.dynamic_update_index_in_dim(out_rows, row, i, 0)
             x_rows = jax.lax.dynamic_update_slice(x_rows, scale(row)[None], (i + r + 1, 0, r, 0))
@@ -520,6 +520,6 @@ def _cached_gated(model, known_rows, progress, method, params, key, values, labe
     # Two loops, not a conditional in one: XLA copies the pending buffer into and out of a conditional.
     carry = (x_rows, out_rows, rings, pending)
     if known_rows:
-        carry = jax.lax.fori_loop(0, min(known_rows, h), functools.partial(step, given=True), carry)
-    _, out_rows, _, _ = jax.lax.fori_loop(known_rows, h, functools.partial(step, given=False), carry)
+        carry = jax.lax.fori_loop(0, min(known_rows, h), functools.partial(step, known=True), carry)
+    _, out_rows, _, _ = jax.lax.fori_loop(known_rows, h, functools.partial(step, known=False), carry)
     return out_rows.transpose(1, 0, 2, 3)

@@ -266,7 +266,7 @@ ffi::Error Read(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> j, ffi::Buffer<ffi::
 //   layer's dot input (T = 0 for the last layer).
 // XLA ran these as the dot, some eight memory-bound ops around it, the link's small dot at about a third of
 // the matmul peak, and a transpose and pad of the five links into the pending buffer (Gated PixelCNN MNIST,
-// batch 64: ~180 of ~230 ms of a sample); here one image's row at a time, its dot's result, gates and link
+// batch 64: ~150 of ~230 ms of a sample); here one image's row at a time, its dot's result, gates and link
 // in cache, each element of the buffers is read once and written once.
 struct Vertical {
   int64_t batch, width, features, taps, slots, dilation, shift, col_taps, layer, layers, columns, inputs;
