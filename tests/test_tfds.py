@@ -13,6 +13,8 @@ import dataclasses
 import io
 import json
 import shutil
+import tempfile
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -134,9 +136,13 @@ def build_datasets(data_dir):
                 for i in indices:
                     yield i, {"image": encoded_photo(i), "label": i}
 
-    for cls, kwargs in ((JaxconvTestDigits, {"config": "8x6"}), (JaxconvTestUnlabelled, {}), (JaxconvTestPhotos, {})):
-        cls(data_dir=str(data_dir), file_format="array_record", **kwargs).download_and_prepare(
-            download_config=tfds.download.DownloadConfig(verify_ssl=False))
+    # Each builder's DatasetInfo makes a temporary directory for metadata it would fetch from GCS and never
+    # removes it (tfds's initialize_from_bucket): made in one removed here, not left in /tmp.
+    with tempfile.TemporaryDirectory() as scratch, mock.patch.object(tempfile, "tempdir", scratch):
+        for cls, kwargs in ((JaxconvTestDigits, {"config": "8x6"}), (JaxconvTestUnlabelled, {}),
+                            (JaxconvTestPhotos, {})):
+            cls(data_dir=str(data_dir), file_format="array_record", **kwargs).download_and_prepare(
+                download_config=tfds.download.DownloadConfig(verify_ssl=False))
     return data_dir
 
 
