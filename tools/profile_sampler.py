@@ -1,7 +1,8 @@
 """Where the cached sampler's time goes: one preset's ``sample_cached`` (random parameters, as ``jaxconv
 bench sample``) traced with ``jax.profiler``, time per compiled op (XLA thunk) summed over the whole
 sample, with the source each op came from; and, with ``--forward``, the time of one whole-image forward
-pass at the same batch (the floor a cached image is compared with).
+pass at the same batch (the floor a cached image is compared with). Memory as the command line sets it
+(``jaxconv.hostmem``), so the times are ``jaxconv bench sample``'s.
 
     python tools/profile_sampler.py gated_pixelcnn_mnist --batch 64 [--top 30] [--forward] [--no-trace]
     python tools/profile_sampler.py gated_pixelcnn_cifar --batch 1 --draw direct --no-trace
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv.timing import time_calls
-from jaxconv import sampling
+from jaxconv import hostmem, sampling
 from jaxconv.bench.models import preset_image, random_params
 from jaxconv.models import PRESETS, build_model
 
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--known-rows", type=int, default=0,
                         help="complete blank images below this many given rows (= H: the vertical stack alone)")
     args = parser.parse_args()
+    hostmem.keep_freed_memory()  # as jaxconv.cli does, before XLA's threads allocate
     config = PRESETS[args.preset]
     h, w, c = preset_image(args.preset)
     model = build_model(config)
