@@ -18,6 +18,9 @@
 #include <cmath>
 #include <cstdint>
 #include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "cpu_parallel.h"
 #include "xla/ffi/api/ffi.h"
@@ -44,6 +47,33 @@ typedef int32_t IVec __attribute__((vector_size(kV * sizeof(int32_t)), aligned(4
 inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
 inline void Store(float* p, Vec v) { *reinterpret_cast<Vec*>(p) = v; }
 inline Vec Splat(float a) { return Vec{} + a; }
+template <typename To, typename From>
+inline To Bits(From v) {
+  To out;
+  __builtin_memcpy(&out, &v, sizeof(out));
+  return out;
+}
+
+// max(a, b) and min(a, b), x where x is NaN: one instruction where the ISA has it (the vector extension's
+// a < b ? .. : .. is a compare and a blend).
+inline Vec Max(Vec c, Vec x) {
+#if defined(__AVX512F__)
+  return _mm512_max_ps(c, x);
+#elif defined(__AVX__)
+  return _mm256_max_ps(c, x);
+#else
+  return x < c ? c : x;
+#endif
+}
+inline Vec Min(Vec c, Vec x) {
+#if defined(__AVX512F__)
+  return _mm512_min_ps(c, x);
+#elif defined(__AVX__)
+  return _mm256_min_ps(c, x);
+#else
+  return x > c ? c : x;
+#endif
+}
 
 // out[m, n0 .. n0 + NV*kV) = x[m, :k] . w[:k, n0 ..] for m < MR.
 template <int MR, int NV>
@@ -126,13 +156,12 @@ void Matmul(const float* x, const float* w, float* out, int64_t m, int64_t k, in
 }
 
 // exp(x) for x in about [-87, 88]: x = n ln2 + f with |f| <= ln2 / 2, exp(f) by its Taylor series to
-// degree 7 (relative error < 1e-8 before rounding), times 2^n built in the exponent bits.
+// degree 7 (relative error < 1e-8 before rounding), times 2^n built in the exponent bits. Adding 1.5 * 2^23
+// rounds x / ln2 to the integer n and leaves n in the sum's low bits: no conversions.
 inline Vec Exp(Vec x) {
-  x = x < Splat(-87.f) ? Splat(-87.f) : x;
-  x = x > Splat(88.f) ? Splat(88.f) : x;
-  const Vec nf = x * 1.44269504088896341f;
-  const IVec n = __builtin_convertvector(nf + (nf < Splat(0.f) ? Splat(-0.5f) : Splat(0.5f)), IVec);
-  const Vec nr = __builtin_convertvector(n, Vec);
+  x = Min(Splat(88.f), Max(Splat(-87.f), x));
+  const Vec shifted = x * 1.44269504088896341f + 12582912.f;
+  const Vec nr = shifted - 12582912.f;
   const Vec f = (x - nr * 0.693145751953125f) - nr * 1.428606820309417232e-6f;  // ln2 in two parts
   Vec p = Splat(1.f / 5040.f);
   p = p * f + 1.f / 720.f;
@@ -142,18 +171,16 @@ inline Vec Exp(Vec x) {
   p = p * f + 0.5f;
   p = p * f + 1.f;
   p = p * f + 1.f;
-  const IVec bits = (n + 127) << 23;
-  Vec scale;
-  __builtin_memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  // The sum's bits are those of 1.5 * 2^23 (none below bit 9) plus n: shifted left by 23, 2^n's exponent.
+  return p * Bits<Vec>((Bits<IVec>(shifted) + 127) << 23);
 }
 
 // tanh(a) * sigmoid(b) = sign(a) (1 - e) / ((1 + e) (1 + exp(-b))) with e = exp(-2|a|) in (0, 1]: one
-// division, no overflow.
+// division, no overflow; |a| and the sign by their bits.
 inline Vec Gate(Vec a, Vec b) {
-  const Vec e = Exp(Splat(-2.f) * (a < Splat(0.f) ? -a : a));
-  Vec t = Splat(1.f) - e;
-  t = a < Splat(0.f) ? -t : t;
+  const IVec bits = Bits<IVec>(a), sign = bits & static_cast<int32_t>(0x80000000u);
+  const Vec e = Exp(Splat(-2.f) * Bits<Vec>(bits & 0x7fffffff));
+  const Vec t = Bits<Vec>(Bits<IVec>(Splat(1.f) - e) | sign);
   return t / ((Splat(1.f) + e) * (Splat(1.f) + Exp(-b)));
 }
 
