@@ -54,8 +54,8 @@ inline To Bits(From v) {
   return out;
 }
 
-// max(a, b) and min(a, b), x where x is NaN: one instruction where the ISA has it (the vector extension's
-// a < b ? .. : .. is a compare and a blend).
+// max(c, x) and min(c, x), NaN where x is NaN: one instruction where the ISA has it (the vector
+// extension's x < c ? c : x is a compare and a blend).
 inline Vec Max(Vec c, Vec x) {
 #if defined(__AVX512F__)
   return _mm512_max_ps(c, x);
@@ -113,8 +113,8 @@ void Rows(const float* x, int64_t ldx, const float* w, int64_t n, float* out, in
 }
 
 // The last n % kV columns (a bernoulli head's one logit), through a copy of their weights padded with zeros
-// to a vector's width and the same tiles: summed one element at a time over k, one chain of k dependent
-// adds per element, they took ~5% of a position.
+// to a vector's width and the same tiles, not summed one element at a time (a chain of k dependent adds
+// per element).
 void TailColumns(const float* x, int64_t ldx, const float* w, float* out, int64_t ldo, int64_t m, int64_t k,
                  int64_t n) {
   const int64_t c0 = n - n % kV, tail = n - c0;
