@@ -95,7 +95,7 @@ inline void Tile(const float* x, int64_t ldx, const float* w, int64_t ldw, float
 
 // A thread's scratch buffer ``which``, at least ``size`` floats, kept from call to call: the handlers
 // allocate nothing per call. (Under the command line's malloc setting, one arena, jaxconv.hostmem, the
-// vectors allocated in every call took ~3% of a Gated MNIST sample's CPU time in glibc's _int_malloc.)
+// vectors allocated in every call cost a visible share of a sample's CPU time in glibc's _int_malloc.)
 enum ScratchUse { kPositionScratch, kVerticalScratch, kTailScratch, kScratchUses };
 float* Scratch(ScratchUse which, int64_t size) {
   thread_local std::vector<float> buffers[kScratchUses];
