@@ -269,6 +269,8 @@ MUTANTS = [
     m("native-sampler-exp-unclamped-below", "jaxconv/models/cpu_gated_sampler.cc",
       "Min(Splat(88.f), Max(Splat(-87.f), x))", "Min(Splat(88.f), x)",
       ["tests/test_native_sampler.py"]),
+    m("native-sampler-scratch-skip-not-zeroed", "jaxconv/models/cpu_gated_sampler.cc",
+      "std::fill(skip, skip + m * f, 0.f);", "", ["tests/test_native_sampler.py"]),
     m("native-vertical-nearer-slot-set-not-added", "jaxconv/models/cpu_gated_sampler.cc",
       "for (int64_t e = 0; e < f2; ++e) slot[e] += zs[e];", "for (int64_t e = 0; e < f2; ++e) slot[e] = zs[e];",
       ["tests/test_native_sampler.py"]),
