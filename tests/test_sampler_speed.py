@@ -343,3 +343,15 @@ def test_bench_row_reports_flops_and_forward_passes():
     # Timed alternately: the median of each repeat's cached / forward ratio.
     ratios = [a / b for a, b in zip(cached["runs_s"], row["forward"]["runs_s"])]
     assert len(ratios) >= 3 and cached["forward_passes"] == pytest.approx(float(np.median(ratios)))
+
+
+def test_full_runs_take_nine_alternating_turns_unless_repeats_are_given(monkeypatch):
+    row = bench_sample.measure("gated_pixelcnn_mnist", 2, quick=True, naive_variables=2, repeats=1, turns=9)
+    assert len(row["cached"]["runs_s"]) == len(row["forward"]["runs_s"]) == 9
+    assert len(row["naive"]["runs_s"]) == 1
+    seen = []
+    monkeypatch.setattr(bench_sample, "measure", lambda *a, **k: seen.append((k["repeats"], k["turns"])) or row)
+    for given, want in ((None, (3, 9)), (1, (1, 1))):  # benchmarks/gpu.sh passes --repeats 1 (its step's limit)
+        seen.clear()
+        out = bench_sample.run(presets=["gated_pixelcnn_mnist"], batch_sizes=[2], repeats=given, log=lambda _: None)
+        assert seen == [want] and out["settings"]["turns"] == want[1]

@@ -16,8 +16,9 @@ them: ``jaxconv.bench.models.random_params``). Batch sizes 1, 16, 64, 256 (on CP
   log-probabilities, the Gumbel noise) is not counted, as in training MFU. ``flops_per_s`` = FLOPs per
   image * images/s; ``frac_peak`` = that / the run's measured float32 peak (``jaxconv.bench.device``).
 - forward: one whole-image forward pass (jitted ``model.apply``) at the same batch; images/s = batch /
-  median time. The cached sample and the forward pass are timed alternately
-  (``jaxconv.timing.time_alternately``: a shared machine's load changes within seconds);
+  median time. The cached sample and the forward pass are timed alternately, nine turns each unless
+  ``--repeats`` says otherwise (``jaxconv.timing.time_alternately``: a shared machine's load changes within
+  seconds);
   ``cached.forward_passes`` = the median over those repeats of cached time / forward time, per image
   alike: the cached sampler's cost in forward passes (about 1 is the floor: it computes each layer at
   each position once).
@@ -113,8 +114,10 @@ def cached_flops(model, params, shape: tuple[int, int, int, int]) -> float:
     return _loop_flops(jaxpr.jaxpr) / shape[0]
 
 
-def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats: int, seed: int = 0,
-            peaks: dict | None = None, policy: ConvPolicy = DEFAULT_POLICY) -> dict:
+def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats: int, turns: int | None = None,
+            seed: int = 0, peaks: dict | None = None, policy: ConvPolicy = DEFAULT_POLICY) -> dict:
+    """``repeats``: the naive loop's timed repeats; ``turns``: the cached sample's and the forward pass's
+    alternating turns (``repeats`` when None, at least 3)."""
     config = _quick_config(name) if quick else PRESETS[name]
     h, w, c = (6, 6, preset_image(name)[2]) if quick else preset_image(name)
     model = build_model(config, policy=policy)
@@ -135,7 +138,7 @@ def measure(name: str, batch: int, *, quick: bool, naive_variables: int, repeats
     apply = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
     forward_fn = jax.jit(apply, compiler_options=options)
     cached, forward, ratios = time_alternately(cached_call, lambda: forward_fn(params, x),
-                                               repeats=max(repeats, 3), budget=budget)
+                                               repeats=max(turns or repeats, 3), budget=budget)
     values = heads.to_values(config, out["images"])
 
     total = h * w * c
@@ -191,6 +194,10 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
             raise ConfigError(f"sample benchmark: {name!r} is not a PixelCNN preset; presets: {', '.join(names)}")
     given = batch_sizes
     naive_variables = naive_variables or (2 if quick else 8)
+    # The cached sample and the forward pass take nine turns by default (a run's median of three read a
+    # neighbour's burst of load as the sampler's speed: docs/benchmarks.md, 2026-12-02); the naive loop, each
+    # of whose repeats costs 8 whole forward passes, three.
+    turns = repeats or (1 if quick else 9)
     repeats = repeats or (1 if quick else 3)
     rows = []
     for name in presets:
@@ -198,8 +205,8 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
                                                     CPU_BATCH_SIZES.get(name, BATCH_SIZES)))
         for batch in batch_sizes:
             start = time.perf_counter()
-            row = measure(name, batch, quick=quick, naive_variables=naive_variables, repeats=repeats, peaks=peaks,
-                          policy=policy)
+            row = measure(name, batch, quick=quick, naive_variables=naive_variables, repeats=repeats, turns=turns,
+                          peaks=peaks, policy=policy)
             rows.append(row)
             cached = row["cached"]
             frac = "" if cached["frac_peak"] is None else f" ({cached['frac_peak']:.0%} of the float32 peak)"
@@ -244,5 +251,5 @@ def run(*, quick: bool = False, presets: list[str] | None = None, batch_sizes: l
     if quick:
         notes.append("--quick: tiny models on 6x6 images, one repeat; the timings mean nothing")
     settings = {"presets": presets, "batch_sizes": given or "default", "naive_variables": naive_variables,
-                "repeats": repeats, "quick": quick}
+                "repeats": repeats, "turns": turns, "quick": quick}
     return {"rows": rows, "settings": settings, "targets": targets, "notes": notes}
