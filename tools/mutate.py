@@ -273,6 +273,8 @@ MUTANTS = [
       "std::fill(skip, skip + m * f, 0.f);", "", ["tests/test_native_sampler.py"]),
     m("bench-sample-three-turns", "jaxconv/bench/sample.py", "turns = repeats or (1 if quick else 9)",
       "turns = repeats or (1 if quick else 3)", ["tests/test_sampler_speed.py", "-k", "nine_alternating"]),
+    m("native-matmul-five-row-tiles-read-a-row-early", "jaxconv/models/cpu_gated_sampler.cc",
+      "Rows<5>(x + r * ldx", "Rows<5>(x + (r - 1) * ldx", ["tests/test_native_sampler.py"]),
     m("native-vertical-nearer-slot-set-not-added", "jaxconv/models/cpu_gated_sampler.cc",
       "for (int64_t e = 0; e < f2; ++e) slot[e] += zs[e];", "for (int64_t e = 0; e < f2; ++e) slot[e] = zs[e];",
       ["tests/test_native_sampler.py"]),
