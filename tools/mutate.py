@@ -261,7 +261,7 @@ MUTANTS = [
       "Bits<IVec>(Splat(1.f) - e) | sign)", "Bits<IVec>(Splat(1.f) - e))",
       ["tests/test_native_sampler.py"]),
     m("native-sampler-tile-tail-column-skipped", "jaxconv/models/cpu_gated_sampler.cc",
-      "tile + q * kV + tail, out", "tile + q * kV + tail - 1, out",
+      "full + q * kV + tail, out", "full + q * kV + tail - 1, out",
       ["tests/test_native_sampler.py"]),
     m("native-sampler-exp-scale-halved", "jaxconv/models/cpu_gated_sampler.cc",
       "(Bits<IVec>(shifted) + 127) << 23", "(Bits<IVec>(shifted) + 126) << 23",

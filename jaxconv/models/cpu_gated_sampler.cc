@@ -112,28 +112,8 @@ void Rows(const float* x, int64_t ldx, const float* w, int64_t n, float* out, in
   for (; c + kV <= n; c += kV) Tile<MR, 1>(x, ldx, w + c, n, out + c, ldo, k);
 }
 
-// The last n % kV columns (a bernoulli head's one logit), through a copy of their weights padded with zeros
-// to a vector's width and the same tiles, not summed one element at a time (a chain of k dependent adds
-// per element).
 void TailColumns(const float* x, int64_t ldx, const float* w, float* out, int64_t ldo, int64_t m, int64_t k,
-                 int64_t n) {
-  const int64_t c0 = n - n % kV, tail = n - c0;
-  float* padded = Scratch(kTailScratch, k * kV + kMR * kV);
-  float* tile = padded + k * kV;
-  for (int64_t t = 0; t < k; ++t) {
-    std::copy(w + t * n + c0, w + t * n + n, padded + t * kV);
-    std::fill(padded + t * kV + tail, padded + (t + 1) * kV, 0.f);
-  }
-  for (int64_t r = 0; r < m;) {
-    const int64_t rows = std::min<int64_t>(kMR, m - r);
-    if (rows == kMR)
-      Tile<kMR, 1>(x + r * ldx, ldx, padded, kV, tile, kV, k);
-    else
-      for (int64_t q = 0; q < rows; ++q) Tile<1, 1>(x + (r + q) * ldx, ldx, padded, kV, tile + q * kV, kV, k);
-    for (int64_t q = 0; q < rows; ++q) std::copy(tile + q * kV, tile + q * kV + tail, out + (r + q) * ldo + c0);
-    r += rows;
-  }
-}
+                 int64_t n);
 
 // out [m, n] = x [m, k] . w [k, n], row-major, x's rows ldx apart and out's ldo apart (w dense). Each
 // element sums over k in order, whatever its tile: a row's result does not depend on which other rows
@@ -148,14 +128,31 @@ void Matmul(const float* x, int64_t ldx, const float* w, float* out, int64_t ldo
   if (sixes >= 0) {
     for (; r < kMR * sixes; r += kMR) Rows<kMR>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
     for (; r < m; r += 5) Rows<5>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
+  } else {
+    // The last 8 rows as two tiles of 4, not 6 and 2: a 2-row tile's 4 accumulators cannot keep both FMA
+    // units busy.
+    for (; r + kMR <= m && m - r != 8; r += kMR) Rows<kMR>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
+    for (; r + 4 <= m; r += 4) Rows<4>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
+    for (; r + 2 <= m; r += 2) Rows<2>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
+    for (; r < m; ++r) Rows<1>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
   }
-  // Otherwise the last 8 rows as two tiles of 4, not 6 and 2: a 2-row tile's 4 accumulators cannot keep
-  // both FMA units busy.
-  for (; r + kMR <= m && m - r != 8; r += kMR) Rows<kMR>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
-  for (; r + 4 <= m; r += 4) Rows<4>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
-  for (; r + 2 <= m; r += 2) Rows<2>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
-  for (; r < m; ++r) Rows<1>(x + r * ldx, ldx, w, n, out + r * ldo, ldo, k);
   if (n % kV) TailColumns(x, ldx, w, out, ldo, m, k, n);
+}
+
+// The last n % kV columns (a bernoulli head's one logit): Matmul of x with a copy of their weights padded
+// with zeros to a vector's width, not summed one element at a time (a chain of k dependent adds per
+// element).
+void TailColumns(const float* x, int64_t ldx, const float* w, float* out, int64_t ldo, int64_t m, int64_t k,
+                 int64_t n) {
+  const int64_t c0 = n - n % kV, tail = n - c0;
+  float* padded = Scratch(kTailScratch, (k + m) * kV);
+  float* full = padded + k * kV;  // [m, kV]
+  for (int64_t t = 0; t < k; ++t) {
+    std::copy(w + t * n + c0, w + t * n + n, padded + t * kV);
+    std::fill(padded + t * kV + tail, padded + (t + 1) * kV, 0.f);
+  }
+  Matmul(x, ldx, padded, full, kV, m, k, kV);
+  for (int64_t q = 0; q < m; ++q) std::copy(full + q * kV, full + q * kV + tail, out + q * ldo + c0);
 }
 
 // The same with dense x [m, k] and out [m, n].
