@@ -54,7 +54,7 @@ def test_row_noise_draws_what_sample_variable_draws(config, temperature, draw, m
     pixel = jax.random.uniform(jax.random.key(2), (b, c), minval=-1.0, maxval=1.0)
     assert heads.check_draw(config, draw, temperature) == method
     noise = sampling._row_noise(config, method, key, i, b, w, c)
-    count = {"direct": config.mixtures + 1, "component": config.mixtures + 256}.get(method, config.num_values)
+    count = {"direct": config.mixtures + 1, "component": config.mixtures + 2 * heads.BLOCK}.get(method, config.num_values)
     assert noise.shape == (w, c, b, count)
     t = jnp.float32(temperature)
     for j in range(w):
@@ -82,18 +82,20 @@ def test_direct_draws_are_for_a_mixture_at_temperature_one():
 @pytest.mark.parametrize("method", ["direct", "component"])
 def test_mixture_draws_at_temperature_one_follow_the_discretised_mixture(method):
     """The direct draw (a component, then the logistic's inverse CDF, rounded) and the component draw (a
-    component, then Gumbel-max over its 256 values) against the 256 values' probabilities the likelihood
-    uses: mixtures with mass in the middle, at both edge bins, narrower than the log-scale clamp, and
-    narrower than a bin centred at 0.3, 0.5 and -0.45 of a bin from a value (rounding, not flooring).
-    Every value's frequency within 5 standard errors of 100,000 draws (50,000 for the component draw, which
-    draws 256 Gumbel variables per draw; rounding off by a bin moves whole bins of mass, far past 5 errors)."""
-    config, n = dataclasses.replace(MIXTURE, mixtures=3), 50_000 if method == "component" else 100_000
+    component, then a block of 16 values, then a value of it) against the 256 values' probabilities the
+    likelihood uses: mixtures with mass in the middle, at both edge bins, narrower than the log-scale clamp,
+    narrower than a bin centred at 0.3, 0.5 and -0.45 of a bin from a value (rounding, not flooring), and
+    split by the edges between blocks (values 15 | 16, 127 | 128 and 239 | 240, next to the open-ended
+    blocks). Every value's frequency within 5 standard errors of 100,000 draws (rounding off by a bin, or a
+    block's mass computed from the wrong edges, moves whole bins of mass, far past 5 errors)."""
+    config, n = dataclasses.replace(MIXTURE, mixtures=3), 100_000
     at = lambda bins: bins / 127.5 - 1.0  # value units (0..255, bin centres at integers) -> the model's [-1, 1]
-    logits = [[0.0, 1.0, -1.0], [2.0, 0.0, 0.0], [0.0, 0.5, 1.0]]
+    logits = [[0.0, 1.0, -1.0], [2.0, 0.0, 0.0], [0.0, 0.5, 1.0], [0.0, 0.0, 0.0]]
     # the third mixture's last component is narrower than the -7 clamp on log-scales: the clamp decides its bins
-    means = [[-0.3, 0.2, 0.6], [-0.98, 0.99, at(100.3)], [at(100.3), at(150.5), at(200 - 0.45)]]
-    log_scales = [[-2.0, -3.0, -1.5], [-4.0, -3.5, -9.0], [-6.5, -6.5, -6.5]]
-    for row in range(3):
+    means = [[-0.3, 0.2, 0.6], [-0.98, 0.99, at(100.3)], [at(100.3), at(150.5), at(200 - 0.45)],
+             [at(15.5), at(127.5), at(239.5)]]
+    log_scales = [[-2.0, -3.0, -1.5], [-4.0, -3.5, -9.0], [-6.5, -6.5, -6.5], [-5.0, -6.0, -6.5]]
+    for row in range(len(means)):
         params = jnp.array([*logits[row], *means[row], *log_scales[row]], jnp.float32)[None]  # [1, 3K]
         p = np.exp(np.asarray(heads.variable_log_prob(config, params, jnp.arange(256)[None]), np.float64)[0])
         assert abs(p.sum() - 1) < 1e-4

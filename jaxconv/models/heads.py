@@ -147,9 +147,9 @@ def check_draw(config: AutoregressiveConfig, draw: str, temperature: float | jax
     "gumbel" (the default, every head, any temperature): Gumbel-max, as method "values" (over log p(v) /
     temperature for all V values) or, for a logistic mixture at temperature 1 (a concrete value; a traced
     temperature takes "values", whose random numbers differ, so the same key then gives other images),
-    method "component": a component by Gumbel-max over its K logits, then a value by Gumbel-max over that
-    component's 256 log-probabilities (the same distribution, 1/K of the log-sigmoids and no logsumexp
-    over components). Both decide by comparing perturbed scores, which float differences between two
+    method "component": a component by Gumbel-max over its K logits, then a value of that logistic by
+    ``logistic_draw`` (the same distribution; 32 log-probabilities and Gumbels instead of 256 and no
+    logsumexp over components). Both decide by comparing perturbed scores, which float differences between two
     computations of the same logits rarely flip. "direct" (the logistic mixture at temperature 1): a
     component by Gumbel-max, then a value of that logistic by its inverse CDF, rounded to its bin
     (``mixture_draw``): K + 1 random numbers and a few transcendentals per variable, but its rounding of a
@@ -168,12 +168,12 @@ def check_draw(config: AutoregressiveConfig, draw: str, temperature: float | jax
 
 
 def variable_noise(config: AutoregressiveConfig, key: jax.Array, batch: int, method: str) -> jax.Array:
-    """The random numbers one variable's draw uses [B, N]: K + 1 uniforms for method "direct", K + 256
-    Gumbels for "component", else V Gumbels."""
+    """The random numbers one variable's draw uses [B, N]: K + 1 uniforms for method "direct", K + 2 * 16
+    Gumbels for "component" (``logistic_draw``'s block, then its value), else V Gumbels."""
     if method == "direct":
         return jax.random.uniform(key, (batch, config.mixtures + 1), jnp.float32,
                                   minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
-    count = config.mixtures + 256 if method == "component" else config.num_values
+    count = config.mixtures + 2 * BLOCK if method == "component" else config.num_values
     return jax.random.gumbel(key, (batch, count), jnp.float32)
 
 
@@ -189,12 +189,31 @@ def mixture_draw(params: jax.Array, uniforms: jax.Array) -> jax.Array:
 
 
 def component_draw(params: jax.Array, gumbels: jax.Array) -> jax.Array:
-    """A logistic mixture's value [B] at temperature 1 from its parameters [B, 3K] and K + 256 Gumbels
-    [B, K+256]: a component by Gumbel-max over the K logits, then a value by Gumbel-max over that
-    component's 256 log-probabilities (``check_draw``'s method "component")."""
+    """A logistic mixture's value [B] at temperature 1 from its parameters [B, 3K] and K + 32 Gumbels
+    [B, K+32]: a component by Gumbel-max over the K logits, then a value of that logistic by
+    ``logistic_draw`` (``check_draw``'s method "component")."""
     k = params.shape[-1] // 3
     mean, log_scale = _chosen_component(params, gumbels[:, :k])
-    return first_argmax(_bins_log_prob(mean, log_scale)[:, 0] + gumbels[:, k:])
+    return logistic_draw(mean, log_scale, gumbels[:, k:])
+
+
+BLOCK = 16  # values per block of ``logistic_draw``: 256 = 16 blocks of 16
+
+
+def logistic_draw(mean: jax.Array, log_scale: jax.Array, gumbels: jax.Array) -> jax.Array:
+    """A discretised logistic's value [B] from its mean and log-scale [B, 1] and 32 Gumbels [B, 32]: a block of
+    16 values by Gumbel-max over the 16 blocks' log-masses (each block one wide bin of the same formula), then
+    a value by Gumbel-max over the chosen block's 16 log-probabilities. p(block) p(v | block) = p(v): the
+    same distribution as Gumbel-max over all 256 values, from an eighth of the log-probabilities and random
+    numbers, and still a comparison of perturbed scores at each step (float differences between two
+    computations of the same logits rarely flip it). The block's bins are the 256-bin table's own edges, so
+    a block's mass and its values' are computed from the same float32 numbers."""
+    blocks = _bins_log_prob(mean, log_scale, _BLOCK_LOWER, _BLOCK_UPPER, _BLOCK_VALUES, BLOCK)  # [B, 16]
+    block = first_argmax(blocks + gumbels[:, :BLOCK])[:, None]  # [B, 1]
+    values = block * BLOCK + jnp.arange(BLOCK)  # [B, 16]
+    lower, upper = jnp.take(_LOWER_EDGES, values), jnp.take(_UPPER_EDGES, values)
+    in_block = _bins_log_prob(mean, log_scale, lower, upper, values, 1)
+    return block[:, 0] * BLOCK + first_argmax(in_block + gumbels[:, BLOCK:])
 
 
 def _chosen_component(params: jax.Array, gumbels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -218,36 +237,42 @@ def values_log_prob(config: AutoregressiveConfig, params: jax.Array) -> jax.Arra
 def _mixture_values_log_prob(params: jax.Array) -> jax.Array:
     """The logistic mixture's log p(v) for all 256 values: params [B, 3K] -> [B, 256]."""
     logits, means, log_scales = jnp.split(params, 3, axis=-1)  # [B, K]
-    log_bin = _bins_log_prob(means, log_scales)  # [B, K, 256]
+    log_bin = _bins_log_prob(means[..., None], log_scales[..., None], _LOWER_EDGES, _UPPER_EDGES, _VALUES, 1)
     return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1)[..., None] + log_bin, axis=1)
 
 
-def _bins_log_prob(means: jax.Array, log_scales: jax.Array) -> jax.Array:
-    """Each logistic's log-probability of all 256 bins: means, log-scales [B, K] -> [B, K, 256].
+def _bins_log_prob(means: jax.Array, log_scales: jax.Array, lower: Any, upper: Any, values: Any,
+                   values_per_bin: int) -> jax.Array:
+    """Logistics' log-probabilities of bins, each ``values_per_bin`` consecutive values wide: means, log-scales
+    [..., 1] and each bin's lower and upper edge on the model's [-1, 1] scale and its first value (its last
+    for the upper edge's test) [..., n], broadcast -> [..., n]. The bin holding value 0 reaches to -inf,
+    the one holding 255 to +inf.
 
     Every inner bin of a logistic has the same width w on its scale, and the exact identity
     sigmoid(b) - sigmoid(a) = sigmoid(b) sigmoid(-a) (1 - exp(-w)) (w = b - a) makes a bin's log-probability
     two log-sigmoids and one per-logistic log(-expm1(-w)): no cancellation in either tail or for narrow
     bins, 4 transcendentals per bin where ``_mixture_log_prob``'s per-bin formula takes 11. The edge bins
-    reach to -inf and +inf: their outer log-sigmoids are 0 and they take no width term (selected, not
-    multiplied by a mask: a log-scale above ~83 makes the width's log -inf, and -inf * 0 is NaN; there the
-    bins are 1/2 at 0 and 255, the limit). The value axis is minor, where XLA:CPU vectorises; sharing each
-    edge's log-sigmoids between its two bins (shifted slices) was 2.5x slower than computing them twice."""
-    inv_scale = jnp.exp(-jnp.maximum(log_scales, -7.0))[..., None]  # [B, K, 1]
-    means = means[..., None]
-    log_width = jnp.where(_INNER_BINS, jnp.log(-jnp.expm1(-inv_scale * (2.0 / 255.0))), 0.0)
-    below_upper = jnp.where(_VALUES == 255, 0.0, jax.nn.log_sigmoid(inv_scale * (_UPPER_EDGES - means)))
-    above_lower = jnp.where(_VALUES == 0, 0.0, jax.nn.log_sigmoid(inv_scale * (means - _LOWER_EDGES)))
-    return below_upper + above_lower + log_width
+    take no outer log-sigmoid and no width term (selected, not multiplied by a mask: a log-scale above ~83
+    makes the width's log -inf, and -inf * 0 is NaN; there the bins are 1/2 at 0 and 255, the limit). The
+    bin axis is minor, where XLA:CPU vectorises; sharing each edge's log-sigmoids between its two bins
+    (shifted slices) was 2.5x slower than computing them twice."""
+    inv_scale = jnp.exp(-jnp.maximum(log_scales, -7.0))
+    first, last = values == 0, values + (values_per_bin - 1) == 255
+    log_width = jnp.log(-jnp.expm1(-inv_scale * (2.0 * values_per_bin / 255.0)))
+    below_upper = jnp.where(last, 0.0, jax.nn.log_sigmoid(inv_scale * (upper - means)))
+    above_lower = jnp.where(first, 0.0, jax.nn.log_sigmoid(inv_scale * (means - lower)))
+    return below_upper + above_lower + jnp.where(first | last, 0.0, log_width)
 
 
 # Value v's bin on the model's [-1, 1] scale, each edge rounded once to float32 (computing them in float32
 # at run time rounds twice, and a narrow component's bins then sum to 1 - 2e-5 instead of 1 - 2e-7); the
-# edge bins' outer edges (infinite) as a finite placeholder, unused.
+# edge bins' outer edges (infinite) as a finite placeholder, unused. A block's edges are its first value's
+# lower edge and its last value's upper edge.
 _VALUES = np.arange(256)
 _UPPER_EDGES = np.float32(np.where(_VALUES == 255, 0, (2 * _VALUES - 254) / 255))
 _LOWER_EDGES = np.float32(np.where(_VALUES == 0, 0, (2 * _VALUES - 256) / 255))
-_INNER_BINS = (_VALUES > 0) & (_VALUES < 255)
+_BLOCK_VALUES = _VALUES[::BLOCK]
+_BLOCK_LOWER, _BLOCK_UPPER = _LOWER_EDGES[::BLOCK], _UPPER_EDGES[BLOCK - 1::BLOCK]
 
 
 def sample_variable(config: AutoregressiveConfig, raw_pos: jax.Array, pixel_scaled: jax.Array, channel: int | jax.Array,
