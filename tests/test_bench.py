@@ -314,6 +314,17 @@ def test_conv_quick_results(quick_results):
     assert f"cores{', ' + isa if isa else ''})." in (out / "conv.md").read_text().splitlines()[2]
 
 
+@pytest.mark.parametrize("model, isa, name", [
+    ("AMD EPYC", "AVX2", "cpu-amd-epyc-avx2-2c"), ("AMD EPYC", "AVX-512", "cpu-amd-epyc-avx512-2c"),
+    ("Intel(R) Xeon(R) CPU @ 2.20GHz", "AVX-512", "cpu-intel-xeon-avx512-2c"), ("Neoverse-N1", "", "cpu-neoverse-n1-2c")])
+def test_a_cpu_results_directory_names_the_model_its_vector_isa_and_the_cores(monkeypatch, model, isa, name):
+    """Two VMs sold as the same model with different vector ISAs write their results apart."""
+    monkeypatch.setattr(device, "cpu_model", lambda: model)
+    monkeypatch.setattr(device, "cpu_vector_isa", lambda: isa)
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 2)
+    assert device.results_name() == name
+
+
 def test_sample_and_train_quick_results(quick_results):
     out, _, _ = quick_results
     sample = results.load(out / "sample.json")

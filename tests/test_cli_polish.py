@@ -67,7 +67,7 @@ def test_bench_modes_help_and_report_title_the_stored_device(tmp_path, capfd):
     text = _help("bench")
     assert all(mode in text for mode in ("forward_backward", "input_grad", "kernel_grad")), text
     results = tmp_path / "copied_here"
-    shutil.copytree(REPO / "benchmarks" / "results" / "cpu-amd-epyc-2c", results)
+    shutil.copytree(REPO / "benchmarks" / "results" / "cpu-amd-epyc-avx2-2c", results)
     device = json.loads((results / "conv.json").read_text())["device"]
     assert cli.main(["bench", "report", str(results), "--no-plots"]) == 0
     out, _ = capfd.readouterr()

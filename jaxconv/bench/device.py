@@ -1,7 +1,8 @@
 """The device under test: a description, a results-directory name, and its measured peaks.
 
 ``environment()`` describes the machine and software (recorded in every result). ``results_name()``
-names the results directory: ``cpu-<model>-<cores>c`` on CPU (``cpu-amd-epyc-2c``), the GPU model on
+names the results directory: ``cpu-<model>-<vector ISA>-<cores>c`` on CPU (``cpu-amd-epyc-avx2-2c``: VMs sold
+under one model name differ in their ISA, and so do their results), the GPU model on
 a GPU (``h100``, ``a100``; ``-x8`` when several are used), ``tpu-v5e`` on a TPU.
 
 ``measure_peaks()`` measures, at the start of every run:
@@ -67,7 +68,8 @@ def results_name(devices: int | None = None) -> str:
     device = jax.devices()[0]
     if device.platform == "cpu":
         model = _slug(re.sub(r"\(R\)|\(TM\)|CPU|Processor|@.*", "", cpu_model())) or "unknown"
-        return f"cpu-{model}-{os.cpu_count()}c"
+        isa = _slug(cpu_vector_isa()).replace("-", "")
+        return f"cpu-{model}-{isa + '-' if isa else ''}{os.cpu_count()}c"
     kind = device.device_kind or device.platform
     if device.platform == "gpu" or "nvidia" in kind.lower() or "amd" in kind.lower():
         words = _slug(kind).replace("nvidia-", "").replace("amd-", "").split("-")
