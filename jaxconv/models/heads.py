@@ -168,8 +168,8 @@ def check_draw(config: AutoregressiveConfig, draw: str, temperature: float | jax
 
 
 def variable_noise(config: AutoregressiveConfig, key: jax.Array, batch: int, method: str) -> jax.Array:
-    """The random numbers one variable's draw uses [B, N]: K + 1 uniforms for method "direct", K + 2 * 16
-    Gumbels for "component" (``logistic_draw``'s block, then its value), else V Gumbels."""
+    """The random numbers one variable's draw uses [B, N]: K + 1 uniforms for method "direct", K + 32 Gumbels
+    for "component" (the component, then ``logistic_draw``'s block and value), else V Gumbels."""
     if method == "direct":
         return jax.random.uniform(key, (batch, config.mixtures + 1), jnp.float32,
                                   minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
@@ -243,10 +243,9 @@ def _mixture_values_log_prob(params: jax.Array) -> jax.Array:
 
 def _bins_log_prob(means: jax.Array, log_scales: jax.Array, lower: Any, upper: Any, values: Any,
                    values_per_bin: int) -> jax.Array:
-    """Logistics' log-probabilities of bins, each ``values_per_bin`` consecutive values wide: means, log-scales
-    [..., 1] and each bin's lower and upper edge on the model's [-1, 1] scale and its first value (its last
-    for the upper edge's test) [..., n], broadcast -> [..., n]. The bin holding value 0 reaches to -inf,
-    the one holding 255 to +inf.
+    """Logistics' log-probabilities of bins of ``values_per_bin`` consecutive values: means, log-scales [..., 1],
+    each bin's lower and upper edge on the model's [-1, 1] scale and its first value [..., n], broadcast ->
+    [..., n]. The bin holding value 0 reaches to -inf, the one holding 255 to +inf.
 
     Every inner bin of a logistic has the same width w on its scale, and the exact identity
     sigmoid(b) - sigmoid(a) = sigmoid(b) sigmoid(-a) (1 - exp(-w)) (w = b - a) makes a bin's log-probability
