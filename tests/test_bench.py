@@ -316,7 +316,8 @@ def test_conv_quick_results(quick_results):
 
 @pytest.mark.parametrize("model, isa, name", [
     ("AMD EPYC", "AVX2", "cpu-amd-epyc-avx2-2c"), ("AMD EPYC", "AVX-512", "cpu-amd-epyc-avx512-2c"),
-    ("Intel(R) Xeon(R) CPU @ 2.20GHz", "AVX-512", "cpu-intel-xeon-avx512-2c"), ("Neoverse-N1", "", "cpu-neoverse-n1-2c")])
+    ("Intel(R) Xeon(R) CPU @ 2.20GHz", "AVX-512", "cpu-intel-xeon-avx512-2c"),
+    ("Neoverse-N1", "", "cpu-neoverse-n1-2c")])
 def test_a_cpu_results_directory_names_the_model_its_vector_isa_and_the_cores(monkeypatch, model, isa, name):
     """Two VMs sold as the same model with different vector ISAs write their results apart."""
     monkeypatch.setattr(device, "cpu_model", lambda: model)

@@ -54,8 +54,8 @@ def test_row_noise_draws_what_sample_variable_draws(config, temperature, draw, m
     pixel = jax.random.uniform(jax.random.key(2), (b, c), minval=-1.0, maxval=1.0)
     assert heads.check_draw(config, draw, temperature) == method
     noise = sampling._row_noise(config, method, key, i, b, w, c)
-    count = {"direct": config.mixtures + 1, "component": config.mixtures + 2 * heads.BLOCK}.get(method, config.num_values)
-    assert noise.shape == (w, c, b, count)
+    counts = {"direct": config.mixtures + 1, "component": config.mixtures + 2 * heads.BLOCK}
+    assert noise.shape == (w, c, b, counts.get(method, config.num_values))
     t = jnp.float32(temperature)
     for j in range(w):
         for ch in range(c):
