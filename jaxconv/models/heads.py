@@ -208,11 +208,9 @@ def logistic_draw(mean: jax.Array, log_scale: jax.Array, gumbels: jax.Array) -> 
     numbers, and still a comparison of perturbed scores at each step (float differences between two
     computations of the same logits rarely flip it). The block's bins are the 256-bin table's own edges, so
     a block's mass and its values' are computed from the same float32 numbers."""
-    blocks = _bins_log_prob(mean, log_scale, _BLOCK_LOWER, _BLOCK_UPPER, _BLOCK_VALUES, BLOCK)  # [B, 16]
+    blocks = _bins_log_prob(mean, log_scale, _VALUES[::BLOCK], BLOCK)  # [B, 16]
     block = first_argmax(blocks + gumbels[:, :BLOCK])[:, None]  # [B, 1]
-    values = block * BLOCK + jnp.arange(BLOCK)  # [B, 16]
-    lower, upper = jnp.take(_LOWER_EDGES, values), jnp.take(_UPPER_EDGES, values)
-    in_block = _bins_log_prob(mean, log_scale, lower, upper, values, 1)
+    in_block = _bins_log_prob(mean, log_scale, block * BLOCK + jnp.arange(BLOCK), 1)  # [B, 16]
     return block[:, 0] * BLOCK + first_argmax(in_block + gumbels[:, BLOCK:])
 
 
@@ -237,15 +235,15 @@ def values_log_prob(config: AutoregressiveConfig, params: jax.Array) -> jax.Arra
 def _mixture_values_log_prob(params: jax.Array) -> jax.Array:
     """The logistic mixture's log p(v) for all 256 values: params [B, 3K] -> [B, 256]."""
     logits, means, log_scales = jnp.split(params, 3, axis=-1)  # [B, K]
-    log_bin = _bins_log_prob(means[..., None], log_scales[..., None], _LOWER_EDGES, _UPPER_EDGES, _VALUES, 1)
+    log_bin = _bins_log_prob(means[..., None], log_scales[..., None], _VALUES, 1)  # [B, K, 256]
     return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1)[..., None] + log_bin, axis=1)
 
 
-def _bins_log_prob(means: jax.Array, log_scales: jax.Array, lower: Any, upper: Any, values: Any,
-                   values_per_bin: int) -> jax.Array:
-    """Logistics' log-probabilities of bins of ``values_per_bin`` consecutive values: means, log-scales [..., 1],
-    each bin's lower and upper edge on the model's [-1, 1] scale and its first value [..., n], broadcast ->
-    [..., n]. The bin holding value 0 reaches to -inf, the one holding 255 to +inf.
+def _bins_log_prob(means: jax.Array, log_scales: jax.Array, first_values: Any, values_per_bin: int) -> jax.Array:
+    """Logistics' log-probabilities of bins of ``values_per_bin`` consecutive values: means, log-scales [..., 1]
+    and each bin's first value [..., n], broadcast -> [..., n]. A bin's edges are its first value's lower edge
+    and its last value's upper edge in the 256-value table (a constant where the first values are: no gather
+    at run time). The bin holding value 0 reaches to -inf, the one holding 255 to +inf.
 
     Every inner bin of a logistic has the same width w on its scale, and the exact identity
     sigmoid(b) - sigmoid(a) = sigmoid(b) sigmoid(-a) (1 - exp(-w)) (w = b - a) makes a bin's log-probability
@@ -256,7 +254,9 @@ def _bins_log_prob(means: jax.Array, log_scales: jax.Array, lower: Any, upper: A
     bin axis is minor, where XLA:CPU vectorises; sharing each edge's log-sigmoids between its two bins
     (shifted slices) was 2.5x slower than computing them twice."""
     inv_scale = jnp.exp(-jnp.maximum(log_scales, -7.0))
-    first, last = values == 0, values + (values_per_bin - 1) == 255
+    last_values = first_values + (values_per_bin - 1)
+    lower, upper = jnp.take(_LOWER_EDGES, first_values), jnp.take(_UPPER_EDGES, last_values)
+    first, last = first_values == 0, last_values == 255
     log_width = jnp.log(-jnp.expm1(-inv_scale * (2.0 * values_per_bin / 255.0)))
     below_upper = jnp.where(last, 0.0, jax.nn.log_sigmoid(inv_scale * (upper - means)))
     above_lower = jnp.where(first, 0.0, jax.nn.log_sigmoid(inv_scale * (means - lower)))
@@ -265,13 +265,10 @@ def _bins_log_prob(means: jax.Array, log_scales: jax.Array, lower: Any, upper: A
 
 # Value v's bin on the model's [-1, 1] scale, each edge rounded once to float32 (computing them in float32
 # at run time rounds twice, and a narrow component's bins then sum to 1 - 2e-5 instead of 1 - 2e-7); the
-# edge bins' outer edges (infinite) as a finite placeholder, unused. A block's edges are its first value's
-# lower edge and its last value's upper edge.
+# edge bins' outer edges (infinite) as a finite placeholder, unused.
 _VALUES = np.arange(256)
 _UPPER_EDGES = np.float32(np.where(_VALUES == 255, 0, (2 * _VALUES - 254) / 255))
 _LOWER_EDGES = np.float32(np.where(_VALUES == 0, 0, (2 * _VALUES - 256) / 255))
-_BLOCK_VALUES = _VALUES[::BLOCK]
-_BLOCK_LOWER, _BLOCK_UPPER = _LOWER_EDGES[::BLOCK], _UPPER_EDGES[BLOCK - 1::BLOCK]
 
 
 def sample_variable(config: AutoregressiveConfig, raw_pos: jax.Array, pixel_scaled: jax.Array, channel: int | jax.Array,
